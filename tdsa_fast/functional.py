@@ -1,0 +1,223 @@
+"""The public functional API of the MC/TDSA terms and losses (DESIGN §2).
+
+Every function takes and returns tensors, works on any device and on float16,
+bfloat16, float32 and float64 features (accumulating in float32, or float64 for
+float64), contiguous or not. ``backend`` picks the implementation:
+
+* ``"reference"`` — pure PyTorch (:mod:`tdsa_fast.reference`), the oracle;
+* ``"fused"`` — the compiled kernels; a ``RuntimeError`` when they are not built for
+  the tensors' device;
+* ``"auto"`` — the kernels when built for that device, else the reference.
+
+Bad shapes, devices and dtypes raise ``ValueError`` (naming the argument and the
+shapes) before anything is computed; the checks read metadata only, so they never
+synchronise with a GPU. Labels are not range-checked here: that happens where they
+enter (the dataset parsers).
+
+``g`` and ``h`` are returned in float32 for float16/bfloat16/float32 features and in
+float64 for float64 features: they are reductions, accumulated in that precision, and
+the losses are computed from them without a lossy round trip.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tdsa_fast import _checks, reference
+from tdsa_fast._backend import resolve
+
+__all__ = [
+    "channel_mask",
+    "mc_terms",
+    "topdown_gate",
+    "tdsa_terms",
+    "mc_objective",
+    "mc_loss",
+    "tdsa_loss",
+]
+
+
+def channel_mask(
+    batch: int,
+    num_classes: int,
+    cnum: int,
+    *,
+    shared: bool = True,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The random channel mask M of eq. 3.
+
+    Returns a float32 tensor ``[1, S*cnum]`` (``shared=True``: one mask for the whole
+    batch, as the released code) or ``[batch, S*cnum]``, holding in every class group
+    exactly ``cnum // 2`` zeros and ``cnum - cnum // 2`` ones at random positions.
+    The random numbers are drawn on ``generator``'s device when a generator is given
+    (the result is then moved to ``device``), else on ``device``.
+    """
+    for name, value in (("batch", batch), ("num_classes", num_classes), ("cnum", cnum)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    rows = 1 if shared else batch
+    draw_device = generator.device if generator is not None else device
+    order = torch.rand(rows, num_classes, cnum, generator=generator, device=draw_device).argsort(dim=-1)
+    ones = cnum - cnum // 2
+    mask = torch.zeros(rows, num_classes, cnum, device=draw_device)
+    mask.scatter_(-1, order[..., :ones], 1.0)
+    return mask.reshape(rows, num_classes * cnum).to(device if device is not None else draw_device)
+
+
+def mc_terms(
+    feat: torch.Tensor, mask: torch.Tensor, cnum: int, *, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discriminality logits (eq. 3) and diversity (eq. 5) of a grouped feature map.
+
+    feat: [B, S*cnum, H, W]; mask: [B, S*cnum] or [1, S*cnum] (floating or bool).
+    Returns (g [B, S], h [B, S]); h lies in [1, min(cnum, H*W)].
+    """
+    _checks.feature_map("feat", feat)
+    _checks.cnum("cnum", cnum, "feat", feat)
+    _checks.mask("mask", mask, "feat", feat)
+    if resolve(backend, feat.device, "mc_terms") == "fused":
+        return torch.ops.tdsa_fast.mc_terms(feat, mask.to(feat.dtype), cnum)
+    return reference.mc_terms(feat, mask, cnum)
+
+
+def topdown_gate(
+    low: torch.Tensor, high: torch.Tensor, *, mode: str = "nearest", backend: str = "auto"
+) -> torch.Tensor:
+    """The top-down gate of eq. 7: ``low * sigmoid(Upsample(repeat_interleave(high, xi)))``.
+
+    low: [B, xi*C_h, H_l, W_l]; high: [B, C_h, H_h, W_h] with H_l >= H_h, W_l >= W_h.
+    mode: "nearest", "bilinear" or "bicubic" (``F.interpolate``, align_corners=False).
+    Returns a tensor shaped like ``low``, in its dtype.
+    """
+    _checks.gate_pair(low, high)
+    _checks.choice("mode", mode, _checks.UPSAMPLE_MODES)
+    if resolve(backend, low.device, "topdown_gate") == "fused":
+        return torch.ops.tdsa_fast.topdown_gate(low, high, mode)
+    return reference.topdown_gate(low, high, mode)
+
+
+def tdsa_terms(
+    low: torch.Tensor,
+    high: torch.Tensor,
+    mask_low: torch.Tensor,
+    cnum_low: int,
+    *,
+    mode: str = "nearest",
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mc_terms(topdown_gate(low, high, mode=mode), mask_low, cnum_low)``, fused.
+
+    low: [B, S*cnum_low, H_l, W_l]; high: [B, S*cnum_low/xi, H_h, W_h]; mask_low: [B or 1, S*cnum_low].
+    Returns (g [B, S], h [B, S]). The gated map stays in the accumulation dtype (it is
+    not rounded to ``low``'s dtype in between), which is what the fused kernel does.
+    """
+    xi = _checks.gate_pair(low, high)
+    _checks.class_counts(low, cnum_low, high, xi)
+    _checks.mask("mask_low", mask_low, "low", low)
+    _checks.choice("mode", mode, _checks.UPSAMPLE_MODES)
+    if resolve(backend, low.device, "tdsa_terms") == "fused":
+        return torch.ops.tdsa_fast.tdsa_terms(low, high, mask_low.to(low.dtype), cnum_low, mode)
+    return reference.tdsa_terms(low, high, mask_low, cnum_low, mode)
+
+
+def mc_objective(
+    g: torch.Tensor,
+    h: torch.Tensor,
+    target: torch.Tensor,
+    cnum: int,
+    *,
+    div_form: str = "paper",
+    lam: float = 10.0,
+    alpha: float = 1.5,
+    beta: float = 15.0,
+) -> torch.Tensor:
+    """One level's MC objective from its terms (g, h: [B, S]; target: [B]).
+
+    ``div_form="paper"`` (eq. 1): ``CE(g, y) - lam * mean(h)``; the paper then weights it
+    by mu in the total (eq. 9).
+    ``div_form="code"`` (the released code): ``alpha * CE(g, y) + beta * (1 - mean(h) / cnum)``;
+    alpha plays mu's part, so the total adds it unweighted. The gradient weight on mean(h)
+    is ``beta / cnum`` here against ``mu * lam`` in the paper form: different objectives.
+    """
+    _checks.choice("div_form", div_form, _checks.DIV_FORMS)
+    dis = F.cross_entropy(g, target)
+    div = h.mean()
+    if div_form == "paper":
+        return dis - lam * div
+    return alpha * dis + beta * (1.0 - div / cnum)
+
+
+def mc_loss(
+    feat: torch.Tensor,
+    target: torch.Tensor,
+    cnum: int,
+    *,
+    lam: float = 10.0,
+    mask: torch.Tensor | None = None,
+    div_form: str = "paper",
+    alpha: float = 1.5,
+    beta: float = 15.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The MC loss of one grouped feature map (eq. 1 or the released-code form; see :func:`mc_objective`).
+
+    feat: [B, S*cnum, H, W]; target: [B] class indices; mask: [B or 1, S*cnum], or None to
+    draw a fresh shared mask (on feat's device). Returns a scalar in the accumulation dtype.
+    """
+    _checks.feature_map("feat", feat)
+    s = _checks.cnum("cnum", cnum, "feat", feat)
+    _checks.target("target", target, feat.shape[0], feat)
+    _checks.choice("div_form", div_form, _checks.DIV_FORMS)
+    if mask is None:
+        mask = channel_mask(feat.shape[0], s, cnum, device=feat.device)
+    g, h = mc_terms(feat, mask, cnum, backend=backend)
+    return mc_objective(g, h, target, cnum, div_form=div_form, lam=lam, alpha=alpha, beta=beta)
+
+
+def tdsa_loss(
+    low: torch.Tensor,
+    high: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    cnum_high: int = 3,
+    lam: float = 10.0,
+    mode: str = "nearest",
+    masks: tuple[torch.Tensor, torch.Tensor] | None = None,
+    attention: bool = True,
+    div_form: str = "paper",
+    alpha: float = 1.5,
+    beta: float = 15.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The TDSA loss (eq. 8): ``MC(high; cnum_high) + MC(gate(low, high); xi*cnum_high)``.
+
+    low: [B, S*xi*cnum_high, H_l, W_l] (middle level); high: [B, S*cnum_high, H_h, W_h];
+    target: [B]. ``masks`` = (mask_low [B or 1, C_low], mask_high [B or 1, C_high]) or None to
+    draw fresh shared masks. ``attention=False`` drops the gate (the paper's "w/o attention").
+    Gradients of the middle term flow through the gate into ``high``.
+    Returns a scalar in the accumulation dtype; see :func:`mc_objective` for the two forms.
+    """
+    s, cnum_low = _checks.high_classes(low, high, cnum_high)
+    _checks.target("target", target, low.shape[0], low)
+    _checks.choice("mode", mode, _checks.UPSAMPLE_MODES)
+    _checks.choice("div_form", div_form, _checks.DIV_FORMS)
+    if masks is None:
+        mask_low = channel_mask(low.shape[0], s, cnum_low, device=low.device)
+        mask_high = channel_mask(high.shape[0], s, cnum_high, device=high.device)
+    else:
+        if not isinstance(masks, (tuple, list)) or len(masks) != 2:
+            raise ValueError("masks must be a pair (mask_low, mask_high) or None")
+        mask_low, mask_high = masks
+    _checks.mask("mask_low", mask_low, "low", low)
+    _checks.mask("mask_high", mask_high, "high", high)
+    form = dict(div_form=div_form, lam=lam, alpha=alpha, beta=beta)
+    g_high, h_high = mc_terms(high, mask_high, cnum_high, backend=backend)
+    if attention:
+        g_low, h_low = tdsa_terms(low, high, mask_low, cnum_low, mode=mode, backend=backend)
+    else:
+        g_low, h_low = mc_terms(low, mask_low, cnum_low, backend=backend)
+    return mc_objective(g_high, h_high, target, cnum_high, **form) + mc_objective(
+        g_low, h_low, target, cnum_low, **form
+    )

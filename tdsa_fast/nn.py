@@ -1,0 +1,76 @@
+"""Loss modules: the weighted MC / TDSA term that is added to the classifier's cross-entropy (eq. 9).
+
+``total = CE(logits, y) + loss_module(maps..., y)``, where the module returns
+
+* ``div_form="paper"``: ``mu * L`` with L the paper's objective (eq. 1 per level, eq. 8 summed);
+* ``div_form="code"``: the released code's ``mu * L_dis + beta * (1 - L_div / cnum)`` per level.
+
+Masks are drawn fresh on every call unless given (one shared mask per batch by default,
+as the released code; ``shared_mask=False`` draws one per sample).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tdsa_fast import _checks
+from tdsa_fast import functional as TF
+
+
+class _WeightedMC(nn.Module):
+    def __init__(self, *, mu: float, lam: float, div_form: str, beta: float, shared_mask: bool, backend: str):
+        super().__init__()
+        _checks.choice("div_form", div_form, _checks.DIV_FORMS)
+        self.mu, self.lam, self.div_form, self.beta = float(mu), float(lam), div_form, float(beta)
+        self.shared_mask, self.backend = shared_mask, backend
+
+    def _form(self) -> dict:
+        return dict(lam=self.lam, div_form=self.div_form, alpha=self.mu, beta=self.beta, backend=self.backend)
+
+    def _weight(self, value: torch.Tensor) -> torch.Tensor:
+        return self.mu * value if self.div_form == "paper" else value
+
+    def _mask(self, feat: torch.Tensor, cnum: int) -> torch.Tensor:
+        s = _checks.cnum("cnum", cnum, "feat", feat)
+        return TF.channel_mask(feat.shape[0], s, cnum, shared=self.shared_mask, device=feat.device)
+
+    def extra_repr(self) -> str:
+        return f"mu={self.mu}, lam={self.lam}, div_form={self.div_form!r}, beta={self.beta}, backend={self.backend!r}"
+
+
+class MCLoss(_WeightedMC):
+    """Mutual-Channel loss on one grouped map. forward(feat [B, S*cnum, H, W], target [B], mask=None) -> scalar."""
+
+    def __init__(self, cnum: int = 3, *, mu: float = 1.5, lam: float = 10.0, div_form: str = "paper",
+                 beta: float = 15.0, shared_mask: bool = True, backend: str = "auto"):
+        super().__init__(mu=mu, lam=lam, div_form=div_form, beta=beta, shared_mask=shared_mask, backend=backend)
+        self.cnum = cnum
+
+    def forward(self, feat: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        _checks.feature_map("feat", feat)
+        if mask is None:
+            mask = self._mask(feat, self.cnum)
+        return self._weight(TF.mc_loss(feat, target, self.cnum, mask=mask, **self._form()))
+
+
+class TDSALoss(_WeightedMC):
+    """TDSA loss (eq. 8) on the middle and high maps.
+
+    forward(low [B, S*xi*cnum_high, H_l, W_l], high [B, S*cnum_high, H_h, W_h], target [B],
+    masks=None) -> scalar. ``attention=False`` is the paper's "w/o attention" ablation.
+    """
+
+    def __init__(self, cnum_high: int = 3, *, mu: float = 1.5, lam: float = 10.0, mode: str = "nearest",
+                 attention: bool = True, div_form: str = "paper", beta: float = 15.0,
+                 shared_mask: bool = True, backend: str = "auto"):
+        super().__init__(mu=mu, lam=lam, div_form=div_form, beta=beta, shared_mask=shared_mask, backend=backend)
+        _checks.choice("mode", mode, _checks.UPSAMPLE_MODES)
+        self.cnum_high, self.mode, self.attention = cnum_high, mode, attention
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor, target: torch.Tensor,
+                masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if masks is None:
+            _, cnum_low = _checks.high_classes(low, high, self.cnum_high)
+            masks = (self._mask(low, cnum_low), self._mask(high, self.cnum_high))
+        return self._weight(TF.tdsa_loss(low, high, target, cnum_high=self.cnum_high, mode=self.mode,
+                                         masks=masks, attention=self.attention, **self._form()))
