@@ -1,0 +1,14 @@
+"""Datasets in their native layouts, the built-in synthetic default dataset, and image loading.
+
+* :mod:`tdsa_fast.data.datasets` — ``load_split(name, root, split) -> SampleList`` for CUB-200-2011,
+  FGVC-Aircraft, Stanford Cars, Flowers-102, an ImageFolder tree and a CSV list;
+* :mod:`tdsa_fast.data.synthetic` — ``ensure_default_dataset()``, the procedurally generated
+  fine-grained birds, written once in CUB's layout;
+* :mod:`tdsa_fast.data.images` — decoding with clear errors, the transforms, the DataLoader.
+"""
+from tdsa_fast.data.datasets import DATASETS, SampleList, load_split
+from tdsa_fast.data.images import BadImageError, build_loader
+from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
+
+__all__ = ["DATASETS", "SampleList", "load_split", "BadImageError", "build_loader",
+           "SyntheticSpec", "ensure_default_dataset"]
