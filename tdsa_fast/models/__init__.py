@@ -1,0 +1,160 @@
+"""Backbones for the TDSA / MC-Loss trainer.
+
+``build_model(arch, num_classes, middle_cnum=..., high_cnum=..., img_size=...)`` returns an
+``nn.Module`` whose ``forward(x)`` (``x``: ``[B, 3, img_size, img_size]``, contiguous or
+``torch.channels_last``) returns a :class:`ModelOutput`:
+
+* ``logits`` ``[B, S]`` -- the classifier head's output (the only thing evaluation uses);
+* ``middle`` ``[B, C_mid, Hm, Wm]`` -- the middle-level map, taken after BN + ReLU (>= 0);
+* ``high`` ``[B, C_high, Hh, Wh]`` -- the high-level map, taken after BN + ReLU (>= 0),
+  with ``Hm > Hh`` and ``Wm > Wh`` for every supported size, so the top-down gate
+  (DESIGN.md eq. 7) really upsamples.
+
+Widths. ``middle_cnum=None`` keeps the backbone's standard width at the middle level
+(VGG16-BN conv4_3: 512; ResNet18 layer3: 256); an int ``n`` makes that level
+``num_classes * n`` channels, grouped contiguously by class (class ``i`` owns channels
+``[i*n, (i+1)*n)``). The same holds for ``high_cnum`` (standard widths: 512 for both
+backbones). The trainer maps its losses to widths as::
+
+    ce                 -> (None, None)
+    mc                 -> (None, 3)
+    tdsa / tdsa-noattn -> (3 * xi, 3)
+
+Sizes. ``img_size`` must lie in ``[IMG_SIZE_MIN, IMG_SIZE_MAX]`` = [32, 448] for both
+backbones. VGG16-BN additionally needs a multiple of 16 (its classifier's flatten width is
+fixed at construction, see :mod:`tdsa_fast.models.vgg`), and its forward raises
+``ValueError`` for any other input size. ResNet18 ends in a global max-pool, so its
+forward accepts any spatial size; ``img_size`` there only picks the stem (``small_input``
+defaults to ``img_size < 128``, see :mod:`tdsa_fast.models.resnet`).
+
+Initialisation (both backbones, as torchvision does): convolutions Kaiming-normal
+(``mode="fan_out"``, ``nonlinearity="relu"``) with zero bias; every BatchNorm weight 1,
+bias 0. The ``nn.Linear`` layers of the classifier head keep PyTorch's default init, as
+in the released MC-Loss / TDSA code, which builds its head after the backbone's init.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from torch import Tensor, nn
+
+__all__ = [
+    "MODELS",
+    "IMG_SIZE_MIN",
+    "IMG_SIZE_MAX",
+    "ModelOutput",
+    "build_model",
+]
+
+MODELS = ("vgg16", "resnet18")
+IMG_SIZE_MIN = 32
+IMG_SIZE_MAX = 448
+HEAD_HIDDEN = 512
+
+
+class ModelOutput(NamedTuple):
+    """What every backbone's ``forward`` returns."""
+
+    logits: Tensor  # [B, S]
+    middle: Tensor  # [B, C_mid, Hm, Wm], >= 0
+    high: Tensor  # [B, C_high, Hh, Wh], >= 0, Hm > Hh, Wm > Wh
+
+
+# ---------------------------------------------------------------------------
+# helpers shared by the backbones (defined before the submodules are imported)
+# ---------------------------------------------------------------------------
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_cnum(name: str, value) -> Optional[int]:
+    if value is None:
+        return None
+    return _check_int(name, value, 1)
+
+
+def _check_img_size(img_size, multiple: int = 1) -> int:
+    if isinstance(img_size, bool) or not isinstance(img_size, int):
+        raise ValueError(f"img_size must be an int, got {img_size!r}")
+    if not IMG_SIZE_MIN <= img_size <= IMG_SIZE_MAX:
+        raise ValueError(
+            f"img_size={img_size} is outside the supported range "
+            f"[{IMG_SIZE_MIN}, {IMG_SIZE_MAX}]"
+        )
+    if img_size % multiple:
+        raise ValueError(
+            f"img_size={img_size} must be a multiple of {multiple} for this backbone"
+        )
+    return img_size
+
+
+def make_head(in_features: int, num_classes: int, hidden: int = HEAD_HIDDEN) -> nn.Sequential:
+    """The released MC-Loss / TDSA classifier: BN1d -> Linear(->512) -> BN1d -> ELU -> Linear(->S)."""
+    return nn.Sequential(
+        nn.BatchNorm1d(in_features),
+        nn.Linear(in_features, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ELU(inplace=True),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def init_weights(module: nn.Module) -> None:
+    """torchvision-style init: Kaiming-normal (fan_out, relu) convs, BN weight 1 / bias 0.
+
+    ``nn.Linear`` keeps PyTorch's default (as the released code's classifier head)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+from .resnet import ResNet18  # noqa: E402  (needs the helpers above)
+from .vgg import VGG16BN  # noqa: E402
+
+__all__ += ["VGG16BN", "ResNet18"]
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    *,
+    middle_cnum: Optional[int] = None,
+    high_cnum: Optional[int] = None,
+    img_size: int = 224,
+    small_input: Optional[bool] = None,
+) -> nn.Module:
+    """Build a backbone + the released classifier head.
+
+    arch: one of :data:`MODELS`. ``middle_cnum`` / ``high_cnum``: channels per class at the
+    middle / high level (``None``: standard width). ``img_size``: the training/eval input
+    size (see the module docstring for the rules). ``small_input`` (ResNet18 only; ``None``
+    means ``img_size < 128``): use the light stem. Bad arguments raise ``ValueError``.
+    """
+    if arch not in MODELS:
+        raise ValueError(f"unknown arch {arch!r}; valid choices: {', '.join(MODELS)}")
+    _check_int("num_classes", num_classes, 1)
+    middle_cnum = _check_cnum("middle_cnum", middle_cnum)
+    high_cnum = _check_cnum("high_cnum", high_cnum)
+    if small_input is not None and not isinstance(small_input, bool):
+        raise ValueError(f"small_input must be None or a bool, got {small_input!r}")
+    if arch == "vgg16":
+        if small_input:
+            raise ValueError("small_input=True applies to resnet18 only (vgg16 has no stem option)")
+        return VGG16BN(num_classes, middle_cnum=middle_cnum, high_cnum=high_cnum, img_size=img_size)
+    return ResNet18(
+        num_classes,
+        middle_cnum=middle_cnum,
+        high_cnum=high_cnum,
+        img_size=img_size,
+        small_input=small_input,
+    )
