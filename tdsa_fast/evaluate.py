@@ -1,0 +1,67 @@
+"""``python -m tdsa_fast.evaluate --checkpoint PATH [--split test]``: top-1 accuracy of a trained run.
+
+The model and the dataset are rebuilt from the configuration stored in the checkpoint;
+``--data-root`` points at the data when it has moved. The checkpoint is loaded with
+``weights_only=True``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from tdsa_fast import checkpoint
+from tdsa_fast.config import model_widths
+from tdsa_fast.data.datasets import load_split
+from tdsa_fast.data.images import BadImageError, build_loader
+from tdsa_fast.models import build_model
+from tdsa_fast.train import dataset_root, evaluate, pick_device
+
+
+def evaluate_checkpoint(path, *, split: str = "test", data_root=None, batch_size=None, workers=0,
+                        device="auto", skip_bad_images=False) -> dict:
+    """Returns dict(accuracy, correct, total, split) for the checkpoint at ``path``."""
+    ckpt = checkpoint.load(path)
+    cfg = dict(ckpt["config"])
+    if data_root is not None:
+        cfg["data_root"] = data_root
+    device = pick_device(device)
+    samples = load_split(cfg["dataset"], dataset_root(cfg), split)
+    if samples.num_classes != cfg["num_classes"]:
+        raise ValueError(f"the {split} split has {samples.num_classes} classes but the checkpoint "
+                         f"was trained on {cfg['num_classes']}")
+    middle_cnum, high_cnum = model_widths(cfg["loss"], cfg["xi"], cfg["cnum_high"])
+    model = build_model(cfg["model"], cfg["num_classes"], middle_cnum=middle_cnum, high_cnum=high_cnum,
+                        img_size=cfg["img_size"])
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    loader = build_loader(samples.samples, img_size=cfg["img_size"], train=False,
+                          batch_size=batch_size or cfg["batch_size"], workers=workers,
+                          skip_bad=skip_bad_images, pin_memory=device.type == "cuda")
+    correct, total = evaluate(model, loader, device)
+    return dict(accuracy=correct / max(total, 1), correct=correct, total=total, split=split)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tdsa_fast.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a last.pt or best.pt written by tdsa_fast.train")
+    p.add_argument("--split", default="test", help="split to evaluate (train, test, or val where the dataset has one)")
+    p.add_argument("--data-root", default=None, help="override the data folder stored in the checkpoint")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--skip-bad-images", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        r = evaluate_checkpoint(a.checkpoint, split=a.split, data_root=a.data_root, batch_size=a.batch_size,
+                                workers=a.workers, device=a.device, skip_bad_images=a.skip_bad_images)
+    except (ValueError, FileNotFoundError, BadImageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"top-1 accuracy on {r['split']}: {100 * r['accuracy']:.2f}% ({r['correct']}/{r['total']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""End-to-end training on the synthetic data, the trainer's outputs and its errors, and evaluate."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tdsa_fast import checkpoint
+from tdsa_fast.config import build_parser, model_widths, resolve
+from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
+from tdsa_fast.evaluate import evaluate_checkpoint
+from tdsa_fast.models import build_model
+from tdsa_fast.objective import TrainingObjective
+from tdsa_fast.train import run
+
+# A small version of the built-in data: 4 classes, enough images to learn from in seconds.
+TINY = SyntheticSpec(num_classes=4, train_per_class=48, test_per_class=24, image_size=48, seed=1)
+TINY_ARGS = ["--dataset", "cub", "--img-size", "48", "--epochs", "8", "--batch-size", "16",
+             "--lr", "0.05", "--workers", "0", "--log-interval", "1000", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return ensure_default_dataset(TINY, cache_dir=tmp_path_factory.mktemp("cache"), verbose=False)
+
+
+def _cfg(argv):
+    return resolve(build_parser().parse_args(argv))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["ce", "mc", "tdsa"])
+def test_short_training_lowers_the_loss_and_beats_chance(loss, tiny_root, tmp_path):
+    out = tmp_path / loss
+    results = run(_cfg(TINY_ARGS + ["--data-root", str(tiny_root), "--loss", loss, "--model", "resnet18",
+                                    "--output", str(out)]), log=lambda *_: None)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 8
+    first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
+    assert last < first - 0.1 * abs(first), f"{loss}: training loss {first} -> {last}"
+    chance = 1 / TINY.num_classes
+    assert results["best_test_acc"] >= chance + 0.3, f"{loss}: best test acc {results['best_test_acc']}"
+    for name in ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["final_test_acc"] == pytest.approx(float(rows[-1]["test_acc"]), abs=1e-6)
+    # evaluate reproduces the final accuracy from last.pt
+    ev = evaluate_checkpoint(out / "last.pt")
+    assert ev["total"] == TINY.num_classes * TINY.test_per_class
+    assert ev["accuracy"] == pytest.approx(saved["final_test_acc"], abs=1e-9)
+
+
+def test_tdsa_puts_gradient_on_both_levels_and_through_the_gate():
+    torch.manual_seed(0)
+    s, xi = 5, 3
+    mid, high = model_widths("tdsa", xi, 3)
+    model = build_model("resnet18", s, middle_cnum=mid, high_cnum=high, img_size=64)
+    x, y = torch.randn(4, 3, 64, 64), torch.randint(0, s, (4,))
+    out = model(x)
+    out.middle.retain_grad()
+    out.high.retain_grad()
+    masks = (torch.ones(1, s * 9), torch.ones(1, s * 3))
+    term = TrainingObjective("tdsa").term
+    term(out.middle, out.high, y, masks=masks).backward()
+    assert out.middle.grad.abs().sum() > 0, "no gradient on the middle level"
+    assert out.high.grad.abs().sum() > 0, "no gradient on the high level"
+
+    # the gate's share of the high level's gradient: the middle term alone still reaches `high`
+    high = out.high.detach().requires_grad_(True)
+    middle = out.middle.detach()
+    from tdsa_fast import functional as TF
+    g, h = TF.tdsa_terms(middle, high, masks[0], 9)
+    (TF.mc_objective(g, h, y, 9)).backward()
+    assert high.grad.abs().sum() > 0, "the gate's gradient does not reach the high level"
+    # and without the gate it does not
+    high2 = out.high.detach().requires_grad_(True)
+    g2, h2 = TF.mc_terms(middle, masks[0], 9)
+    assert not TF.mc_objective(g2, h2, y, 9).requires_grad or high2.grad is None
+
+
+def test_unknown_dataset_and_model_list_the_valid_ones():
+    for argv, words in ((["--dataset", "imagenet"], ["default", "cub", "aircraft", "cars", "flowers"]),
+                        (["--model", "vit"], ["vgg16", "resnet18"]),
+                        (["--loss", "arcface"], ["ce", "mc", "tdsa", "tdsa-noattn"])):
+        p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", *argv], capture_output=True, text=True)
+        assert p.returncode == 2
+        for w in words:
+            assert w in p.stderr, (argv, p.stderr)
+
+
+def test_real_dataset_without_data_root_is_refused():
+    with pytest.raises(ValueError, match="--dataset flowers needs --data-root"):
+        _cfg(["--dataset", "flowers"])
+
+
+def test_missing_split_file_names_the_file(tmp_path):
+    (tmp_path / "jpg").mkdir()
+    p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", "--dataset", "flowers", "--data-root",
+                        str(tmp_path), "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "imagelabels.mat" in p.stderr or "setid.mat" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def _folder_dataset(root, bad=None):
+    from PIL import Image
+    for split, n in (("train", 4), ("test", 2)):
+        for c, colour in enumerate(((200, 30, 30), (30, 200, 30))):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40, 40), colour).save(d / f"{i}.jpg")
+    if bad is not None:
+        bad(root / "train" / "class0" / "0.jpg")
+    return root
+
+
+FAST = ["--dataset", "folder", "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--loss", "ce",
+        "--model", "resnet18", "--workers", "0"]
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "truncated", "missing"])
+def test_bad_image_names_the_file_or_is_skipped_and_counted(kind, tmp_path):
+    def damage(path):
+        if kind == "corrupt":
+            path.write_bytes(b"this is not a jpeg at all")
+        elif kind == "truncated":
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+        else:
+            path.unlink()
+
+    root = _folder_dataset(tmp_path / "data", damage)
+    bad = str(root / "train" / "class0" / "0.jpg")
+    if kind == "missing":  # the folder parser lists what exists: a CSV list names the missing file
+        (root / "train.csv").write_text(f"{bad},0\n" + "".join(
+            f"{root}/train/class{c}/{i}.jpg,{c}\n" for c in (0, 1) for i in range(1, 4)))
+        (root / "test.csv").write_text("".join(f"{root}/test/class{c}/{i}.jpg,{c}\n" for c in (0, 1) for i in range(2)))
+        args = [a if a != "folder" else "csv" for a in FAST]
+    else:
+        args = FAST
+    p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", *args, "--data-root", str(root),
+                        "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    assert p.returncode == 2, p.stderr
+    assert bad in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+    p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", *args, "--data-root", str(root),
+                        "--output", str(tmp_path / "out2"), "--skip-bad-images"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "1 unreadable images skipped" in p.stdout, p.stdout
+    rows = list(csv.DictReader(open(tmp_path / "out2" / "metrics.csv")))
+    assert rows[0]["skipped_images"] == "1"
+
+
+def test_output_folder_with_a_run_is_not_overwritten(tmp_path):
+    root = _folder_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = FAST + ["--data-root", str(root), "--output", str(out)]
+    run(_cfg(argv), log=lambda *_: None)
+    with pytest.raises(ValueError, match="already holds a run"):
+        run(_cfg(argv), log=lambda *_: None)
+
+
+def test_checkpoints_load_safely_and_refuse_pickled_objects(tmp_path):
+    root = _folder_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    run(_cfg(FAST + ["--data-root", str(root), "--output", str(out)]), log=lambda *_: None)
+    ckpt = checkpoint.load(out / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["config"]["num_classes"] == 2
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "payload": _Pickled()}, evil)
+    with pytest.raises(ValueError, match="not a tdsa_fast checkpoint that loads safely"):
+        checkpoint.load(evil)
+    assert not list(out.glob(".*.tmp")), "temporary checkpoint files left behind"
+
+
+class _Pickled:
+    pass
+
+
+def test_amp_is_accepted_and_reported_inactive_on_cpu(tmp_path):
+    root = _folder_dataset(tmp_path / "data")
+    lines = []
+    run(_cfg(FAST + ["--data-root", str(root), "--output", str(tmp_path / "o"), "--amp", "--device", "cpu"]),
+        log=lines.append)
+    assert any("--amp is not yet active on the CPU" in line for line in lines)
