@@ -12,7 +12,7 @@ import sys
 import torch
 
 from tdsa_fast import checkpoint
-from tdsa_fast.config import model_widths
+from tdsa_fast.config import model_widths, small_input
 from tdsa_fast.data.datasets import load_split
 from tdsa_fast.data.images import BadImageError, build_loader
 from tdsa_fast.models import build_model
@@ -33,7 +33,7 @@ def evaluate_checkpoint(path, *, split: str = "test", data_root=None, batch_size
                          f"was trained on {cfg['num_classes']}")
     middle_cnum, high_cnum = model_widths(cfg["loss"], cfg["xi"], cfg["cnum_high"])
     model = build_model(cfg["model"], cfg["num_classes"], middle_cnum=middle_cnum, high_cnum=high_cnum,
-                        img_size=cfg["img_size"])
+                        img_size=cfg["img_size"], small_input=small_input(cfg))
     model.load_state_dict(ckpt["model"])
     model.to(device)
     loader = build_loader(samples.samples, img_size=cfg["img_size"], train=False,

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from tdsa_fast import checkpoint
-from tdsa_fast.config import build_parser, model_widths, resolve
+from tdsa_fast.config import build_parser, model_widths, resolve, small_input
 from tdsa_fast.data.datasets import SampleList, load_split
 from tdsa_fast.data.images import BadImageError, build_loader
 from tdsa_fast.models import build_model
@@ -153,7 +153,7 @@ def run(cfg: dict, log=print) -> dict:
 
     middle_cnum, high_cnum = model_widths(cfg["loss"], cfg["xi"], cfg["cnum_high"])
     model = build_model(cfg["model"], num_classes, middle_cnum=middle_cnum, high_cnum=high_cnum,
-                        img_size=cfg["img_size"]).to(device)
+                        img_size=cfg["img_size"], small_input=small_input(cfg)).to(device)
     objective = TrainingObjective(cfg["loss"], cnum_high=cfg["cnum_high"], mu=cfg["mu"], lam=cfg["lam"],
                                   div_form=cfg["div_form"], beta=cfg["beta"], upsample=cfg["upsample"])
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],

@@ -239,7 +239,7 @@ def test_class_codes_distinct_and_close():
     # the default: many pairs differing in one part, every value of every attribute used
     codes = np.array(class_codes(SyntheticSpec()))
     pairs = [int((a != b).sum()) for a, b in itertools.combinations(codes, 2)]
-    assert pairs.count(1) >= 8
+    assert pairs.count(1) >= 4 and pairs.count(1) + pairs.count(2) >= 9  # of 45 pairs for 10 classes
     for i, (_, vals) in enumerate(syn.ATTRIBUTES):
         counts = np.bincount(codes[:, i], minlength=len(vals))
         assert counts.min() >= 3, (syn.ATTRIBUTES[i][0], counts)
