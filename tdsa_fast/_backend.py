@@ -15,6 +15,8 @@ def _load_library() -> bool:
         from tdsa_fast import _C  # noqa: F401  (registers torch.ops.tdsa_fast.*)
     except ImportError:
         return False
+    from tdsa_fast import _ops  # noqa: F401  (their fake and autograd registrations)
+
     return hasattr(torch.ops, "tdsa_fast") and hasattr(torch.ops.tdsa_fast, "mc_terms")
 
 
@@ -25,10 +27,16 @@ def _has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"tdsa_fast::{op}", dispatch_key)
 
 
+@torch.compiler.assume_constant_result
+def _kernel_registered(op: str, device_type: str) -> bool:
+    """Constant for torch.compile (dynamo cannot trace the dispatcher query itself)."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and _has_kernel(op, key)
+
+
 def fused_available(device: torch.device | str, op: str = "mc_terms") -> bool:
     """True when the compiled kernel of ``op`` is registered for ``device``'s type."""
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(torch.device(device).type)
-    return key is not None and _has_kernel(op, key)
+    return _kernel_registered(op, torch.device(device).type)
 
 
 def resolve(backend: str, device: torch.device, op: str) -> str:

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# GPU check of the tdsa_fast kernels on a bare CUDA machine (its own torch, e.g. 2.11 with
+# Python 3.12; no internet, no DALI). Usage, from anywhere:
+#
+#   bash bench/gpu_check.sh [ops|all|data|train]
+#
+#   ops   (default) build with `pip install --no-build-isolation --no-deps .` for the visible
+#         card's architecture, run the CUDA tests (tests/test_ops.py -k cuda, tests/test_build.py
+#         without the CMake build), then the GPU benchmarks (bf16, B=32 and 64: fused and eager
+#         for every case and phase, torch.compile(reference) for the tdsa_loss fwd+bwd only, to
+#         stay within the stage's 5-minute budget) and print a short table: the card, the
+#         ratios, the peak memory of the loss, and tdsa_terms' achieved GB/s against the
+#         DESIGN §3 memory-traffic floor (read F_l and F_h twice, write dF_l and dF_h once)
+#         over a measured device-to-device copy bandwidth.
+#   all   ops, then the full benchmark table (torch.compile(reference) for every case / phase).
+#   data, train   placeholders: print "not yet implemented (issue #4/#5)" and exit 0.
+#
+# Results (logs and JSON) go to $OUT (default: ${TMPDIR:-/tmp}/tdsa_gpu_check).
+set -uo pipefail
+
+STAGE="${1:-ops}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-${TMPDIR:-/tmp}/tdsa_gpu_check}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+
+case "$STAGE" in
+  data)
+    echo "gpu_check stage 'data': not yet implemented (issue #4/#5)"
+    exit 0
+    ;;
+  train)
+    echo "gpu_check stage 'train': not yet implemented (issue #4/#5)"
+    exit 0
+    ;;
+  ops | all) ;;
+  *)
+    echo "usage: $0 [ops|all|data|train]" >&2
+    exit 2
+    ;;
+esac
+
+fail=0
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+step "environment"
+"$PY" - <<'EOF' | tee "$OUT/env.txt"
+import sys, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| torch CUDA", torch.version.cuda)
+print("cuda available:", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("card:", torch.cuda.get_device_name(), "| capability", torch.cuda.get_device_capability())
+EOF
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "no CUDA device visible: nothing to check" >&2
+  exit 1
+fi
+
+# Build for the visible card only (halves the CUDA compile); CUDA_HOME as setup.py defaults.
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  TORCH_CUDA_ARCH_LIST="$("$PY" -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')")"
+  export TORCH_CUDA_ARCH_LIST
+fi
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDA_HOME=/usr/local/cuda
+fi
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+
+step "build: pip install --no-build-isolation --no-deps . (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, CUDA_HOME=${CUDA_HOME:-auto})"
+start=$(date +%s)
+(cd "$REPO" && "$PY" -m pip install --no-build-isolation --no-deps . ) >"$OUT/build.log" 2>&1
+rc=$?
+echo "build rc=$rc in $(( $(date +%s) - start )) s (log: $OUT/build.log)"
+tail -n 3 "$OUT/build.log"
+if [ $rc -ne 0 ]; then
+  grep -n -i -E "error|fatal" "$OUT/build.log" | head -n 40
+  exit 1
+fi
+
+# Run from $OUT so that `import tdsa_fast` is the installed package (with its _C), not the
+# source tree.
+cd "$OUT"
+"$PY" -c "from tdsa_fast import _ops; import json; print(json.dumps(_ops.build_info()))" | tee "$OUT/build_info.json"
+if ! "$PY" -c "import sys; from tdsa_fast import _ops; sys.exit(0 if 'CUDA' in _ops.build_info().get('kernels', []) else 1)"; then
+  echo "the build has no CUDA kernels (see build_info above and $OUT/build.log)" >&2
+  exit 1
+fi
+
+step "CUDA tests: pytest tests/test_ops.py -k cuda; tests/test_build.py -m 'not slow'"
+start=$(date +%s)
+"$PY" -m pytest "$REPO/tests/test_ops.py" -k cuda -q -p no:cacheprovider -rs \
+  --junitxml="$OUT/test_ops_cuda.xml" 2>&1 | tee "$OUT/test_ops_cuda.log" | tail -n 25
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
+"$PY" -m pytest "$REPO/tests/test_build.py" -m "not slow" -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/test_build.log" | tail -n 5
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
+echo "tests took $(( $(date +%s) - start )) s"
+
+step "GPU benchmarks (bf16, B=32 and 64)"
+"$PY" "$REPO/bench/bench_ops.py" --table --device cuda --dtype bf16 --batch 32 64 --rounds 7 \
+  --compiled-cases tdsa_loss --compiled-phases fwdbwd --json "$OUT/bench_cuda_bf16.json" 2>&1 | tee "$OUT/bench_cuda_bf16.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
+
+if [ "$STAGE" = "all" ]; then
+  step "full GPU benchmark table (torch.compile(reference) for every case and phase)"
+  "$PY" "$REPO/bench/bench_ops.py" --table --device cuda --dtype bf16 --batch 32 64 --rounds 7 \
+    --json "$OUT/bench_cuda_bf16_full.json" 2>&1 | tee "$OUT/bench_cuda_bf16_full.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
+fi
+
+step "summary"
+"$PY" - "$OUT/bench_cuda_bf16.json" <<'EOF' | tee "$OUT/summary.txt"
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"card: {r['card']} | torch {r['torch']} | dtype {r['dtype']} | copy bandwidth {r['copy_GBps']:.0f} GB/s")
+print(f"{'case':<11} {'B':>3} {'fused fwd+bwd ms':>17} {'eager':>9} {'vs eager':>9} {'vs compiled':>12} {'GB/s':>7} {'% copy':>7} {'peak MB fused/eager':>20}")
+for row in r["rows"]:
+    ve = f"x{row['fwdbwd_vs_eager']:.2f}" if "fwdbwd_vs_eager" in row else "-"
+    vc = f"x{row['fwdbwd_vs_compiled']:.2f}" if "fwdbwd_vs_compiled" in row else "-"
+    gb = f"{row['fused_fwdbwd_GBps']:.0f}" if "fused_fwdbwd_GBps" in row else "-"
+    pc = f"{100 * row['fraction_of_copy_bw']:.0f}%" if "fraction_of_copy_bw" in row else "-"
+    peak = f"{row['fused_peak_bytes'] / 2**20:.0f}/{row['eager_peak_bytes'] / 2**20:.0f}"
+    print(f"{row['case']:<11} {row['batch']:>3} {row['fused_fwdbwd_ms']:>17.3f} {row['eager_fwdbwd_ms']:>9.3f} {ve:>9} {vc:>12} {gb:>7} {pc:>7} {peak:>20}")
+EOF
+echo
+echo "results in $OUT; overall: $([ $fail -eq 0 ] && echo PASS || echo FAIL)"
+exit $fail

@@ -1,0 +1,182 @@
+"""Python-side registrations of the compiled ops ``torch.ops.tdsa_fast.*``.
+
+Importing this module loads the extension ``tdsa_fast._C`` (whose C++ ``TORCH_LIBRARY``
+block defines the six ops and whose CPU / CUDA sources register the kernels) and adds:
+
+* ``torch.library.register_fake`` for all six ops, so they trace under
+  ``torch.compile(fullgraph=True)``, FakeTensor and meta devices;
+* ``torch.library.register_autograd`` for the three forward ops ``mc_terms``,
+  ``topdown_gate`` and ``tdsa_terms``: the context saves the op's *inputs* only (no
+  intermediate, in particular not the gated middle map), and the backward calls the
+  hand-written backward ops, which recompute the per-channel softmax statistics.
+  Masks get no gradient (``None``). Double backward is not supported (the backward ops
+  have no autograd formula of their own).
+
+``tdsa_fast._backend`` imports this module right after ``tdsa_fast._C``, so everything
+that goes through ``tdsa_fast.functional`` has these registrations.
+
+Autocast: the ops are not in autocast's op lists, so under ``torch.autocast`` they run in
+the dtype of their inputs (the Autocast dispatch key falls through to the kernels). The
+kernels accumulate float16 / bfloat16 in float32 and return ``g``, ``h`` in float32.
+``low`` and ``high`` must share a dtype (``tdsa_fast.functional`` raises ``ValueError``
+otherwise; the op raises ``RuntimeError``); masks of any floating or bool dtype are
+accepted (``tdsa_fast.functional`` casts them to the features' dtype first, which is exact
+for 0/1 masks).
+
+Layouts: the kernels read and write any strides (NCHW-contiguous, channels_last, channel
+slices, transposed views) directly, without a hidden copy of the feature maps; outputs
+shaped like an input are allocated with ``torch.empty_like`` (same strides for dense
+inputs, contiguous otherwise). Only the small ``[B, C]`` mask and ``[B, S]`` gradients of
+g and h are converted to the accumulation dtype and made contiguous.
+"""
+from __future__ import annotations
+
+import torch
+
+OPS = (
+    "mc_terms",
+    "mc_terms_backward",
+    "topdown_gate",
+    "topdown_gate_backward",
+    "tdsa_terms",
+    "tdsa_terms_backward",
+)
+
+try:
+    from tdsa_fast import _C
+except ImportError as exc:  # not built: tdsa_fast falls back to the reference
+    _C = None
+    _IMPORT_ERROR: ImportError | None = exc
+else:
+    _IMPORT_ERROR = None
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _terms_like(x: torch.Tensor, cnum) -> tuple[torch.Tensor, torch.Tensor]:
+    b, c = x.shape[0], x.shape[1]
+    torch._check(cnum >= 1 and c % cnum == 0, lambda: f"tdsa_fast: cnum={cnum} must divide the {c} channels")
+    s = c // cnum
+    return x.new_empty((b, s), dtype=_acc(x.dtype)), x.new_empty((b, s), dtype=_acc(x.dtype))
+
+
+def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _register() -> None:
+    # ---- fake (meta) implementations --------------------------------------------------
+    @torch.library.register_fake("tdsa_fast::mc_terms")
+    def _mc_terms_fake(feat, mask, cnum):
+        return _terms_like(feat, cnum)
+
+    @torch.library.register_fake("tdsa_fast::mc_terms_backward")
+    def _mc_terms_backward_fake(grad_g, grad_h, feat, mask, cnum):
+        return torch.empty_like(feat)
+
+    @torch.library.register_fake("tdsa_fast::topdown_gate")
+    def _topdown_gate_fake(low, high, mode):
+        torch._check(low.dtype == high.dtype, lambda: "tdsa_fast: low and high must share a dtype")
+        return torch.empty_like(low)
+
+    @torch.library.register_fake("tdsa_fast::topdown_gate_backward")
+    def _topdown_gate_backward_fake(grad_out, low, high, mode):
+        return torch.empty_like(low), torch.empty_like(high)
+
+    @torch.library.register_fake("tdsa_fast::tdsa_terms")
+    def _tdsa_terms_fake(low, high, mask_low, cnum_low, mode):
+        torch._check(low.dtype == high.dtype, lambda: "tdsa_fast: low and high must share a dtype")
+        return _terms_like(low, cnum_low)
+
+    @torch.library.register_fake("tdsa_fast::tdsa_terms_backward")
+    def _tdsa_terms_backward_fake(grad_g, grad_h, low, high, mask_low, cnum_low, mode):
+        return torch.empty_like(low), torch.empty_like(high)
+
+    # ---- autograd ----------------------------------------------------------------------
+    def _mc_setup(ctx, inputs, output):
+        feat, mask, cnum = inputs
+        ctx.save_for_backward(feat, mask)
+        ctx.cnum = cnum
+
+    def _mc_backward(ctx, grad_g, grad_h):
+        feat, mask = ctx.saved_tensors
+        grad_feat = None
+        if ctx.needs_input_grad[0]:
+            like = feat.new_empty((feat.shape[0], feat.shape[1] // ctx.cnum), dtype=_acc(feat.dtype))
+            grad_feat = torch.ops.tdsa_fast.mc_terms_backward(
+                _zeros_if_none(grad_g, like), _zeros_if_none(grad_h, like), feat, mask, ctx.cnum
+            )
+        return grad_feat, None, None
+
+    torch.library.register_autograd("tdsa_fast::mc_terms", _mc_backward, setup_context=_mc_setup)
+
+    def _gate_setup(ctx, inputs, output):
+        low, high, mode = inputs
+        ctx.save_for_backward(low, high)
+        ctx.mode = mode
+
+    def _gate_backward(ctx, grad_out):
+        low, high = ctx.saved_tensors
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return None, None, None
+        grad_low, grad_high = torch.ops.tdsa_fast.topdown_gate_backward(
+            _zeros_if_none(grad_out, low), low, high, ctx.mode
+        )
+        return (
+            grad_low if ctx.needs_input_grad[0] else None,
+            grad_high if ctx.needs_input_grad[1] else None,
+            None,
+        )
+
+    torch.library.register_autograd("tdsa_fast::topdown_gate", _gate_backward, setup_context=_gate_setup)
+
+    def _tdsa_setup(ctx, inputs, output):
+        low, high, mask_low, cnum_low, mode = inputs
+        ctx.save_for_backward(low, high, mask_low)
+        ctx.cnum_low = cnum_low
+        ctx.mode = mode
+
+    def _tdsa_backward(ctx, grad_g, grad_h):
+        low, high, mask_low = ctx.saved_tensors
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return None, None, None, None, None
+        like = low.new_empty((low.shape[0], low.shape[1] // ctx.cnum_low), dtype=_acc(low.dtype))
+        grad_low, grad_high = torch.ops.tdsa_fast.tdsa_terms_backward(
+            _zeros_if_none(grad_g, like), _zeros_if_none(grad_h, like), low, high, mask_low, ctx.cnum_low, ctx.mode
+        )
+        return (
+            grad_low if ctx.needs_input_grad[0] else None,
+            grad_high if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+            None,
+        )
+
+    torch.library.register_autograd("tdsa_fast::tdsa_terms", _tdsa_backward, setup_context=_tdsa_setup)
+
+
+if _C is not None:
+    _register()
+
+
+def build_info() -> dict:
+    """How the compiled library was built, and which kernels are registered.
+
+    ``{"compiled": False, "error": ...}`` when ``tdsa_fast._C`` is not importable; else
+    ``_C.build_info()`` (build_system, built_with_torch, cuda, cuda_version,
+    cuda_arch_list, cuda_home, cpu_kernels, openmp, cplusplus, compiler) plus
+    ``compiled: True`` and ``kernels``: the dispatch keys (CPU, CUDA) with a kernel
+    registered for every op.
+    """
+    if _C is None:
+        return {"compiled": False, "error": str(_IMPORT_ERROR)}
+    info = dict(_C.build_info())
+    info["compiled"] = True
+    info["kernels"] = [
+        key
+        for key in ("CPU", "CUDA")
+        if all(torch._C._dispatch_has_kernel_for_dispatch_key(f"tdsa_fast::{op}", key) for op in OPS)
+    ]
+    return info
