@@ -6,15 +6,20 @@ __version__ = "0.1.0"
 
 
 def build_info() -> dict:
-    """What this installation can run: the compiled kernels per device, and the torch it runs on."""
+    """What this installation can run: how the compiled kernels were built (``compiled``,
+    ``cuda``, ``cuda_arch_list``, ``kernels`` registered per device, ...; see
+    :func:`tdsa_fast._ops.build_info`), whether they are usable here, and the torch it runs on."""
     import torch
 
-    return {
-        "version": __version__,
-        "torch": torch.__version__,
-        "fused_cpu": fused_available("cpu"),
-        "fused_cuda": fused_available("cuda"),
-    }
+    try:
+        from tdsa_fast import _ops
+
+        info = _ops.build_info()
+    except ImportError as e:  # the package without its compiled library
+        info = {"compiled": False, "error": str(e)}
+    info.update(version=__version__, torch=torch.__version__,
+                fused_cpu=fused_available("cpu"), fused_cuda=fused_available("cuda"))
+    return info
 
 
 __all__ = ["functional", "build_info", "fused_available", "__version__"]
