@@ -21,14 +21,7 @@ import torch
 from tdsa_fast import _backend
 
 REPO = Path(__file__).resolve().parent.parent
-OPS = (
-    "mc_terms",
-    "mc_terms_backward",
-    "topdown_gate",
-    "topdown_gate_backward",
-    "tdsa_terms",
-    "tdsa_terms_backward",
-)
+from tdsa_fast._ops import OPS  # noqa: E402  (the six schemas of csrc/ops.cpp)
 BUILT = _backend._load_library()
 
 
