@@ -83,10 +83,14 @@ def test_tdsa_puts_gradient_on_both_levels_and_through_the_gate():
     g, h = TF.tdsa_terms(middle, high, masks[0], 9)
     (TF.mc_objective(g, h, y, 9)).backward()
     assert high.grad.abs().sum() > 0, "the gate's gradient does not reach the high level"
-    # and without the gate it does not
+    # the w/o-attention ablation: the middle term leaves the high level alone
     high2 = out.high.detach().requires_grad_(True)
-    g2, h2 = TF.mc_terms(middle, masks[0], 9)
-    assert not TF.mc_objective(g2, h2, y, 9).requires_grad or high2.grad is None
+    term_noattn = TrainingObjective("tdsa-noattn").term
+    full = term_noattn(middle, high2, y, masks=masks)
+    high_only = 1.5 * TF.mc_loss(high2, y, 3, mask=masks[1])
+    (gh,) = torch.autograd.grad(full, high2)
+    (gh_ref,) = torch.autograd.grad(high_only, high2)
+    assert torch.allclose(gh, gh_ref), "without the gate the middle term must not reach the high level"
 
 
 def test_unknown_dataset_and_model_list_the_valid_ones():
