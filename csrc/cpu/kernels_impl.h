@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -284,7 +283,7 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
       const int64_t c = i * n + j;
       acc_t* lj = lo + j * HWp;
       load_plane<scalar_t, acc_t>(X + b * p.xs[0] + c * p.xs[1], p.xs[2], p.xs[3], H, W, lj);
-      if (has_next && !std::getenv("TDSA_NO_PREFETCH")) prefetch_plane(X + nb * p.xs[0] + (ni * n + j) * p.xs[1], p.xs[2], p.xs[3], H, W);
+      if (has_next) prefetch_plane(X + nb * p.xs[0] + (ni * n + j) * p.xs[1], p.xs[2], p.xs[3], H, W);
       mk[j] = M[b * p.mask_sb + c];
       acc_t* xj = xs + j * HWp;
       if constexpr (GATED) {
