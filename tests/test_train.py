@@ -20,7 +20,7 @@ from tdsa_fast.train import run
 # A tiny version of the built-in data: 4 classes of 8 training images, so that a CI-sized run
 # can learn them; held-out accuracy on this data needs minutes of training (README).
 TINY = SyntheticSpec(num_classes=4, train_per_class=8, test_per_class=8, image_size=64, seed=1)
-TINY_ARGS = ["--dataset", "cub", "--img-size", "64", "--stem", "standard", "--epochs", "24", "--batch-size", "8",
+TINY_ARGS = ["--dataset", "cub", "--img-size", "64", "--stem", "standard", "--epochs", "32", "--batch-size", "8",
              "--lr", "0.02", "--workers", "0", "--log-interval", "1000", "--seed", "0"]
 
 
@@ -43,7 +43,7 @@ def test_short_training_lowers_the_loss_and_beats_chance(loss, tiny_root, tmp_pa
     results = run(_cfg(TINY_ARGS + ["--data-root", str(tiny_root), "--loss", loss, "--model", "resnet18",
                                     "--output", str(out)]), log=lambda *_: None)
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert len(rows) == 24
+    assert len(rows) == 32
     first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
     assert last < first - 0.1 * abs(first), f"{loss}: training loss {first} -> {last}"
     chance = 1 / TINY.num_classes

@@ -16,8 +16,10 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../tdsa_math.h"
@@ -55,12 +57,13 @@ inline acc_t lane_sum(const Vec<acc_t>& v) {
   return s;
 }
 
-// exp for the softmax terms, whose arguments are x - max <= 0, -inf or NaN: at::vec's
-// exp_u20 (a degree-5 polynomial, about 2x cheaper than Sleef's exp) for float, with NaN
-// restored (exp_u20 clamps its argument, which would turn NaN into a finite value);
-// -inf gives 0 as it should. float64 keeps the accurate exp. (The sigmoid keeps the
-// accurate exp too: its argument can be +inf, which exp_u20 would not map to inf.)
-inline Vec<float> softmax_exp(const Vec<float>& x) { return Vec<float>::blendv(x.exp_u20(), x, x.isnan()); }
+// exp for the softmax terms: at::vec's exp_u20 for float (a degree-5 polynomial, about 2x
+// cheaper than Sleef's exp), the accurate exp for float64. Its arguments are x - max with a
+// finite max (so <= 0 or -inf, for which exp_u20 gives 0); a channel whose max is not finite
+// (a NaN, a +inf, or all -inf) has a NaN softmax everywhere, as torch.softmax, which the
+// caller produces by setting that channel's 1 / sum to NaN (exp_u20 would map NaN to a
+// finite value; the sigmoid keeps the accurate exp, its argument can be +inf).
+inline Vec<float> softmax_exp(const Vec<float>& x) { return x.exp_u20(); }
 inline Vec<double> softmax_exp(const Vec<double>& x) { return x.exp(); }
 
 // The vector form of math::replaces (v takes over from best: v > best, or v is NaN and
@@ -91,7 +94,7 @@ inline void prefetch_plane(const scalar_t* base, int64_t sH, int64_t sW, int64_t
   if (sW == 1 && (sH == W || H == 1)) {
     const char* p = reinterpret_cast<const char*>(base);
     const int64_t bytes = H * W * static_cast<int64_t>(sizeof(scalar_t));
-    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 2);
   }
 #else
   (void)base, (void)sH, (void)sW, (void)H, (void)W;
@@ -245,7 +248,8 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
       + tmp_size                         // separable upsample / adjoint scratch
       + (BWD && GATED ? Hh * Wh : 0)     // one grad_high plane
       + (BWD ? 2 * HWp : 0)              // ag, ah: argmax channel of g and h per position
-      + 4 * n));                         // mx, inv, mk, dot
+      + 4 * n                            // mx, inv, mk, dot
+      + (BWD ? L * n : 0)));             // per-lane partial sums of dot
   acc_t* cur = buf.data();
   auto take = [&](int64_t count) {
     acc_t* r = cur;
@@ -265,6 +269,7 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
   acc_t* inv = take(n);
   acc_t* mk = take(n);
   acc_t* dot = take(n);
+  acc_t* dlane = take(BWD ? L * n : 0);
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
 
   for (int64_t grp = begin; grp < end; ++grp) {
@@ -277,6 +282,7 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
       }
     }
     // Load, gate, and the per-channel softmax statistics (max-subtracted, as torch.softmax).
+    bool group_finite = true;
     const bool has_next = grp + 1 < end;
     const int64_t nb = (grp + 1) / S, ni = (grp + 1) % S;
     for (int64_t j = 0; j < n; ++j) {
@@ -292,16 +298,23 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
           (V::loadu(lj + q, cnt) * V::loadu(gk + q, cnt)).store(xj + q, cnt);
         });
       }
-      V vmax(neg_inf);
+      V vmax(neg_inf), vmin(-neg_inf);
       for_vec<L>(HW, [&](int64_t q, int64_t cnt) {
         const V v = V::loadu(xj + q, cnt);
         vmax = at::vec::maximum(vmax, cnt == L ? v : V::set(V(neg_inf), v, cnt));
+        vmin = at::vec::minimum(vmin, cnt == L ? v : V::set(V(-neg_inf), v, cnt));
       });
       alignas(64) acc_t lanes[L];
       vmax.store(lanes);
       acc_t m = lanes[0];
       for (int64_t l = 1; l < L; ++l) m = math::nan_max(m, lanes[l]);
+      vmin.store(lanes);
+      acc_t lowest = lanes[0];
+      for (int64_t l = 1; l < L; ++l) lowest = std::min(lowest, lanes[l]);
       mx[j] = m;
+      const bool finite_max = std::isfinite(m);
+      // every x and mask value of the group finite: no NaN anywhere in the comparisons below
+      group_finite = group_finite && finite_max && lowest > neg_inf && std::isfinite(mk[j]);
       V vsum(acc_t(0));
       acc_t* ej = ex + j * HWp;
       for_vec<L>(HW, [&](int64_t q, int64_t cnt) {
@@ -309,35 +322,58 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
         e.store(ej + q);
         vsum = vsum + head(e, cnt);
       });
-      inv[j] = acc_t(1) / lane_sum(vsum);
+      inv[j] = finite_max ? acc_t(1) / lane_sum(vsum) : std::numeric_limits<acc_t>::quiet_NaN();
     }
 
     // Per position: the cross-channel maxima (lowest index wins ties, first NaN wins).
     V gsum(acc_t(0)), hsum(acc_t(0));
-    for_vec<L>(HW, [&](int64_t q, int64_t cnt) {
-      V gb = V(mk[0]) * V::loadu(xs + q);
-      V hb = V::loadu(ex + q) * V(inv[0]);
-      V gi(acc_t(0)), hi(acc_t(0));
-      for (int64_t j = 1; j < n; ++j) {
-        const V v = V(mk[j]) * V::loadu(xs + j * HWp + q);
-        const V s = V::loadu(ex + j * HWp + q) * V(inv[j]);
-        const V ug = replaces(v, gb);
-        const V uh = replaces(s, hb);
-        gb = V::blendv(gb, v, ug);
-        hb = V::blendv(hb, s, uh);
-        if constexpr (BWD) {
-          gi = V::blendv(gi, V(static_cast<acc_t>(j)), ug);
-          hi = V::blendv(hi, V(static_cast<acc_t>(j)), uh);
+    if constexpr (BWD) std::fill(dlane, dlane + L * n, acc_t(0));
+    // FINITE: no NaN can occur, so "replaces" is a plain greater-than (one instruction).
+    auto per_position = [&](auto finite_tag) {
+      constexpr bool FINITE = decltype(finite_tag)::value;
+      auto takes_over = [](const V& v, const V& best) {
+        if constexpr (FINITE) {
+          return v > best;
+        } else {
+          return replaces(v, best);
         }
-      }
-      if constexpr (BWD) {
-        gi.store(ag + q);
-        hi.store(ah + q);
-      } else {
-        gsum = gsum + head(gb, cnt);
-        hsum = hsum + head(hb, cnt);
-      }
-    });
+      };
+      for_vec<L>(HW, [&](int64_t q, int64_t cnt) {
+        V gb = V(mk[0]) * V::loadu(xs + q);
+        V hb = V::loadu(ex + q) * V(inv[0]);
+        V gi(acc_t(0)), hi(acc_t(0));
+        for (int64_t j = 1; j < n; ++j) {
+          const V v = V(mk[j]) * V::loadu(xs + j * HWp + q);
+          const V s = V::loadu(ex + j * HWp + q) * V(inv[j]);
+          const V ug = takes_over(v, gb);
+          const V uh = takes_over(s, hb);
+          gb = V::blendv(gb, v, ug);
+          hb = V::blendv(hb, s, uh);
+          if constexpr (BWD) {
+            gi = V::blendv(gi, V(static_cast<acc_t>(j)), ug);
+            hi = V::blendv(hi, V(static_cast<acc_t>(j)), uh);
+          }
+        }
+        if constexpr (BWD) {
+          gi.store(ag + q);
+          hi.store(ah + q);
+          // T_j: the winning softmax values summed per winning channel, one partial sum per
+          // lane (no dependency chain between lanes), added up after the pass.
+          alignas(64) acc_t hv[L], iv[L];
+          hb.store(hv);
+          hi.store(iv);
+          for (int64_t l = 0; l < cnt; ++l) dlane[l * n + static_cast<int64_t>(iv[l])] += hv[l];
+        } else {
+          gsum = gsum + head(gb, cnt);
+          hsum = hsum + head(hb, cnt);
+        }
+      });
+    };
+    if (group_finite) {
+      per_position(std::true_type{});
+    } else {
+      per_position(std::false_type{});
+    }
     if constexpr (!BWD) {
       static_cast<acc_t*>(p.g)[grp] = lane_sum(gsum) / static_cast<acc_t>(HW);
       static_cast<acc_t*>(p.h)[grp] = lane_sum(hsum);
@@ -346,16 +382,11 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
       const acc_t gg = static_cast<const acc_t*>(p.grad_g)[grp];
       const acc_t gh = static_cast<const acc_t*>(p.grad_h)[grp];
       const acc_t gg_hw = gg / static_cast<acc_t>(HW);  // mean's backward
-      // dot_j = sum_p go_p s_p with go = grad_h at the positions channel j wins.
+      // dot_j = sum_p go_p s_p with go = grad_h where channel j wins p = grad_h * T_j.
       for (int64_t j = 0; j < n; ++j) {
-        const V jv(static_cast<acc_t>(j));
-        V d(acc_t(0));
-        const acc_t* ej = ex + j * HWp;
-        for_vec<L>(HW, [&](int64_t q, int64_t cnt) {
-          const V s = V::loadu(ej + q) * V(inv[j]);
-          d = d + head(V::blendv(V(acc_t(0)), V(gh) * s, V::loadu(ah + q) == jv), cnt);
-        });
-        dot[j] = lane_sum(d);
+        acc_t t = acc_t(0);
+        for (int64_t l = 0; l < L; ++l) t += dlane[l * n + j];
+        dot[j] = gh * t;
       }
       for (int64_t j = 0; j < n; ++j) {
         const V jv(static_cast<acc_t>(j));
