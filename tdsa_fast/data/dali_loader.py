@@ -1,0 +1,271 @@
+"""The NVIDIA DALI data path (``--loader dali``; the default when DALI is installed).
+
+The main process reads each batch's files (the plan of :mod:`tdsa_fast.data.sharding`)
+and feeds their bytes, with the augmentation drawn by
+:func:`~tdsa_fast.data.loading.draw_augment`, into a DALI pipeline through
+``external_source``:
+
+    decode (``device="mixed"``: nvJPEG on CUDA; ``"cpu"`` with ``device_id=None``)
+    -> resize to ``s x s`` (linear, antialiased; for ``rrc`` the crop window's ROI)
+    -> released recipe: slice the crop window, zero fill outside
+    -> ``crop_mirror_normalize`` (flip, ``(x - 127.5) / 127.5``, CHW or HWC, fp32/fp16)
+
+The pipeline keeps ``prefetch`` batches in flight, so decoding overlaps the training step.
+
+Bad data: a missing or empty file is caught before DALI sees it.  When DALI fails on a
+batch (corrupt or truncated JPEG, unknown format...), the batch's files are checked one by
+one (PIL, then DALI alone) to name the culprit: it raises :class:`BadImageError` naming the
+file, or with ``skip_bad`` is dropped and counted, the pipeline rebuilt and the epoch
+continued from that batch.  Files found bad are remembered and skipped in later epochs.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from collections import deque
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tdsa_fast.data.images import BadImageError, load_rgb
+from tdsa_fast.data.loading import Batch, ImageLoader
+from tdsa_fast.data.torch_loader import read_image_bytes
+
+__all__ = ["DaliImageLoader"]
+
+log = logging.getLogger(__name__)
+
+
+# The pipeline's inputs: (DALI type name, ndim) per sample.
+_FEED_TYPES = {"encoded": ("UINT8", 1), "anchor": ("INT32", 1), "roi_start": ("FLOAT", 1), "roi_end": ("FLOAT", 1),
+               "mirror": ("INT32", 0)}
+
+
+class _Fed(NamedTuple):
+    """A batch handed to the pipeline (or an empty one that was not)."""
+
+    k: int
+    indices: np.ndarray  # the images fed, in order
+    labels: np.ndarray
+    num_real: int
+    skipped: int
+
+
+def _header_size(data: bytes, path: str) -> tuple[int, int]:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}"
+        raise BadImageError(f"cannot load image {path}: {reason}", path=path, reason=reason) from None
+
+
+class DaliImageLoader(ImageLoader):
+    """The DALI loader; arguments as :class:`~tdsa_fast.data.loading.ImageLoader`
+    (``workers``: DALI CPU threads, at least 1), plus ``prefetch`` (batches in flight)."""
+
+    kind = "dali"
+
+    def __init__(self, samples, *, prefetch: int = 2, **kwargs):
+        super().__init__(samples, **kwargs)
+        self.prefetch = int(prefetch)
+        self.known_bad: set[int] = set()
+        self._pipe = None
+        if self.device.type == "cuda":
+            self._device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        else:
+            self._device_id = None
+
+    # -- the pipeline ------------------------------------------------------------------
+    def _build_pipeline(self):
+        from nvidia.dali import fn, pipeline_def, types
+
+        gpu = self._device_id is not None
+        s, train, rrc = self.img_size, self.train, self.recipe == "rrc"
+        out_dtype = types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT
+
+        @pipeline_def(batch_size=self.batch_size, num_threads=max(1, self.workers), device_id=self._device_id,
+                      prefetch_queue_depth=self.prefetch, seed=0)
+        def pipeline():
+            names = self._feed_names()
+            inputs = fn.external_source(source=self._next_feed, num_outputs=len(names),
+                                        dtype=[getattr(types, _FEED_TYPES[n][0]) for n in names],
+                                        ndim=[_FEED_TYPES[n][1] for n in names])
+            feed = dict(zip(names, inputs))
+            img = fn.decoders.image(feed["encoded"], device="mixed" if gpu else "cpu", output_type=types.RGB)
+            if train and rrc:
+                img = fn.resize(img, size=[s, s], roi_start=feed["roi_start"], roi_end=feed["roi_end"],
+                                roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True)
+            else:
+                img = fn.resize(img, size=[s, s], interp_type=types.INTERP_LINEAR, antialias=True)
+                if train:
+                    img = fn.slice(img, feed["anchor"], np.array([s, s], dtype=np.int32), axes=[0, 1],
+                                   out_of_bounds_policy="pad", fill_values=0)
+            return fn.crop_mirror_normalize(img, mirror=feed["mirror"] if train else 0, mean=[127.5] * 3,
+                                            std=[127.5] * 3, output_layout="HWC" if self.channels_last else "CHW",
+                                            dtype=out_dtype)
+
+        pipe = pipeline()
+        pipe.build()
+        return pipe
+
+    # -- feeding -----------------------------------------------------------------------
+    def _prepare(self, k: int):
+        """Reads batch ``k``'s files; returns ``(_Fed, feed dict)`` (feed is None when
+        every image of the batch was skipped)."""
+        indices, real = self.plan.batch(k)
+        blobs, kept, skipped, kept_real, sizes = [], [], 0, 0, []
+        for j, index in enumerate(indices):
+            index = int(index)
+            path = self.samples[index][0]
+            if index in self.known_bad:
+                skipped += j < real
+                continue
+            try:
+                data = read_image_bytes(path)
+                if self.train and self.recipe == "rrc":
+                    sizes.append(_header_size(data, path))
+            except BadImageError as e:
+                if not self.skip_bad:
+                    raise
+                log.warning("skipping unreadable image: %s", e)
+                self.known_bad.add(index)
+                skipped += j < real
+                continue
+            blobs.append(np.frombuffer(data, dtype=np.uint8))
+            kept.append(index)
+            kept_real += j < real
+        kept_arr = np.asarray(kept, dtype=np.int64)
+        fed = _Fed(k, kept_arr, np.asarray([self.samples[i][1] for i in kept], dtype=np.int64), kept_real, skipped)
+        if not kept:
+            return fed, None
+        feed = {"encoded": blobs}
+        if self.train:
+            augs = [self.augment(i, *(sizes[n] if sizes else (None, None))) for n, i in enumerate(kept)]
+            feed["mirror"] = [np.array(a.flip, dtype=np.int32) for a in augs]
+            if self.recipe == "rrc":
+                feed["roi_start"] = [np.array([a.box[0], a.box[1]], dtype=np.float32) for a in augs]
+                feed["roi_end"] = [np.array([a.box[0] + a.box[2], a.box[1] + a.box[3]], dtype=np.float32)
+                                   for a in augs]
+            else:
+                feed["anchor"] = [np.array([a.box[0], a.box[1]], dtype=np.int32) for a in augs]
+        return fed, feed
+
+    def _feed_names(self) -> tuple[str, ...]:
+        if not self.train:
+            return ("encoded",)
+        return ("encoded", "roi_start", "roi_end", "mirror") if self.recipe == "rrc" else ("encoded", "anchor", "mirror")
+
+    def _next_feed(self):
+        """The pipeline's source, called by DALI once per iteration: the next batch that
+        has an image left; raises StopIteration at the end of the epoch."""
+        while True:
+            k = next(self._todo)  # StopIteration ends DALI's epoch
+            fed, feed = self._prepare(k)
+            self._fed.append(fed)
+            if feed is not None:
+                return tuple(feed[name] for name in self._feed_names())
+
+    def __iter__(self):
+        start = 0
+        while True:
+            failed = yield from self._run_from(start)
+            if failed is None:
+                return
+            start = failed
+
+    def _run_from(self, start: int):
+        """Yields batches ``start..``; returns None at the end of the epoch, or the batch
+        to restart from after a bad image was found and dropped (``skip_bad``)."""
+        self._todo = iter(range(start, len(self.plan)))
+        self._fed: deque[_Fed] = deque()
+        pipe = self._pipe if self._pipe is not None else self._build_pipeline()
+        self._pipe = None  # owned by this generator until the epoch ends cleanly
+        while True:
+            try:
+                (images,) = pipe.run()
+                out = self._to_torch(images)
+            except StopIteration:
+                pipe.reset()
+                self._pipe = pipe
+                while self._fed:  # trailing batches whose every image was skipped
+                    yield self._empty_batch(self._fed.popleft())
+                return None
+            except BadImageError:
+                raise  # a missing or empty file, found while reading (skip_bad is off)
+            except Exception as err:  # DALI raises RuntimeError; its exact type is not API
+                candidates = [f for f in self._fed if len(f.indices)]
+                del pipe
+                bad = self._find_bad(np.concatenate([f.indices for f in candidates]), err)
+                if not self.skip_bad:
+                    raise bad from None
+                log.warning("skipping unreadable image: %s", bad)
+                return candidates[0].k
+            while not len(self._fed[0].indices):
+                yield self._empty_batch(self._fed.popleft())
+            fed = self._fed.popleft()
+            labels = torch.from_numpy(fed.labels).to(self.device, non_blocking=True)
+            yield Batch(out, labels, fed.num_real, fed.skipped, torch.from_numpy(fed.indices))
+
+    def _empty_batch(self, fed: _Fed) -> Batch:
+        s = self.img_size
+        images = torch.empty((0, 3, s, s), dtype=self.dtype, device=self.device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return Batch(images, torch.empty(0, dtype=torch.int64, device=self.device), 0, fed.skipped,
+                     torch.empty(0, dtype=torch.int64))
+
+    def _to_torch(self, images) -> torch.Tensor:
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        dense = images.as_tensor()
+        storage_dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
+        out = torch.empty(dense.shape(), dtype=storage_dtype, device=self.device)
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        feed_ndarray(dense, out, cuda_stream=stream)
+        if self.channels_last:
+            out = out.permute(0, 3, 1, 2)  # NHWC storage = channels_last NCHW
+        return out.to(self.dtype)
+
+    # -- naming the bad file -----------------------------------------------------------
+    def _find_bad(self, indices: np.ndarray, err: Exception) -> BadImageError:
+        """The first of ``indices`` whose file cannot be decoded, as a BadImageError (and
+        remembered in ``known_bad``); the DALI error itself when no single file fails."""
+        for index in dict.fromkeys(int(i) for i in indices):
+            try:
+                load_rgb(self.samples[index][0])
+            except BadImageError as e:
+                self.known_bad.add(index)
+                return e
+        for index in dict.fromkeys(int(i) for i in indices):
+            path = self.samples[index][0]
+            reason = _dali_decode_error(path)
+            if reason is not None:
+                self.known_bad.add(index)
+                return BadImageError(f"cannot load image {path}: DALI cannot decode it: {reason}", path=path,
+                                     reason=reason)
+        raise RuntimeError(f"the DALI pipeline failed on a batch whose files all decode one by one: {err}") from err
+
+
+def _dali_decode_error(path: str) -> Optional[str]:
+    """None if DALI's CPU decoder decodes ``path`` alone, else the first line of its error."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    data = np.fromfile(path, dtype=np.uint8)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
+    def single():
+        return fn.decoders.image(fn.external_source(name="encoded", dtype=types.UINT8, ndim=1), device="cpu",
+                                 output_type=types.RGB)
+
+    pipe = single()
+    pipe.build()
+    pipe.feed_input("encoded", [data])
+    try:
+        pipe.run()
+    except Exception as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        return next((ln for ln in lines if "rror" in ln and "pipeline" not in ln.lower()), lines[0] if lines else "")
+    return None

@@ -1,0 +1,255 @@
+"""The PyTorch data path: a ``Dataset`` + ``DataLoader`` with the transforms, plan and
+output of :mod:`tdsa_fast.data.loading` (used when DALI is absent, or with ``--loader torch``).
+
+Two decode modes:
+
+* ``decode="pil"`` (default): worker processes decode with PIL and apply the resize, crop
+  and flip on ``uint8`` images; batches travel as ``uint8 [n, s, s, 3]`` (pinned when the
+  device is CUDA) and are normalised on the device.
+* ``decode="device"``: workers only read the files' bytes; the main process decodes the
+  batch with ``torchvision.io.decode_jpeg`` on the loader's device (nvJPEG on CUDA),
+  falling back to PIL for anything that is not a baseline JPEG it can decode (PNG, CMYK,
+  ...), then resizes (bilinear, antialiased), crops and flips on the device.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import sys
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from tdsa_fast.data.images import BadImageError, _Loader, _to_rgb, load_rgb
+from tdsa_fast.data.loading import Augment, Batch, ImageLoader, finish_images
+
+__all__ = ["TorchImageLoader", "apply_augment_pil", "read_image_bytes"]
+
+log = logging.getLogger(__name__)
+
+DECODE_MODES = ("pil", "device")
+
+
+def read_image_bytes(path: str) -> bytes:
+    """The file's bytes; a missing, unreadable or empty file raises :class:`BadImageError`
+    naming it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise BadImageError(f"cannot load image {path}: file not found", path=path, reason="file not found")
+    except OSError as e:
+        reason = f"{type(e).__name__}: {e}"
+        raise BadImageError(f"cannot load image {path}: {reason}", path=path, reason=reason)
+    if not data:
+        raise BadImageError(f"cannot load image {path}: empty file (0 bytes)", path=path,
+                            reason="empty file (0 bytes)")
+    return data
+
+
+def apply_augment_pil(img: Image.Image, aug: Augment, img_size: int, recipe: str) -> np.ndarray:
+    """RGB ``PIL.Image`` -> ``uint8 [s, s, 3]`` (see :mod:`tdsa_fast.data.loading`)."""
+    s = img_size
+    if aug.box is not None and recipe == "rrc":
+        top, left, h, w = aug.box
+        img = img.resize((s, s), Image.BILINEAR, box=(left, top, left + w, top + h))
+    else:
+        img = img.resize((s, s), Image.BILINEAR)
+        if aug.box is not None:
+            top, left, h, w = aug.box
+            img = img.crop((left, top, left + w, top + h))  # outside the image: zeros
+    if aug.flip:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def apply_augment_tensor(img: torch.Tensor, aug: Augment, img_size: int, recipe: str) -> torch.Tensor:
+    """``uint8 [3, H, W]`` (any device) -> ``float32 [3, s, s]`` with integer values in
+    ``[0, 255]``: the tensor version of :func:`apply_augment_pil`."""
+    s = img_size
+    x = img.unsqueeze(0).to(torch.float32)
+    if aug.box is not None and recipe == "rrc":
+        top, left, h, w = aug.box
+        x = x[..., top:top + h, left:left + w]
+    x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False).round_().clamp_(0, 255)
+    if aug.box is not None and recipe != "rrc":
+        top, left, h, w = aug.box
+        out = torch.zeros((1, 3, h, w), dtype=x.dtype, device=x.device)
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(top + h, s), min(left + w, s)
+        out[..., y0 - top:y1 - top, x0 - left:x1 - left] = x[..., y0:y1, x0:x1]
+        x = out
+    if aug.flip:
+        x = x.flip(-1)
+    return x[0]
+
+
+class _Item(NamedTuple):
+    data: object  # uint8 [s, s, 3] array (pil) or the file's bytes (device); None when unreadable
+    label: int
+    index: int
+    real: bool
+
+
+class _PlanDataset(torch.utils.data.Dataset):
+    """``dataset[(index, epoch, real)]`` -> :class:`_Item`; decoding errors raise
+    :class:`BadImageError` unless ``skip_bad`` (then ``data`` is ``None``)."""
+
+    def __init__(self, loader: "TorchImageLoader"):
+        self.samples = loader.samples
+        self.decode = loader.decode
+        self.skip_bad = loader.skip_bad
+        self.augment_args = dict(train=loader.train, recipe=loader.recipe, img_size=loader.img_size,
+                                 seed=loader.seed)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key) -> _Item:
+        from tdsa_fast.data.loading import draw_augment
+
+        index, epoch, real = key
+        path, label = self.samples[index]
+        try:
+            if self.decode == "device":
+                data = read_image_bytes(path)
+            else:
+                img = load_rgb(path)
+                aug = draw_augment(epoch=epoch, index=index, width=img.width, height=img.height,
+                                   **self.augment_args)
+                data = apply_augment_pil(img, aug, self.augment_args["img_size"], self.augment_args["recipe"])
+        except BadImageError as e:
+            if not self.skip_bad:
+                raise
+            log.warning("skipping unreadable image: %s", e)
+            data = None
+        return _Item(data, int(label), int(index), bool(real))
+
+
+class _PlanBatches(torch.utils.data.Sampler):
+    """Yields the current plan's batches as lists of ``(index, epoch, real)`` keys."""
+
+    def __init__(self, loader: "TorchImageLoader"):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader.plan)
+
+    def __iter__(self):
+        plan = self.loader.plan
+        for k in range(len(plan)):
+            indices, real = plan.batch(k)
+            yield [(int(i), plan.epoch, j < real) for j, i in enumerate(indices)]
+
+
+def _collate(items: list[_Item], img_size: int, decode: str):
+    kept = [it for it in items if it.data is not None]
+    skipped = sum(1 for it in items if it.data is None and it.real)
+    labels = torch.tensor([it.label for it in kept], dtype=torch.int64)
+    indices = torch.tensor([it.index for it in kept], dtype=torch.int64)
+    num_real = sum(1 for it in kept if it.real)
+    if decode == "device":
+        data = [torch.frombuffer(bytearray(it.data), dtype=torch.uint8) for it in kept]
+    elif kept:
+        data = torch.from_numpy(np.stack([it.data for it in kept]))
+    else:
+        data = torch.empty((0, img_size, img_size, 3), dtype=torch.uint8)
+    return data, labels, indices, num_real, skipped
+
+
+def _worker_context() -> str:
+    """``fork`` (fast start) unless DALI is loaded: its thread pools hold locks that a
+    forked child inherits and can wait on forever, so then ``forkserver``."""
+    return "forkserver" if "nvidia.dali" in sys.modules else "fork"
+
+
+class TorchImageLoader(ImageLoader):
+    """The PyTorch loader (see the module docstring); arguments as
+    :class:`~tdsa_fast.data.loading.ImageLoader`, plus ``decode``.  ``workers`` worker
+    processes (kept across epochs) or the main process with ``workers=0``."""
+
+    kind = "torch"
+
+    def __init__(self, samples, *, decode: str = "pil", **kwargs):
+        if decode not in DECODE_MODES:
+            raise ValueError(f"unknown decode mode {decode!r}; valid modes: {', '.join(DECODE_MODES)}")
+        self.decode = decode
+        super().__init__(samples, **kwargs)
+        self._loader = _Loader(
+            _PlanDataset(self),
+            batch_sampler=_PlanBatches(self),
+            num_workers=self.workers,
+            collate_fn=functools.partial(_collate, img_size=self.img_size, decode=decode),
+            pin_memory=self.device.type == "cuda" and decode == "pil",
+            persistent_workers=self.workers > 0,
+            multiprocessing_context=_worker_context() if self.workers > 0 else None,
+        )
+
+    def _decode_on_device(self, blobs: list[torch.Tensor], indices: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Decodes, augments and stacks a batch on the device; returns the images
+        ``float32 [m, 3, s, s]`` and the positions (into ``blobs``) that were decoded."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        jpeg = [k for k, b in enumerate(blobs) if len(b) > 2 and b[0] == 0xFF and b[1] == 0xD8]
+        decoded: dict[int, torch.Tensor] = {}
+        if jpeg:
+            try:
+                for k, img in zip(jpeg, decode_jpeg([blobs[k] for k in jpeg], mode=ImageReadMode.RGB,
+                                                    device=self.device)):
+                    decoded[k] = img
+            except RuntimeError:
+                pass  # some image of the batch failed: decode the rest one at a time below
+        out, kept = [], []
+        for k, blob in enumerate(blobs):
+            index = int(indices[k])
+            img = decoded.get(k)
+            if img is None:
+                try:
+                    img = self._decode_one_on_host(blob, index)
+                except BadImageError as e:
+                    if not self.skip_bad:
+                        raise
+                    log.warning("skipping unreadable image: %s", e)
+                    continue
+            aug = self.augment(index, width=img.shape[-1], height=img.shape[-2])
+            out.append(apply_augment_tensor(img, aug, self.img_size, self.recipe))
+            kept.append(k)
+        s = self.img_size
+        images = torch.stack(out) if out else torch.empty((0, 3, s, s), device=self.device)
+        return images, kept
+
+    def _decode_one_on_host(self, blob: torch.Tensor, index: int) -> torch.Tensor:
+        path = self.samples[index][0]
+        try:
+            with Image.open(io.BytesIO(blob.numpy().tobytes())) as im:
+                im.load()
+                rgb = _to_rgb(im)
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+            raise BadImageError(f"cannot load image {path}: {reason}", path=path, reason=reason) from None
+        return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).to(self.device)
+
+    def __iter__(self):
+        finish = functools.partial(finish_images, device=self.device, channels_last=self.channels_last,
+                                   dtype=self.dtype)
+        for data, labels, indices, num_real, skipped in self._loader:
+            if self.decode == "device":
+                images, kept = self._decode_on_device(data, indices)
+                if len(kept) != len(data):
+                    mask = torch.zeros(len(data), dtype=torch.bool)
+                    mask[kept] = True
+                    skipped += int((~mask[:num_real]).sum())
+                    num_real -= int((~mask[:num_real]).sum())
+                    labels, indices = labels[mask], indices[mask]
+                images = finish(images, layout="NCHW")
+            else:
+                images = finish(data, layout="NHWC")
+            yield Batch(images, labels.to(self.device, non_blocking=True), num_real, skipped, indices)
+
+    def close(self) -> None:
+        self._loader.close()
+
