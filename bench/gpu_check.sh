@@ -13,7 +13,14 @@
 #         DESIGN §3 memory-traffic floor (read F_l and F_h twice, write dF_l and dF_h once)
 #         over a measured device-to-device copy bandwidth.
 #   all   ops, then the full benchmark table (torch.compile(reference) for every case / phase).
-#   data, train   placeholders: print "not yet implemented (issue #4/#5)" and exit 0.
+#   data  no build: the data pipeline's GPU throughput on the Flowers-102 training split
+#         (224 px, batch 32, $DATA_WORKERS workers, default 8): the released code's recipe
+#         (PIL + torchvision transforms in a DataLoader, batches copied to the GPU) against our
+#         PyTorch fallback with PIL workers and with torchvision.io.decode_jpeg on the GPU
+#         (DALI is not installable on the bare GPU machine). It reads $DATA_ROOT, default
+#         .gpu_data/flowers102, made here with `python bench/make_gpu_data.py` and carried
+#         (device tool: carry [".gpu_data"]). Also runs tests/test_torch_loader.py (its CUDA cases).
+#   train placeholder: prints "not yet implemented (issue #5)" and exits 0.
 #
 # Results (logs and JSON) go to $OUT (default: ${TMPDIR:-/tmp}/tdsa_gpu_check).
 set -uo pipefail
@@ -26,11 +33,26 @@ PY="${PYTHON:-python3}"
 
 case "$STAGE" in
   data)
-    echo "gpu_check stage 'data': not yet implemented (issue #4/#5)"
-    exit 0
+    DATA_ROOT="${DATA_ROOT:-$REPO/.gpu_data/flowers102}"
+    "$PY" -c "import sys, torch; print('torch', torch.__version__, '| card:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'); sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device visible" >&2; exit 1; }
+    if [ ! -f "$DATA_ROOT/setid.mat" ]; then
+      echo "no Flowers-102 copy at $DATA_ROOT: run 'python bench/make_gpu_data.py' and carry .gpu_data" >&2
+      exit 1
+    fi
+    fail=0
+    echo "=== loader tests on CUDA ($(date +%T))"
+    (cd "$REPO" && PYTHONPATH="$REPO" "$PY" -m pytest tests/test_torch_loader.py tests/test_sharding.py -q -p no:cacheprovider -rs \
+      2>&1 | tee "$OUT/test_loaders.log" | tail -n 8; exit "${PIPESTATUS[0]}") || fail=1
+    echo "=== data pipeline throughput on CUDA ($(date +%T))"
+    PYTHONPATH="$REPO" "$PY" "$REPO/bench/bench_data.py" --device cuda --workers "${DATA_WORKERS:-8}" --rounds 3 \
+      --data-root "$DATA_ROOT" --loaders released torch torch-device --json "$OUT/bench_data_cuda.json" \
+      2>&1 | tee "$OUT/bench_data_cuda.log" || fail=1
+    [ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
+    echo "results in $OUT; overall: $([ $fail -eq 0 ] && echo PASS || echo FAIL)"
+    exit $fail
     ;;
   train)
-    echo "gpu_check stage 'train': not yet implemented (issue #4/#5)"
+    echo "gpu_check stage 'train': not yet implemented (issue #5)"
     exit 0
     ;;
   ops | all) ;;

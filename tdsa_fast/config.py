@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from tdsa_fast.data.datasets import DATASETS
+from tdsa_fast.data.loading import LOADERS
 from tdsa_fast.models import MODELS
 
 LOSSES = ("ce", "mc", "tdsa", "tdsa-noattn")
@@ -37,7 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--img-size", type=int, default=None, help="square input size (preset: 64 default data, 224 real)")
     d.add_argument("--augment", default="released", choices=("released", "rrc"),
                    help="training augmentation: the released code's resize+pad-crop+flip, or random-resized-crop")
-    d.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
+    d.add_argument("--loader", default="auto", choices=LOADERS,
+                   help="data pipeline: NVIDIA DALI (GPU decode on CUDA), the PyTorch DataLoader, or auto "
+                        "(DALI when it is installed)")
+    d.add_argument("--torch-decode", default="pil", choices=("pil", "device"),
+                   help="PyTorch loader only: PIL in the worker processes, or torchvision.io.decode_jpeg on the "
+                        "training device (nvJPEG on CUDA)")
+    d.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (PyTorch loader) or decoding threads (DALI, at least 1)")
     d.add_argument("--skip-bad-images", action="store_true",
                    help="skip unreadable images (counted and reported) instead of stopping with an error")
 
@@ -70,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--amp", action="store_true",
                    help="bfloat16 autocast on CUDA (not yet active on the CPU: training stays float32 there)")
+    r.add_argument("--channels-last", action="store_true",
+                   help="NHWC memory format for the model and its input batches")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--output", default=None, help="run folder (default: runs/<dataset>-<model>-<loss>-<time>)")
     r.add_argument("--log-interval", type=int, default=20, help="steps between progress lines")
@@ -95,6 +105,8 @@ def resolve(args: argparse.Namespace) -> dict:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
     if cfg["stem"] != "auto" and cfg["model"] != "resnet18":
         raise ValueError(f"--stem applies to resnet18 only, not to --model {cfg['model']}")
+    if cfg["torch_decode"] != "pil" and cfg["loader"] == "dali":
+        raise ValueError("--torch-decode applies to --loader torch; DALI decodes on the training device itself")
     if cfg["workers"] < 0:
         raise ValueError(f"--workers must be >= 0, got {cfg['workers']}")
     if cfg["lr"] <= 0:

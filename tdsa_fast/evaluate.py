@@ -14,13 +14,14 @@ import torch
 from tdsa_fast import checkpoint
 from tdsa_fast.config import model_widths, small_input
 from tdsa_fast.data.datasets import load_split
-from tdsa_fast.data.images import BadImageError, build_loader
+from tdsa_fast.data.images import BadImageError
+from tdsa_fast.data.loading import LOADERS, build_loader
 from tdsa_fast.models import build_model
 from tdsa_fast.train import dataset_root, evaluate, pick_device
 
 
 def evaluate_checkpoint(path, *, split: str = "test", data_root=None, batch_size=None, workers=0,
-                        device="auto", skip_bad_images=False) -> dict:
+                        device="auto", skip_bad_images=False, loader="auto") -> dict:
     """Returns dict(accuracy, correct, total, split) for the checkpoint at ``path``."""
     ckpt = checkpoint.load(path)
     cfg = dict(ckpt["config"])
@@ -36,10 +37,10 @@ def evaluate_checkpoint(path, *, split: str = "test", data_root=None, batch_size
                         img_size=cfg["img_size"], small_input=small_input(cfg))
     model.load_state_dict(ckpt["model"])
     model.to(device)
-    loader = build_loader(samples.samples, img_size=cfg["img_size"], train=False,
-                          batch_size=batch_size or cfg["batch_size"], workers=workers,
-                          skip_bad=skip_bad_images, pin_memory=device.type == "cuda")
-    correct, total = evaluate(model, loader, device)
+    with build_loader(samples.samples, loader=loader, img_size=cfg["img_size"], train=False,
+                      batch_size=batch_size or cfg["batch_size"], workers=workers, skip_bad=skip_bad_images,
+                      device=device) as batches:
+        correct, total = evaluate(model, batches, device)
     return dict(accuracy=correct / max(total, 1), correct=correct, total=total, split=split)
 
 
@@ -50,12 +51,14 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=None, help="override the data folder stored in the checkpoint")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--loader", default="auto", choices=LOADERS, help="data pipeline (see tdsa_fast.train --help)")
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad-images", action="store_true")
     a = p.parse_args(argv)
     try:
         r = evaluate_checkpoint(a.checkpoint, split=a.split, data_root=a.data_root, batch_size=a.batch_size,
-                                workers=a.workers, device=a.device, skip_bad_images=a.skip_bad_images)
+                                workers=a.workers, device=a.device, skip_bad_images=a.skip_bad_images,
+                                loader=a.loader)
     except (ValueError, FileNotFoundError, BadImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,7 +21,8 @@ import torch
 from tdsa_fast import checkpoint
 from tdsa_fast.config import build_parser, model_widths, resolve, small_input
 from tdsa_fast.data.datasets import SampleList, load_split
-from tdsa_fast.data.images import BadImageError, build_loader
+from tdsa_fast.data.images import BadImageError
+from tdsa_fast.data.loading import build_loader, dali_available
 from tdsa_fast.models import build_model
 from tdsa_fast.objective import TrainingObjective
 
@@ -55,6 +56,33 @@ def load_splits(cfg: dict) -> tuple[SampleList, SampleList]:
     return train, test
 
 
+def resolve_loader(name: str) -> str:
+    """``auto`` -> ``dali`` when DALI is installed, else ``torch``."""
+    if name == "auto":
+        return "dali" if dali_available() else "torch"
+    return name
+
+
+def build_loaders(cfg: dict, train_set: SampleList, test_set: SampleList, device: torch.device,
+                  rank: int = 0, world_size: int = 1):
+    """The training and test loaders of ``cfg`` on ``device`` (batches arrive there, in bf16
+    under ``--amp`` on CUDA, NHWC under ``--channels-last``)."""
+    kind = resolve_loader(cfg["loader"])
+    common = dict(loader=kind, img_size=cfg["img_size"], batch_size=cfg["batch_size"], workers=cfg["workers"],
+                  skip_bad=cfg["skip_bad_images"], device=device, channels_last=cfg["channels_last"],
+                  dtype=torch.bfloat16 if cfg["amp"] and device.type == "cuda" else torch.float32,
+                  rank=rank, world_size=world_size, seed=cfg["seed"])
+    if kind == "torch":
+        common["decode"] = cfg["torch_decode"]
+    train_loader = build_loader(train_set.samples, train=True, recipe=cfg["augment"], **common)
+    try:
+        test_loader = build_loader(test_set.samples, train=False, **common)
+    except BaseException:
+        train_loader.close()
+        raise
+    return train_loader, test_loader
+
+
 def autocast_context(cfg: dict, device: torch.device):
     if cfg["amp"] and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -82,14 +110,15 @@ def evaluate(model, loader, device, autocast=contextlib.nullcontext) -> tuple[in
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     total = 0
-    for images, labels, _ in loader:
-        if labels.numel() == 0:
+    for batch in loader:
+        n = batch.num_real  # padding (sharding) and skipped images stay out of the count
+        if n == 0:
             continue
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images, labels = batch.images[:n], batch.labels[:n]
         with autocast():
             logits = model(images).logits
         correct += (logits.argmax(1) == labels).sum()
-        total += labels.numel()
+        total += n
     return int(correct.item()), total
 
 
@@ -100,18 +129,18 @@ def train_one_epoch(model, objective, optimizer, loader, device, cfg, epoch, log
     steps = len(loader)
     start = window_start = time.perf_counter()
     window_seen = 0
-    for step, (images, labels, n_bad) in enumerate(loader, 1):
-        skipped += n_bad
-        if labels.numel() == 0:
+    for step, batch in enumerate(loader, 1):
+        skipped += batch.skipped
+        n = batch.num_real
+        if n == 0:
             continue
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images, labels = batch.images[:n], batch.labels[:n]
         with autocast_context(cfg, device):
             out = model(images)
             loss, ce = objective(out, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        n = labels.numel()
         stats += torch.stack([loss.detach().double() * n, ce.detach().double() * n,
                               (out.logits.detach().argmax(1) == labels).sum().double()])
         seen += n
@@ -146,14 +175,12 @@ def run(cfg: dict, log=print) -> dict:
 
     train_set, test_set = load_splits(cfg)
     num_classes = train_set.num_classes
-    loader_args = dict(img_size=cfg["img_size"], batch_size=cfg["batch_size"], workers=cfg["workers"],
-                       skip_bad=cfg["skip_bad_images"], pin_memory=device.type == "cuda")
-    train_loader = build_loader(train_set.samples, train=True, seed=cfg["seed"], recipe=cfg["augment"], **loader_args)
-    test_loader = build_loader(test_set.samples, train=False, **loader_args)
 
     middle_cnum, high_cnum = model_widths(cfg["loss"], cfg["xi"], cfg["cnum_high"])
     model = build_model(cfg["model"], num_classes, middle_cnum=middle_cnum, high_cnum=high_cnum,
                         img_size=cfg["img_size"], small_input=small_input(cfg)).to(device)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     objective = TrainingObjective(cfg["loss"], cnum_high=cfg["cnum_high"], mu=cfg["mu"], lam=cfg["lam"],
                                   div_form=cfg["div_form"], beta=cfg["beta"], upsample=cfg["upsample"])
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
@@ -161,11 +188,12 @@ def run(cfg: dict, log=print) -> dict:
     milestones = sorted({max(1, cfg["epochs"] // 2), max(1, (3 * cfg["epochs"]) // 4)})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
+    train_loader, test_loader = build_loaders(cfg, train_set, test_set, device)
     saved_cfg = dict(cfg, output=str(out), num_classes=num_classes, class_names=train_set.class_names,
-                     device_used=str(device))
+                     device_used=str(device), loader_used=train_loader.kind)
     (out / "config.json").write_text(json.dumps(saved_cfg, indent=2))
     log(f"{cfg['dataset']}: {len(train_set.samples)} train / {len(test_set.samples)} test images, "
-        f"{num_classes} classes; {cfg['model']} + {cfg['loss']} on {device}; output {out}")
+        f"{num_classes} classes; {cfg['model']} + {cfg['loss']} on {device}, {train_loader.kind} loader; output {out}")
 
     try:
         best_acc, best_epoch, test_acc = -1.0, 0, float("nan")
@@ -174,6 +202,7 @@ def run(cfg: dict, log=print) -> dict:
             writer.writeheader()
             for epoch in range(1, cfg["epochs"] + 1):
                 lr = optimizer.param_groups[0]["lr"]
+                train_loader.set_epoch(epoch)
                 row = train_one_epoch(model, objective, optimizer, train_loader, device, cfg, epoch, log)
                 scheduler.step()
                 if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:

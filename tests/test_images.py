@@ -14,7 +14,7 @@ from PIL import Image, ImageFile
 from tdsa_fast.data.images import (
     BadImageError,
     ImageListDataset,
-    build_loader,
+    released_recipe_loader,
     collate_skipping,
     load_rgb,
     train_transform,
@@ -311,27 +311,27 @@ def _drain(loader):
 
 def test_loader_eval_order_and_shapes(tmp_path):
     samples = make_samples(tmp_path, n=7)
-    loader = build_loader(samples, img_size=8, train=False, batch_size=3)
+    loader = released_recipe_loader(samples, img_size=8, train=False, batch_size=3)
     batches = _drain(loader)
     assert [b[0].shape[0] for b in batches] == [3, 3, 1]
     assert torch.cat([b[1] for b in batches]).tolist() == [i % 3 for i in range(7)]
     assert all(b[2] == 0 for b in batches)
     assert batches[0][0].shape == (3, 3, 8, 8) and batches[0][0].dtype == torch.float32
-    assert len(build_loader(samples, img_size=8, train=False, batch_size=3, drop_last=True)) == 2
+    assert len(released_recipe_loader(samples, img_size=8, train=False, batch_size=3, drop_last=True)) == 2
 
 
 def test_loader_accepts_samplelist():
     from tdsa_fast.data.datasets import load_split
 
     sl = load_split("cub", REPO / "tests" / "fixtures" / "cub", "test")
-    (images, labels, skipped), = _drain(build_loader(sl, img_size=8, train=False, batch_size=8))
+    (images, labels, skipped), = _drain(released_recipe_loader(sl, img_size=8, train=False, batch_size=8))
     assert images.shape == (5, 3, 8, 8) and labels.tolist() == [0, 0, 1, 2, 2] and skipped == 0
 
 
 def _order(samples, seed, epochs=2, workers=0):
     # label == sample index here, so the labels give the visiting order
     indexed = [(p, i) for i, (p, _) in enumerate(samples)]
-    loader = build_loader(indexed, img_size=8, train=True, batch_size=4, seed=seed, workers=workers)
+    loader = released_recipe_loader(indexed, img_size=8, train=True, batch_size=4, seed=seed, workers=workers)
     return [torch.cat([b[1] for b in _drain(loader)]).tolist() for _ in range(epochs)]
 
 
@@ -355,7 +355,7 @@ def _worker_error_message(loader) -> str:
 
 def test_loader_workers_bad_image_names_file(tmp_path):
     samples = make_samples(tmp_path, n=8, bad={5})
-    with build_loader(samples, img_size=8, train=False, batch_size=2, workers=2) as loader:
+    with released_recipe_loader(samples, img_size=8, train=False, batch_size=2, workers=2) as loader:
         assert loader.persistent_workers and loader.num_workers == 2
         msg = _worker_error_message(loader)
         assert "in DataLoader worker process" in msg and "img_005.jpg" in msg
@@ -364,7 +364,7 @@ def test_loader_workers_bad_image_names_file(tmp_path):
         images, labels, skipped = next(iter(loader))
         assert images.shape == (2, 3, 8, 8) and labels.tolist() == [0, 1]
     # the same with skip_bad: the bad image is dropped and counted, nothing else lost
-    with build_loader(samples, img_size=8, train=False, batch_size=2, workers=2,
+    with released_recipe_loader(samples, img_size=8, train=False, batch_size=2, workers=2,
                       skip_bad=True) as loader:
         batches = _drain(loader)
     assert sum(b[2] for b in batches) == 1
@@ -374,7 +374,7 @@ def test_loader_workers_bad_image_names_file(tmp_path):
 
 def test_loader_close_stops_persistent_workers(tmp_path):
     samples = make_samples(tmp_path, n=4)
-    loader = build_loader(samples, img_size=8, train=True, batch_size=2, workers=2)
+    loader = released_recipe_loader(samples, img_size=8, train=True, batch_size=2, workers=2)
     _drain(loader)
     workers = list(loader._iterator._workers)
     assert all(w.is_alive() for w in workers)  # persistent across epochs
@@ -387,7 +387,7 @@ def test_loader_close_stops_persistent_workers(tmp_path):
 
 def test_loader_all_bad_batch_shape(tmp_path):
     samples = make_samples(tmp_path, n=4, bad={2, 3})
-    batches = _drain(build_loader(samples, img_size=8, train=False, batch_size=2, skip_bad=True))
+    batches = _drain(released_recipe_loader(samples, img_size=8, train=False, batch_size=2, skip_bad=True))
     assert batches[1][0].shape == (0, 3, 8, 8) and batches[1][1].shape == (0,) and batches[1][2] == 2
 
 
@@ -397,7 +397,7 @@ def test_train_loader_workers_reproducible(tmp_path):
     samples = [(p, i) for i, (p, _) in enumerate(samples)]
 
     def run(seed):
-        with build_loader(samples, img_size=8, train=True, batch_size=4, workers=2, seed=seed) as loader:
+        with released_recipe_loader(samples, img_size=8, train=True, batch_size=4, workers=2, seed=seed) as loader:
             batches = _drain(loader)
         return torch.cat([b[1] for b in batches]), torch.cat([b[0] for b in batches])
 
@@ -409,8 +409,8 @@ def test_train_loader_workers_reproducible(tmp_path):
 def test_build_loader_bad_args(tmp_path):
     samples = make_samples(tmp_path, n=2)
     with pytest.raises(ValueError, match="batch_size"):
-        build_loader(samples, img_size=8, train=True, batch_size=0)
+        released_recipe_loader(samples, img_size=8, train=True, batch_size=0)
     with pytest.raises(ValueError, match="workers"):
-        build_loader(samples, img_size=8, train=True, batch_size=2, workers=-1)
+        released_recipe_loader(samples, img_size=8, train=True, batch_size=2, workers=-1)
     with pytest.raises(ValueError, match="recipe"):
-        build_loader(samples, img_size=8, train=True, batch_size=2, recipe="nope")
+        released_recipe_loader(samples, img_size=8, train=True, batch_size=2, recipe="nope")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import torch
 
 from tdsa_fast import checkpoint
 from tdsa_fast.config import build_parser, model_widths, resolve
+from tdsa_fast.data.loading import dali_available
 from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
 from tdsa_fast.evaluate import evaluate_checkpoint
 from tdsa_fast.models import build_model
@@ -134,8 +136,16 @@ FAST = ["--dataset", "folder", "--img-size", "32", "--epochs", "1", "--batch-siz
         "--model", "resnet18", "--workers", "0"]
 
 
+def _loaders():
+    """Both data pipelines; DALI's case fails rather than skips in CI (CI=true), which installs it."""
+    dali = pytest.param("dali", marks=pytest.mark.skipif(
+        not dali_available() and not os.environ.get("CI"), reason="NVIDIA DALI is not installed (the dali extra)"))
+    return ["torch", dali]
+
+
+@pytest.mark.parametrize("loader", _loaders())
 @pytest.mark.parametrize("kind", ["corrupt", "truncated", "missing"])
-def test_bad_image_names_the_file_or_is_skipped_and_counted(kind, tmp_path):
+def test_bad_image_names_the_file_or_is_skipped_and_counted(kind, loader, tmp_path):
     def damage(path):
         if kind == "corrupt":
             path.write_bytes(b"this is not a jpeg at all")
@@ -154,6 +164,7 @@ def test_bad_image_names_the_file_or_is_skipped_and_counted(kind, tmp_path):
         args = [a if a != "folder" else "csv" for a in FAST]
     else:
         args = FAST
+    args = args + ["--loader", loader]
     p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", *args, "--data-root", str(root),
                         "--output", str(tmp_path / "out")], capture_output=True, text=True)
     assert p.returncode == 2, p.stderr
@@ -165,6 +176,7 @@ def test_bad_image_names_the_file_or_is_skipped_and_counted(kind, tmp_path):
     assert "1 unreadable images skipped" in p.stdout, p.stdout
     rows = list(csv.DictReader(open(tmp_path / "out2" / "metrics.csv")))
     assert rows[0]["skipped_images"] == "1"
+    assert json.loads((tmp_path / "out2" / "config.json").read_text())["loader_used"] == loader
 
 
 def test_output_folder_with_a_run_is_not_overwritten(tmp_path):

@@ -1,4 +1,6 @@
-"""Image decoding, the paper's transforms, and the PyTorch DataLoader used by the trainer.
+"""Image decoding with clear errors, and the released code's recipe (torchvision transforms in a
+DataLoader), kept as the benchmark baseline; the trainer reads batches through
+:mod:`tdsa_fast.data.loading`.
 
 * :func:`load_rgb` decodes a file fully and returns an RGB ``PIL.Image``; a missing,
   empty, truncated or corrupt file raises :class:`BadImageError` naming the file.
@@ -8,7 +10,7 @@
   (DESIGN.md §1): ``Resize((s, s)) -> RandomCrop(s, padding=4) -> RandomHorizontalFlip ->
   ToTensor -> Normalize(0.5, 0.5)`` for training, ``Resize((s, s)) -> ToTensor ->
   Normalize(0.5, 0.5)`` for testing; outputs are float32 ``[3, s, s]`` in ``[-1, 1]``.
-* :func:`build_loader` yields ``(images [B, 3, s, s] float32, labels [B] int64,
+* :func:`released_recipe_loader` yields ``(images [B, 3, s, s] float32, labels [B] int64,
   num_skipped int)``.
 
 A :class:`BadImageError` raised in a DataLoader worker process reaches the main process
@@ -36,7 +38,7 @@ __all__ = [
     "test_transform",
     "ImageListDataset",
     "collate_skipping",
-    "build_loader",
+    "released_recipe_loader",
 ]
 
 log = logging.getLogger(__name__)
@@ -205,7 +207,7 @@ def collate_skipping(batch, image_shape: Optional[Sequence[int]] = None):
     ``None`` entries (unreadable images under ``skip_bad``) and counting them.
 
     A batch in which every image is bad gives ``images`` of shape ``[0, *image_shape]``
-    (``build_loader`` passes ``(3, s, s)``; without it ``[0, 3, 0, 0]``), ``labels`` of
+    (``released_recipe_loader`` passes ``(3, s, s)``; without it ``[0, 3, 0, 0]``), ``labels`` of
     shape ``[0]`` and ``num_skipped == len(batch)``: callers should skip such a batch
     (``images.shape[0] == 0``) but still add ``num_skipped`` to their count.
     """
@@ -226,7 +228,7 @@ def _stop_workers(it) -> None:
 
 
 class _Loader(DataLoader):
-    """The ``DataLoader`` returned by :func:`build_loader`, with deterministic worker
+    """The ``DataLoader`` returned by :func:`released_recipe_loader`, with deterministic worker
     shutdown.
 
     PyTorch stops worker processes when the iterator is freed.  If that happens inside the
@@ -238,7 +240,7 @@ class _Loader(DataLoader):
     * when an exception (e.g. a :class:`BadImageError` from a worker) escapes an epoch,
       the workers are stopped at once and the next ``iter(loader)`` starts fresh ones;
       breaking out of an epoch early keeps the persistent workers;
-    * :meth:`close` (also ``with build_loader(...) as loader:``) stops them explicitly:
+    * :meth:`close` (also ``with released_recipe_loader(...) as loader:``) stops them explicitly:
       call it when done with a loader that has ``workers > 0``.
     """
 
@@ -266,7 +268,7 @@ class _Loader(DataLoader):
         self.close()
 
 
-def build_loader(samples, *, img_size: int, train: bool, batch_size: int, workers: int = 0,
+def released_recipe_loader(samples, *, img_size: int, train: bool, batch_size: int, workers: int = 0,
                  skip_bad: bool = False, seed: int = 0, recipe: str = "released",
                  pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
     """A DataLoader over ``samples`` (``[(path, label)]`` or a ``SampleList``) yielding

@@ -1,0 +1,195 @@
+"""Data pipeline throughput (images/s) of one training epoch, measured in the same run:
+
+* ``released``     the released code's recipe: PIL decode + torchvision transforms
+                   (``Resize -> RandomCrop(pad 4) -> flip -> ToTensor -> Normalize``) in a
+                   DataLoader with ``workers`` processes (``images.released_recipe_loader``);
+                   on CUDA its float32 batches are copied to the device, as that code does;
+* ``torch``        our PyTorch fallback (PIL decode, uint8 transforms in ``workers``
+                   processes, normalisation in the main process / on the device);
+* ``torch-device`` our fallback decoding with ``torchvision.io.decode_jpeg`` on the device
+                   (nvJPEG; CUDA only by default);
+* ``dali``         the DALI pipeline with ``workers`` threads (CPU decode with
+                   ``device_id=None``, or ``mixed`` on CUDA).
+
+Real Flowers-102 training split (2,040 images; official ``trnid`` + ``valid``), training
+transforms of the released recipe, 224 x 224 output, batch 32.  Each loader is started and
+warmed up (3 batches) first, so worker start-up is not counted; then ``--rounds`` rounds
+each run one full epoch of every loader in turn (interleaved, so machine noise hits all
+alike), and the table gives the median images/s and the ratios against ``released``.
+
+    python bench/bench_data.py [--device cpu|cuda] [--workers 2] [--rounds 3]
+        [--data-root ../shared/data/flowers102] [--loaders released torch dali] [--json out.json]
+
+CI smoke (every loader runs on a few generated images):
+``python -m pytest bench/bench_data.py --bench-smoke --benchmark-disable -q``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+try:
+    import tdsa_fast  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(REPO))
+
+from tdsa_fast.data.datasets import load_split  # noqa: E402
+from tdsa_fast.data.images import released_recipe_loader  # noqa: E402
+from tdsa_fast.data.loading import build_loader, dali_available  # noqa: E402
+
+KINDS = ("released", "torch", "torch-device", "dali")
+
+
+def make_loader(kind: str, samples, *, device: torch.device, workers: int, batch: int, img_size: int):
+    if kind == "released":
+        return released_recipe_loader(samples, img_size=img_size, train=True, batch_size=batch, workers=workers,
+                                      pin_memory=device.type == "cuda")
+    extra = {"decode": "device"} if kind == "torch-device" else {}
+    return build_loader(samples, loader="torch" if kind.startswith("torch") else "dali", img_size=img_size,
+                        train=True, batch_size=batch, workers=workers, device=device, **extra)
+
+
+def _batches(kind, loader, device, limit=None):
+    """Iterates one epoch (or ``limit`` batches); yields the images of each batch on ``device``."""
+    for k, item in enumerate(loader):
+        if limit is not None and k >= limit:
+            break
+        images = item[0]
+        if kind == "released":
+            images = images.to(device, non_blocking=True)
+        yield images
+
+
+def run_epoch(kind, loader, device, epoch: int, limit=None) -> int:
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    n = 0
+    last = None
+    for images in _batches(kind, loader, device, limit):
+        n += images.shape[0]
+        last = images
+    if device.type == "cuda" and last is not None:
+        torch.cuda.synchronize(device)
+    return n
+
+
+def measure(samples, kinds, *, device: torch.device, workers: int, batch: int, img_size: int, rounds: int,
+            log=print) -> dict:
+    loaders = {}
+    try:
+        for kind in kinds:
+            t0 = time.perf_counter()
+            loaders[kind] = make_loader(kind, samples, device=device, workers=workers, batch=batch,
+                                        img_size=img_size)
+            run_epoch(kind, loaders[kind], device, epoch=10_000, limit=3)  # start workers, warm caches
+            log(f"{kind}: ready in {time.perf_counter() - t0:.1f} s")
+        rates = {kind: [] for kind in kinds}
+        for r in range(rounds):
+            for kind in kinds:
+                t0 = time.perf_counter()
+                n = run_epoch(kind, loaders[kind], device, epoch=r)
+                dt = time.perf_counter() - t0
+                rates[kind].append(n / dt)
+                log(f"round {r + 1}/{rounds} {kind:<12} {n} images in {dt:.2f} s: {n / dt:.0f} img/s")
+    finally:
+        for loader in loaders.values():
+            loader.close()
+    return {kind: statistics.median(v) for kind, v in rates.items()} | {"_all": rates}
+
+
+def format_table(result: dict, meta: dict) -> str:
+    base = result.get("released")
+    lines = [f"{meta['device_name']} | {meta['images']} images, {meta['img_size']} px, batch {meta['batch']}, "
+             f"{meta['workers']} workers/threads, median of {meta['rounds']} interleaved epochs",
+             f"{'loader':<13} {'img/s':>8} {'vs released':>12}"]
+    for kind in meta["kinds"]:
+        ratio = f"x{result[kind] / base:.2f}" if base else "-"
+        lines.append(f"{kind:<13} {result[kind]:>8.0f} {ratio:>12}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "flowers102"))
+    ap.add_argument("--loaders", nargs="+", choices=KINDS, default=None,
+                    help="default: released, torch, dali (+ torch-device on CUDA); dali only when installed")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the main process (default: workers)")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    device = torch.device(a.device)
+    torch.set_num_threads(a.threads or max(1, a.workers))
+    kinds = a.loaders or [k for k in KINDS if (k != "torch-device" or device.type == "cuda")
+                          and (k != "dali" or dali_available())]
+    if "dali" in kinds and not dali_available():
+        print("DALI is not installed: pip install '.[dali]'", file=sys.stderr)
+        return 2
+    root = Path(a.data_root)
+    if not (root / "setid.mat").exists():
+        print(f"no Flowers-102 at {root} (needs setid.mat, imagelabels.mat, jpg/)", file=sys.stderr)
+        return 2
+    samples = load_split("flowers", root, "train").samples
+    result = measure(samples, kinds, device=device, workers=a.workers, batch=a.batch, img_size=a.img_size,
+                     rounds=a.rounds)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    meta = dict(device=str(device), device_name=name, images=len(samples), img_size=a.img_size, batch=a.batch,
+                workers=a.workers, rounds=a.rounds, kinds=kinds, torch=torch.__version__, date=str(date.today()),
+                torch_threads=torch.get_num_threads())
+    print(format_table(result, meta))
+    if a.json:
+        Path(a.json).write_text(json.dumps(dict(meta, img_per_s={k: result[k] for k in kinds},
+                                                rounds_img_per_s=result["_all"]), indent=2))
+    return 0
+
+
+# --- pytest-benchmark entry: the CI smoke (and a quick local run on generated images) -------------
+
+def _smoke_samples(tmp_path, n=12):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(n):
+        p = tmp_path / f"img{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(p, quality=90)
+        samples.append((str(p), i % 3))
+    return samples
+
+
+def _smoke_kinds():
+    return [k for k in KINDS if k != "dali" or dali_available()]
+
+
+if "pytest" in sys.modules:
+    import pytest
+
+    @pytest.mark.parametrize("kind", _smoke_kinds())
+    def test_data_throughput(benchmark, kind, tmp_path, request):
+        smoke = request.config.getoption("--bench-smoke")
+        if not smoke:
+            pytest.skip("the data benchmark's real figures come from `python bench/bench_data.py`; "
+                        "under pytest only the --bench-smoke check runs")
+        samples = _smoke_samples(tmp_path)
+        loader = make_loader(kind, samples, device=torch.device("cpu"), workers=0, batch=4, img_size=32)
+        try:
+            n = benchmark.pedantic(run_epoch, args=(kind, loader, torch.device("cpu"), 0), rounds=1, iterations=1)
+        finally:
+            loader.close()
+        assert n == len(samples)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
