@@ -19,7 +19,8 @@
 #         PyTorch fallback with PIL workers and with torchvision.io.decode_jpeg on the GPU
 #         (DALI is not installable on the bare GPU machine). It reads $DATA_ROOT, default
 #         .gpu_data/flowers102, made here with `python bench/make_gpu_data.py` and carried
-#         (device tool: carry [".gpu_data"]). Also runs tests/test_torch_loader.py (its CUDA cases).
+#         (device tool: carry [".gpu_data"]). Also runs tests/test_loader_cuda.py (the loader on the GPU: placement, dtype,
+#         nvJPEG decode against the CPU path) and the CPU loader tests.
 #   train placeholder: prints "not yet implemented (issue #5)" and exits 0.
 #
 # Results (logs and JSON) go to $OUT (default: ${TMPDIR:-/tmp}/tdsa_gpu_check).
@@ -41,7 +42,7 @@ case "$STAGE" in
     fi
     fail=0
     echo "=== loader tests on CUDA ($(date +%T))"
-    (cd "$REPO" && PYTHONPATH="$REPO" "$PY" -m pytest tests/test_torch_loader.py tests/test_sharding.py -q -p no:cacheprovider -rs \
+    (cd "$REPO" && PYTHONPATH="$REPO" "$PY" -m pytest tests/test_loader_cuda.py tests/test_torch_loader.py tests/test_sharding.py -q -p no:cacheprovider -rs \
       2>&1 | tee "$OUT/test_loaders.log" | tail -n 8; exit "${PIPESTATUS[0]}") || fail=1
     echo "=== data pipeline throughput on CUDA ($(date +%T))"
     PYTHONPATH="$REPO" "$PY" "$REPO/bench/bench_data.py" --device cuda --workers "${DATA_WORKERS:-8}" --rounds 3 \

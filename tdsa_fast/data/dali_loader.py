@@ -5,7 +5,8 @@ and feeds their bytes, with the augmentation drawn by
 :func:`~tdsa_fast.data.loading.draw_augment`, into a DALI pipeline through
 ``external_source``:
 
-    decode (``device="mixed"``: nvJPEG on CUDA; ``"cpu"`` with ``device_id=None``)
+    decode (``device="mixed"``: nvJPEG on CUDA; ``"cpu"`` with ``device_id=None``; EXIF
+    orientation not applied, as PIL)
     -> resize to ``s x s`` (linear, antialiased; for ``rrc`` the crop window's ROI)
     -> released recipe: slice the crop window, zero fill outside
     -> ``crop_mirror_normalize`` (flip, ``(x - 127.5) / 127.5``, CHW or HWC, fp32/fp16)
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 
 
 # The pipeline's inputs: (DALI type name, ndim) per sample.
-_FEED_TYPES = {"encoded": ("UINT8", 1), "anchor": ("INT32", 1), "roi_start": ("FLOAT", 1), "roi_end": ("FLOAT", 1),
-               "mirror": ("INT32", 0)}
+_FEED_TYPES = {"encoded": ("UINT8", 1), "roi_start": ("FLOAT", 1), "roi_end": ("FLOAT", 1), "size": ("FLOAT", 1),
+               "pad_pos": ("FLOAT", 1), "mirror": ("INT32", 0)}
 
 
 class _Fed(NamedTuple):
@@ -51,6 +52,17 @@ class _Fed(NamedTuple):
     labels: np.ndarray
     num_real: int
     skipped: int
+
+
+def _window_roi(box, s: int) -> tuple[np.ndarray, ...]:
+    """For the released recipe's window ``box = (top, left, s, s)`` of the ``s x s`` resized
+    image: the part inside the image as a relative ROI ``(start, end)`` (y, x), its size in
+    output pixels, and where crop_mirror_normalize must put the padding (``crop_pos``)."""
+    top, left = box[0], box[1]
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + s, s), min(left + s, s)
+    return (np.array([y0 / s, x0 / s], dtype=np.float32), np.array([y1 / s, x1 / s], dtype=np.float32),
+            np.array([y1 - y0, x1 - x0], dtype=np.float32),
+            np.array([1.0 if top < 0 else 0.0, 1.0 if left < 0 else 0.0], dtype=np.float32))
 
 
 def _header_size(data: bytes, path: str) -> tuple[int, int]:
@@ -85,6 +97,8 @@ class DaliImageLoader(ImageLoader):
         gpu = self._device_id is not None
         s, train, rrc = self.img_size, self.train, self.recipe == "rrc"
         out_dtype = types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT
+        normalize = dict(mean=[127.5] * 3, std=[127.5] * 3, output_layout="HWC" if self.channels_last else "CHW",
+                         dtype=out_dtype)
 
         @pipeline_def(batch_size=self.batch_size, num_threads=max(1, self.workers), device_id=self._device_id,
                       prefetch_queue_depth=self.prefetch, seed=0)
@@ -94,18 +108,28 @@ class DaliImageLoader(ImageLoader):
                                         dtype=[getattr(types, _FEED_TYPES[n][0]) for n in names],
                                         ndim=[_FEED_TYPES[n][1] for n in names])
             feed = dict(zip(names, inputs))
-            img = fn.decoders.image(feed["encoded"], device="mixed" if gpu else "cpu", output_type=types.RGB)
+            # EXIF orientation is not applied (as load_rgb / torchvision); fancy upsampling makes
+            # the "mixed" (nvJPEG) decoder upsample chroma as libjpeg-turbo (PIL, DALI CPU) does
+            img = fn.decoders.image(feed["encoded"], device="mixed" if gpu else "cpu", output_type=types.RGB,
+                                    adjust_orientation=False, jpeg_fancy_upsampling=True)
             if train and rrc:
                 img = fn.resize(img, size=[s, s], roi_start=feed["roi_start"], roi_end=feed["roi_end"],
                                 roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True)
+            elif train:
+                # The released recipe (resize to s x s, then an s x s window shifted by up to 4
+                # pixels, zero outside) in two passes instead of three: resize only the part of
+                # the image that the window keeps (a relative ROI: same sampling positions as the
+                # full resize), then let crop_mirror_normalize pad it back to s x s on the side
+                # the window overhangs (crop_pos 1: pad before, 0: pad after).
+                img = fn.resize(img, size=feed["size"], roi_start=feed["roi_start"], roi_end=feed["roi_end"],
+                                roi_relative=True, interp_type=types.INTERP_LINEAR, antialias=True)
+                return fn.crop_mirror_normalize(img, crop=[s, s], crop_pos_y=feed["pad_pos"][0],
+                                                crop_pos_x=feed["pad_pos"][1], out_of_bounds_policy="pad",
+                                                fill_values=-1.0,  # black after normalisation
+                                                mirror=feed["mirror"], **normalize)
             else:
                 img = fn.resize(img, size=[s, s], interp_type=types.INTERP_LINEAR, antialias=True)
-                if train:
-                    img = fn.slice(img, feed["anchor"], np.array([s, s], dtype=np.int32), axes=[0, 1],
-                                   out_of_bounds_policy="pad", fill_values=0)
-            return fn.crop_mirror_normalize(img, mirror=feed["mirror"] if train else 0, mean=[127.5] * 3,
-                                            std=[127.5] * 3, output_layout="HWC" if self.channels_last else "CHW",
-                                            dtype=out_dtype)
+            return fn.crop_mirror_normalize(img, mirror=feed["mirror"] if train else 0, **normalize)
 
         pipe = pipeline()
         pipe.build()
@@ -120,7 +144,7 @@ class DaliImageLoader(ImageLoader):
         for j, index in enumerate(indices):
             index = int(index)
             path = self.samples[index][0]
-            if index in self.known_bad:
+            if self.skip_bad and index in self.known_bad:  # without skip_bad: raise again, not drop
                 skipped += j < real
                 continue
             try:
@@ -150,13 +174,16 @@ class DaliImageLoader(ImageLoader):
                 feed["roi_end"] = [np.array([a.box[0] + a.box[2], a.box[1] + a.box[3]], dtype=np.float32)
                                    for a in augs]
             else:
-                feed["anchor"] = [np.array([a.box[0], a.box[1]], dtype=np.int32) for a in augs]
+                feed.update(zip(("roi_start", "roi_end", "size", "pad_pos"),
+                                zip(*(_window_roi(a.box, self.img_size) for a in augs))))
         return fed, feed
 
     def _feed_names(self) -> tuple[str, ...]:
         if not self.train:
             return ("encoded",)
-        return ("encoded", "roi_start", "roi_end", "mirror") if self.recipe == "rrc" else ("encoded", "anchor", "mirror")
+        if self.recipe == "rrc":
+            return ("encoded", "roi_start", "roi_end", "mirror")
+        return ("encoded", "roi_start", "roi_end", "size", "pad_pos", "mirror")
 
     def _next_feed(self):
         """The pipeline's source, called by DALI once per iteration: the next batch that
@@ -197,12 +224,17 @@ class DaliImageLoader(ImageLoader):
                 raise  # a missing or empty file, found while reading (skip_bad is off)
             except Exception as err:  # DALI raises RuntimeError; its exact type is not API
                 candidates = [f for f in self._fed if len(f.indices)]
+                if not candidates:
+                    raise  # not a decoding failure: no image was in flight
                 del pipe
                 bad = self._find_bad(np.concatenate([f.indices for f in candidates]), err)
                 if not self.skip_bad:
                     raise bad from None
                 log.warning("skipping unreadable image: %s", bad)
-                return candidates[0].k
+                # restart from the first batch not yet yielded, which may be an all-skipped
+                # one queued before the failing batch (restarting from the first batch with
+                # images would silently drop it, and its skipped count, from the epoch)
+                return self._fed[0].k
             while not len(self._fed[0].indices):
                 yield self._empty_batch(self._fed.popleft())
             fed = self._fed.popleft()
@@ -258,7 +290,7 @@ def _dali_decode_error(path: str) -> Optional[str]:
     @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
     def single():
         return fn.decoders.image(fn.external_source(name="encoded", dtype=types.UINT8, ndim=1), device="cpu",
-                                 output_type=types.RGB)
+                                 output_type=types.RGB, adjust_orientation=False)
 
     pipe = single()
     pipe.build()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional
 
-import numpy as np
 import torch
 
 from tdsa_fast.data.images import RECIPES
@@ -72,12 +71,40 @@ class Augment(NamedTuple):
     flip: bool
 
 
-def _sample_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-        [int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF, int(index), 0xA06])))
+_M64 = (1 << 64) - 1
 
 
-def _rrc_box(rng: np.random.Generator, width: int, height: int) -> tuple[int, int, int, int]:
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser: a bijective 64-bit mix (plain Python ints: about 1 µs)."""
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+class _SampleStream:
+    """The random numbers of one sample in one epoch: a counter-based stream keyed by
+    ``(seed, epoch, index)``, cheap to create for every image in every epoch and the same
+    in any process, worker or loader."""
+
+    def __init__(self, seed: int, epoch: int, index: int):
+        self._key = _mix64(_mix64(_mix64(int(seed) & _M64) ^ (int(epoch) & _M64)) ^ (int(index) & _M64))
+        self._count = 0
+
+    def random(self) -> float:
+        """Uniform in [0, 1)."""
+        self._count += 1
+        return (_mix64((self._key + self._count) & _M64) >> 11) * (1.0 / (1 << 53))
+
+    def uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * self.random()
+
+    def integers(self, low: int, high: int) -> int:
+        """Uniform in ``[low, high)``."""
+        return low + min(int(self.random() * (high - low)), high - low - 1)
+
+
+def _rrc_box(rng: _SampleStream, width: int, height: int) -> tuple[int, int, int, int]:
     """torchvision ``RandomResizedCrop.get_params``, drawn from ``rng``."""
     area = width * height
     log_ratio = (math.log(_RRC_RATIO[0]), math.log(_RRC_RATIO[1]))
@@ -87,7 +114,7 @@ def _rrc_box(rng: np.random.Generator, width: int, height: int) -> tuple[int, in
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+            return rng.integers(0, height - h + 1), rng.integers(0, width - w + 1), h, w
     in_ratio = width / height  # fallback: central crop at the nearest allowed ratio
     if in_ratio < _RRC_RATIO[0]:
         w, h = width, int(round(width / _RRC_RATIO[0]))
@@ -104,9 +131,9 @@ def draw_augment(*, train: bool, recipe: str, img_size: int, seed: int, epoch: i
     image's size, needed by ``rrc`` only)."""
     if not train:
         return Augment(None, False)
-    rng = _sample_generator(seed, epoch, index)
+    rng = _SampleStream(seed, epoch, index)
     if recipe == "released":
-        top, left = (int(v) - _PAD for v in rng.integers(0, 2 * _PAD + 1, size=2))
+        top, left = rng.integers(0, 2 * _PAD + 1) - _PAD, rng.integers(0, 2 * _PAD + 1) - _PAD
         box = (top, left, img_size, img_size)
     elif recipe == "rrc":
         if width is None or height is None:

@@ -93,7 +93,12 @@ def plan_epoch(num_samples: int, *, batch_size: int, shuffle: bool, seed: int = 
 def step_real_counts(num_samples: int, *, batch_size: int, world_size: int) -> np.ndarray:
     """``int64 [steps]``: real samples summed over all ranks at each step of an epoch
     (the same for every shuffle): a rank can scale its loss by ``world_size * own / total``
-    without communicating."""
-    plans = [plan_epoch(num_samples, batch_size=batch_size, shuffle=False, rank=r, world_size=world_size)
-             for r in range(world_size)]
+    without communicating.
+
+    Raises:
+        ValueError: as :func:`plan_epoch`.
+    """
+    w = _check_int("world_size", world_size, 1)  # range(0) would make no plan, and fail later
+    plans = [plan_epoch(num_samples, batch_size=batch_size, shuffle=False, rank=r, world_size=w)
+             for r in range(w)]
     return np.array([sum(p.batch(k)[1] for p in plans) for k in range(len(plans[0]))], dtype=np.int64)
