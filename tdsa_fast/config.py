@@ -11,9 +11,11 @@ import argparse
 
 from tdsa_fast.data.datasets import DATASETS
 from tdsa_fast.data.loading import LOADERS
+from tdsa_fast.losses import BASELINES
 from tdsa_fast.models import MODELS
+from tdsa_fast.objective import LOSS_NAMES
 
-LOSSES = ("ce", "mc", "tdsa", "tdsa-noattn")
+LOSSES = LOSS_NAMES  # ce, the baselines of the paper's Tables II/III, mc, tdsa, tdsa-noattn
 UPSAMPLE = ("nearest", "bilinear", "bicubic")
 
 PAPER_RECIPE = dict(model="vgg16", epochs=300, batch_size=32, img_size=224, lr=0.1, workers=4, stem="auto")
@@ -27,7 +29,7 @@ PRESETS = {name: (DEFAULT_RECIPE if name == "default" else PAPER_RECIPE) for nam
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tdsa_fast.train",
-        description="Train a fine-grained classifier with CE, MC-Loss or TDSA-Loss. "
+        description="Train a fine-grained classifier with CE, MC-Loss, TDSA-Loss or a baseline loss. "
         "With no arguments: the built-in synthetic dataset, ResNet18 + TDSA, a few minutes on a CPU.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -58,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     lo = p.add_argument_group("loss")
     lo.add_argument("--loss", default="tdsa", choices=LOSSES,
-                    help="ce; mc (MC-Loss on the high level); tdsa; tdsa-noattn (the two MC losses, no gate)")
+                    help="ce; the baselines of the paper's Tables II/III: center (CE + center loss), asoftmax "
+                         "(SphereFace), focal, coco, lgm, lmcl (CosFace), arcface, circle (each with its "
+                         "paper's defaults, see tdsa_fast.losses); mc (MC-Loss on the high level); tdsa; "
+                         "tdsa-noattn (the two MC losses, no gate)")
     lo.add_argument("--upsample", default="nearest", choices=UPSAMPLE, help="upsampling of the top-down gate")
     lo.add_argument("--mu", type=float, default=1.5, help="weight μ of the MC/TDSA term (α in the code form)")
     lo.add_argument("--lam", type=float, default=10.0, help="λ on the diversity term (paper form)")
@@ -116,6 +121,8 @@ def resolve(args: argparse.Namespace) -> dict:
 
 def model_widths(loss: str, xi: int, cnum_high: int) -> tuple[int | None, int | None]:
     """(middle_cnum, high_cnum) of the backbone for a loss: grouped levels only where the loss reads them."""
+    if loss in BASELINES:  # the standard widths, as the CE baseline (DESIGN §1)
+        return (None, None)
     return {
         "ce": (None, None),
         "mc": (None, cnum_high),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
 
 from tdsa_fast import checkpoint
 from tdsa_fast.config import model_widths, small_input
@@ -17,7 +16,7 @@ from tdsa_fast.data.datasets import load_split
 from tdsa_fast.data.images import BadImageError
 from tdsa_fast.data.loading import LOADERS, build_loader
 from tdsa_fast.models import build_model
-from tdsa_fast.train import dataset_root, evaluate, pick_device
+from tdsa_fast.train import build_objective, dataset_root, evaluate, pick_device
 
 
 def evaluate_checkpoint(path, *, split: str = "test", data_root=None, batch_size=None, workers=0,
@@ -37,10 +36,13 @@ def evaluate_checkpoint(path, *, split: str = "test", data_root=None, batch_size
                         img_size=cfg["img_size"], small_input=small_input(cfg))
     model.load_state_dict(ckpt["model"])
     model.to(device)
+    objective = build_objective(cfg, cfg["num_classes"])  # the scores of a loss with its own class weights
+    objective.load_state_dict(ckpt.get("objective", {}))
+    objective.to(device)
     with build_loader(samples.samples, loader=loader, img_size=cfg["img_size"], train=False,
                       batch_size=batch_size or cfg["batch_size"], workers=workers, skip_bad=skip_bad_images,
                       device=device) as batches:
-        correct, total = evaluate(model, batches, device)
+        correct, total = evaluate(model, batches, device, objective=objective)
     return dict(accuracy=correct / max(total, 1), correct=correct, total=total, split=split)
 
 

@@ -1,37 +1,83 @@
-"""The training objective of eq. 9: the classifier's cross-entropy plus the weighted MC/TDSA term."""
+"""The training objective: eq. 9 (the classifier's cross-entropy plus the weighted MC/TDSA term),
+or one of the baseline losses of the paper's Tables II/III (:mod:`tdsa_fast.losses`)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdsa_fast.models import ModelOutput
+from tdsa_fast.losses import BASELINES, ClassWeightLoss, build_baseline
+from tdsa_fast.models import HEAD_HIDDEN, ModelOutput
 from tdsa_fast.nn import MCLoss, TDSALoss
+
+LOSS_NAMES = ("ce", "center", "asoftmax", "focal", "coco", "lgm", "lmcl", "arcface", "circle",
+              "mc", "tdsa", "tdsa-noattn")
 
 
 class TrainingObjective(nn.Module):
-    """forward(out: ModelOutput, target [B]) -> (total, ce), both scalars.
+    """forward(out: ModelOutput, target [B]) -> (total, ce), both scalars; predict(out) -> [B, S].
 
     ``ce``: CE(logits) only. ``mc``: + MCLoss on the high map. ``tdsa``: + TDSALoss on the
     middle and high maps (gate on). ``tdsa-noattn``: the same two MC losses without the gate.
+    ``focal``: focal loss on the logits; ``center``: CE + λ·center loss on the embedding.
+    ``asoftmax``, ``coco``, ``lgm``, ``lmcl``, ``arcface``, ``circle``: a loss with its own class
+    weights on ``out.embedding`` (the model's last Linear is then unused); these need
+    ``num_classes`` (and ``embedding_dim``, the model's head width). The objective owns those
+    parameters and buffers: give them to the optimiser and save its ``state_dict``.
+
+    The returned ``ce`` is the cross-entropy of ``predict(out)`` (for logging; for the margin
+    losses it is not part of the total and carries no gradient). ``predict`` gives the scores
+    used for accuracy: the model's logits, or the loss's own margin-free logits.
     """
 
-    def __init__(self, loss: str, *, cnum_high: int = 3, mu: float = 1.5, lam: float = 10.0,
-                 div_form: str = "paper", beta: float = 15.0, upsample: str = "nearest", backend: str = "auto"):
+    def __init__(self, loss: str, *, num_classes: int | None = None, embedding_dim: int = HEAD_HIDDEN,
+                 cnum_high: int = 3, mu: float = 1.5, lam: float = 10.0, div_form: str = "paper",
+                 beta: float = 15.0, upsample: str = "nearest", backend: str = "auto"):
         super().__init__()
         self.loss = loss
+        self.term = None  # the MC / TDSA term
+        self.baseline = None  # a loss of tdsa_fast.losses
         form = dict(mu=mu, lam=lam, div_form=div_form, beta=beta, backend=backend)
         if loss == "ce":
-            self.term = None
+            pass
         elif loss == "mc":
             self.term = MCLoss(cnum_high, **form)
         elif loss in ("tdsa", "tdsa-noattn"):
             self.term = TDSALoss(cnum_high, mode=upsample, attention=(loss == "tdsa"), **form)
+        elif loss in BASELINES:
+            if loss != "focal" and num_classes is None:
+                raise ValueError(f"loss {loss!r} owns per-class state and needs num_classes")
+            self.baseline = build_baseline(loss, num_classes, embedding_dim)
         else:
-            raise ValueError(f"loss must be one of ce, mc, tdsa, tdsa-noattn; got {loss!r}")
+            raise ValueError(f"loss must be one of {', '.join(LOSS_NAMES)}; got {loss!r}")
+
+    @property
+    def owns_class_weights(self) -> bool:
+        return isinstance(self.baseline, ClassWeightLoss)
+
+    def predict(self, out: ModelOutput) -> torch.Tensor:
+        """The class scores [B, S] that accuracy is measured on."""
+        if self.owns_class_weights:
+            return self.baseline.logits(self._embedding(out))
+        return out.logits
+
+    def _embedding(self, out: ModelOutput) -> torch.Tensor:
+        if out.embedding is None:
+            raise ValueError(f"loss {self.loss!r} reads ModelOutput.embedding, but the model returned None")
+        return out.embedding
 
     def forward(self, out: ModelOutput, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.owns_class_weights:
+            embedding = self._embedding(out)
+            total = self.baseline(embedding, target)
+            with torch.no_grad():
+                ce = F.cross_entropy(self.baseline.logits(embedding), target)
+            return total, ce
         ce = F.cross_entropy(out.logits.float(), target)
+        if self.loss == "focal":
+            return self.baseline(out.logits, target), ce
+        if self.loss == "center":
+            return self.baseline(out.logits, self._embedding(out), target), ce
         if self.term is None:
             return ce, ce
         if isinstance(self.term, MCLoss):

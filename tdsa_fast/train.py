@@ -105,8 +105,9 @@ def prepare_output(cfg: dict) -> Path:
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, autocast=contextlib.nullcontext) -> tuple[int, int]:
-    """Top-1 counts (correct, total) over ``loader``; one host read at the end."""
+def evaluate(model, loader, device, autocast=contextlib.nullcontext, objective=None) -> tuple[int, int]:
+    """Top-1 counts (correct, total) over ``loader``; one host read at the end. The scores are
+    ``objective.predict(out)`` (a loss with its own class weights), or the model's logits."""
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     total = 0
@@ -116,10 +117,17 @@ def evaluate(model, loader, device, autocast=contextlib.nullcontext) -> tuple[in
             continue
         images, labels = batch.images[:n], batch.labels[:n]
         with autocast():
-            logits = model(images).logits
+            out = model(images)
+            logits = out.logits if objective is None else objective.predict(out)
         correct += (logits.argmax(1) == labels).sum()
         total += n
     return int(correct.item()), total
+
+
+def build_objective(cfg: dict, num_classes: int) -> TrainingObjective:
+    """The objective of the resolved config ``cfg`` (it owns the parameters of the baseline losses)."""
+    return TrainingObjective(cfg["loss"], num_classes=num_classes, cnum_high=cfg["cnum_high"], mu=cfg["mu"],
+                             lam=cfg["lam"], div_form=cfg["div_form"], beta=cfg["beta"], upsample=cfg["upsample"])
 
 
 def train_one_epoch(model, objective, optimizer, loader, device, cfg, epoch, log) -> dict:
@@ -142,7 +150,7 @@ def train_one_epoch(model, objective, optimizer, loader, device, cfg, epoch, log
         loss.backward()
         optimizer.step()
         stats += torch.stack([loss.detach().double() * n, ce.detach().double() * n,
-                              (out.logits.detach().argmax(1) == labels).sum().double()])
+                              (objective.predict(out).detach().argmax(1) == labels).sum().double()])
         seen += n
         window_seen += n
         if step % cfg["log_interval"] == 0 or step == steps:
@@ -181,10 +189,9 @@ def run(cfg: dict, log=print) -> dict:
                         img_size=cfg["img_size"], small_input=small_input(cfg)).to(device)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    objective = TrainingObjective(cfg["loss"], cnum_high=cfg["cnum_high"], mu=cfg["mu"], lam=cfg["lam"],
-                                  div_form=cfg["div_form"], beta=cfg["beta"], upsample=cfg["upsample"])
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                                weight_decay=cfg["weight_decay"])
+    objective = build_objective(cfg, num_classes).to(device)
+    optimizer = torch.optim.SGD(list(model.parameters()) + list(objective.parameters()), lr=cfg["lr"],
+                                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     milestones = sorted({max(1, cfg["epochs"] // 2), max(1, (3 * cfg["epochs"]) // 4)})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
@@ -206,14 +213,16 @@ def run(cfg: dict, log=print) -> dict:
                 row = train_one_epoch(model, objective, optimizer, train_loader, device, cfg, epoch, log)
                 scheduler.step()
                 if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:
-                    correct, total = evaluate(model, test_loader, device, lambda: autocast_context(cfg, device))
+                    correct, total = evaluate(model, test_loader, device, lambda: autocast_context(cfg, device),
+                                              objective)
                     test_acc = correct / max(total, 1)
                 else:
                     test_acc = float("nan")
                 row.update(epoch=epoch, lr=lr, test_acc=test_acc)
                 writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
                 f.flush()
-                state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                state = dict(model=model.state_dict(), objective=objective.state_dict(),
+                             optimizer=optimizer.state_dict(),
                              scheduler=scheduler.state_dict(), epoch=epoch, test_acc=test_acc,
                              best_acc=max(best_acc, test_acc) if test_acc == test_acc else best_acc,
                              config=saved_cfg)

@@ -49,7 +49,9 @@ def _input(img, batch=2, seed=0):
 
 def _check_output(out, arch, img, mc, hc, batch=2):
     assert isinstance(out, ModelOutput)
-    logits, middle, high = out
+    logits, middle, high, embedding = out
+    # the head's input to its last Linear (the baseline losses read it)
+    assert embedding.shape == (batch, 512)
     c_mid, c_high = _expected_channels(arch, mc, hc)
     h_mid, h_high = _expected_sizes(arch, img)
     assert logits.shape == (batch, S)
@@ -75,6 +77,16 @@ def test_output_shapes(arch, img, mc, hc):
     _check_output(out, arch, img, mc, hc)
     assert model.middle_channels == out.middle.shape[1]
     assert model.high_channels == out.high.shape[1]
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_embedding_feeds_the_last_linear(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, S, img_size=64).eval()
+    with torch.no_grad():
+        out = model(_input(64))
+    torch.testing.assert_close(out.logits, model.classifier[-1](out.embedding))
+    assert ModelOutput(out.logits, out.middle, out.high).embedding is None  # three fields still build one
 
 
 def test_vgg16_released_design_at_224():

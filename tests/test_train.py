@@ -98,7 +98,7 @@ def test_tdsa_puts_gradient_on_both_levels_and_through_the_gate():
 def test_unknown_dataset_and_model_list_the_valid_ones():
     for argv, words in ((["--dataset", "imagenet"], ["default", "cub", "aircraft", "cars", "flowers"]),
                         (["--model", "vit"], ["vgg16", "resnet18"]),
-                        (["--loss", "arcface"], ["ce", "mc", "tdsa", "tdsa-noattn"])):
+                        (["--loss", "triplet"], ["ce", "center", "arcface", "circle", "mc", "tdsa", "tdsa-noattn"])):
         p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", *argv], capture_output=True, text=True)
         assert p.returncode == 2
         for w in words:

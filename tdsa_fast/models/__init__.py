@@ -8,7 +8,11 @@
 * ``middle`` ``[B, C_mid, Hm, Wm]`` -- the middle-level map, taken after BN + ReLU (>= 0);
 * ``high`` ``[B, C_high, Hh, Wh]`` -- the high-level map, taken after BN + ReLU (>= 0),
   with ``Hm > Hh`` and ``Wm > Wh`` for every supported size, so the top-down gate
-  (DESIGN.md eq. 7) really upsamples.
+  (DESIGN.md eq. 7) really upsamples;
+* ``embedding`` ``[B, D]`` -- the head's input to its last ``Linear`` (``D`` = ``HEAD_HIDDEN`` = 512,
+  after BN1d + ELU): the deep feature that the baseline losses with their own class weights
+  (:mod:`tdsa_fast.losses`) and Center loss read. Last field, default ``None``, so that code that
+  builds a ``ModelOutput`` from three tensors keeps working.
 
 Widths. ``middle_cnum=None`` keeps the backbone's standard width at the middle level
 (VGG16-BN conv4_3: 512; ResNet18 layer3: 256); an int ``n`` makes that level
@@ -16,7 +20,8 @@ Widths. ``middle_cnum=None`` keeps the backbone's standard width at the middle l
 ``[i*n, (i+1)*n)``). The same holds for ``high_cnum`` (standard widths: 512 for both
 backbones). The trainer maps its losses to widths as::
 
-    ce                 -> (None, None)
+    ce and the other baselines (center, asoftmax, focal, coco, lgm, lmcl, arcface, circle)
+                       -> (None, None)
     mc                 -> (None, 3)
     tdsa / tdsa-noattn -> (3 * xi, 3)
 
@@ -34,7 +39,7 @@ in the released MC-Loss / TDSA code, which builds its head after the backbone's 
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -44,6 +49,7 @@ __all__ = [
     "IMG_SIZE_MAX",
     "ModelOutput",
     "build_model",
+    "head_forward",
 ]
 
 MODELS = ("vgg16", "resnet18")
@@ -58,6 +64,7 @@ class ModelOutput(NamedTuple):
     logits: Tensor  # [B, S]
     middle: Tensor  # [B, C_mid, Hm, Wm], >= 0
     high: Tensor  # [B, C_high, Hh, Wh], >= 0, Hm > Hh, Wm > Wh
+    embedding: Optional[Tensor] = None  # [B, D]: the input of the head's last Linear
 
 
 # ---------------------------------------------------------------------------
@@ -102,6 +109,15 @@ def make_head(in_features: int, num_classes: int, hidden: int = HEAD_HIDDEN) -> 
         nn.ELU(inplace=True),
         nn.Linear(hidden, num_classes),
     )
+
+
+def head_forward(head: nn.Sequential, x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Runs a :func:`make_head` head on ``x``; returns ``(logits, embedding)``, where ``embedding``
+    is the input of its last ``Linear``."""
+    *body, last = head
+    for layer in body:
+        x = layer(x)
+    return last(x), x
 
 
 def init_weights(module: nn.Module) -> None:

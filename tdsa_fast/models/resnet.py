@@ -33,7 +33,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from . import ModelOutput, _check_img_size, _check_int, _check_cnum, init_weights, make_head
+from . import ModelOutput, _check_img_size, _check_int, _check_cnum, head_forward, init_weights, make_head
 
 __all__ = ["ResNet18", "BasicBlock"]
 
@@ -129,8 +129,8 @@ class ResNet18(nn.Module):
         f = self.layer3(self.layer2(self.layer1(self.stem(x))))
         middle = f if self.middle_branch is None else self.middle_branch(f)
         high = self.layer4(f)
-        logits = self.classifier(self.pool(high).flatten(1))
-        return ModelOutput(logits, middle, high)
+        logits, embedding = head_forward(self.classifier, self.pool(high).flatten(1))
+        return ModelOutput(logits, middle, high, embedding)
 
     def extra_repr(self) -> str:
         return (

@@ -34,7 +34,7 @@ from typing import List, Optional
 
 from torch import Tensor, nn
 
-from . import ModelOutput, _check_img_size, _check_int, _check_cnum, init_weights, make_head
+from . import ModelOutput, _check_img_size, _check_int, _check_cnum, head_forward, init_weights, make_head
 
 __all__ = ["VGG16BN"]
 
@@ -102,8 +102,8 @@ class VGG16BN(nn.Module):
             )
         middle = self.stage4(x)
         high = self.stage5(middle)
-        logits = self.classifier(self.pool(high).flatten(1))
-        return ModelOutput(logits, middle, high)
+        logits, embedding = head_forward(self.classifier, self.pool(high).flatten(1))
+        return ModelOutput(logits, middle, high, embedding)
 
     def extra_repr(self) -> str:
         return (
