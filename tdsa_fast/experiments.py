@@ -1,0 +1,375 @@
+"""``python -m tdsa_fast.experiments SPEC.yaml``: run a grid of training runs and write tables
+shaped like the paper's, with the paper's number beside each measured one.
+
+A spec (YAML, read with ``yaml.safe_load``; relative paths are relative to the spec file)::
+
+    table: IV                      # the paper table the results are paired with (II..VIII), or null
+    output: ../runs/table4         # the root of the run folders and of tables.md / results.csv
+    data_roots:                    # per dataset, its --data-root (not needed for "default")
+      flowers: ../../shared/data/flowers102
+    base:                          # trainer options for every run (names as in --help, "-" or "_")
+      model: resnet18
+      img_size: 112
+      epochs: 18
+    grid:                          # the cartesian product of these lists, in this order
+      dataset: [flowers]
+      loss: [ce, mc, tdsa-noattn, tdsa]
+      seed: [0]
+
+Each run trains in a subprocess (``python -m tdsa_fast.train``) into
+``output/<name>`` (the name lists the grid values), logging to ``train.log`` there.
+
+Resuming: a run whose folder holds ``results.json`` is finished and skipped, so the grid
+can be stopped at any point (Ctrl-C) and the same command continues where it stopped. A
+run that was interrupted mid-training is started again from scratch; its partial folder is
+kept, renamed ``<name>.interrupted-<k>``. A run that failed (non-zero exit) leaves
+``FAILED`` with the exit code and the log's tail in its folder; the runner goes on with
+the others, exits with 1 at the end, and retries failed runs only with ``--retry-failed``.
+
+Tables (``tables.md``, also ``--tables-only``): one row per method (Tables II-IV), ξ
+(V-VI) or upsampling mode (VII-VIII), one column per dataset; each cell
+``final test accuracy % (paper %)``, averaged over seeds with the range when there are
+several. ``results.csv`` lists every finished run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tdsa_fast.config import build_parser
+
+__all__ = ["Spec", "RunPlan", "load_spec", "plan_runs", "run_grid", "write_tables", "main"]
+
+SPEC_KEYS = ("table", "output", "data_roots", "base", "grid", "description")
+TABLES = ("II", "III", "IV", "V", "VI", "VII", "VIII")
+ROW_KEY = {"II": "loss", "III": "loss", "IV": "loss", "V": "xi", "VI": "xi", "VII": "upsample", "VIII": "upsample"}
+METHOD = {"ce": "CE", "center": "Center", "asoftmax": "A-softmax", "focal": "Focal", "coco": "COCO", "lgm": "LGM",
+          "lmcl": "LMCL", "arcface": "ArcFace", "circle": "Circle", "mc": "MC-Loss",
+          "tdsa-noattn": "TDSA w/o attention", "tdsa": "TDSA"}
+BACKBONE = {"vgg16": "VGG16", "resnet18": "ResNet18"}
+DATASET_COLUMN = {"cub": "CUB-200-2011", "aircraft": "FGVC-Aircraft", "cars": "Stanford Cars",
+                  "flowers": "Flowers-102"}
+UNNAMED_COLUMN = "dataset not stated"  # Tables VII and VIII
+PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.csv"
+# Options the runner sets itself.
+RESERVED = ("output", "data_root")
+
+
+def _trainer_options() -> dict[str, argparse.Action]:
+    return {a.dest: a for a in build_parser()._actions if a.dest != "help"}
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    table: str | None
+    output: Path
+    data_roots: dict
+    base: dict
+    grid: dict
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    name: str
+    options: dict  # trainer option -> value (dest names)
+    folder: Path
+
+
+def _norm_key(key) -> str:
+    return str(key).replace("-", "_")
+
+
+def load_spec(path) -> Spec:
+    """Reads and checks a spec; raises ValueError naming the file and the problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"spec file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a spec is a mapping with the keys {', '.join(SPEC_KEYS)}")
+    unknown = sorted(set(raw) - set(SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; valid keys: {', '.join(SPEC_KEYS)}")
+    table = raw.get("table")
+    if table is not None and str(table) not in TABLES:
+        raise ValueError(f"{path}: table must be one of {', '.join(TABLES)} or null, got {table!r}")
+    if not raw.get("output"):
+        raise ValueError(f"{path}: 'output' (the folder of the runs) is required")
+    options = _trainer_options()
+    base = {_norm_key(k): v for k, v in (raw.get("base") or {}).items()}
+    grid = {_norm_key(k): v for k, v in (raw.get("grid") or {}).items()}
+    for where, mapping in (("base", base), ("grid", grid)):
+        for key in mapping:
+            if key not in options:
+                raise ValueError(f"{path}: {where}.{key} is not a trainer option (python -m tdsa_fast.train --help)")
+            if key in RESERVED:
+                raise ValueError(f"{path}: {where}.{key} is set by the runner (use 'output' / 'data_roots')")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{path}: grid.{key} must be a non-empty list, got {values!r}")
+    both = sorted(set(base) & set(grid))
+    if both:
+        raise ValueError(f"{path}: {both} appear in both base and grid")
+    here = path.resolve().parent
+    data_roots = {str(k): str((here / str(v)).resolve()) for k, v in (raw.get("data_roots") or {}).items()}
+    return Spec(path=path, table=None if table is None else str(table), output=(here / str(raw["output"])).resolve(),
+                data_roots=data_roots, base=base, grid=grid)
+
+
+def _value_tag(key: str, value) -> str:
+    """A run name's part for one grid value: bare for dataset/model/loss/upsample, else key=value."""
+    text = str(value).replace("/", "_").replace(" ", "")
+    return text if key in ("dataset", "model", "loss", "upsample") else f"{key.replace('_', '-')}={text}"
+
+
+def plan_runs(spec: Spec) -> list[RunPlan]:
+    """The runs of the grid, in grid order (later keys vary fastest)."""
+    keys = list(spec.grid)
+    runs, names = [], set()
+    for values in itertools.product(*(spec.grid[k] for k in keys)) if keys else [()]:
+        options = dict(spec.base, **dict(zip(keys, values)))
+        dataset = options.get("dataset", "default")
+        if dataset in spec.data_roots:  # for "default": the cache folder of the generated data
+            options["data_root"] = spec.data_roots[dataset]
+        elif dataset != "default":
+            raise ValueError(f"{spec.path}: no data_roots entry for dataset {dataset!r}")
+        name = "-".join(_value_tag(k, v) for k, v in zip(keys, values)) or "run"
+        if name in names:
+            raise ValueError(f"{spec.path}: two runs share the name {name!r}")
+        names.add(name)
+        runs.append(RunPlan(name, options, spec.output / name))
+    return runs
+
+
+def trainer_argv(options: dict, output: Path) -> list[str]:
+    """``python -m tdsa_fast.train`` arguments for ``options`` (dest names)."""
+    actions = _trainer_options()
+    argv = []
+    for key, value in options.items():
+        flag = actions[key].option_strings[0]
+        if isinstance(actions[key], argparse._StoreTrueAction):
+            if value:
+                argv.append(flag)
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv + ["--output", str(output)]
+
+
+def run_state(folder: Path) -> str:
+    """``done``, ``failed``, ``partial`` (started, not finished) or ``todo``."""
+    if (folder / "results.json").exists():
+        return "done"
+    if (folder / "FAILED").exists():
+        return "failed"
+    if folder.exists() and any(folder.iterdir()):
+        return "partial"
+    return "todo"
+
+
+def _set_aside(folder: Path) -> Path:
+    k = 1
+    while (target := folder.with_name(f"{folder.name}.interrupted-{k}")).exists():
+        k += 1
+    folder.rename(target)
+    return target
+
+
+def run_one(run: RunPlan, log=print) -> int:
+    run.folder.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "tdsa_fast.train", *trainer_argv(run.options, run.folder)]
+    (run.folder / "command.txt").write_text(" ".join(argv[1:]) + "\n")
+    start = time.perf_counter()
+    with open(run.folder / "train.log", "w") as logf:
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:  # the child got the same SIGINT; let it end, then stop
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+            raise
+    if rc != 0:
+        tail = (run.folder / "train.log").read_text().splitlines()[-20:]
+        (run.folder / "FAILED").write_text(f"exit code {rc}\n" + "\n".join(tail) + "\n")
+        log(f"  FAILED (exit {rc}) after {time.perf_counter() - start:.0f} s; see {run.folder / 'train.log'}")
+    else:
+        log(f"  done in {time.perf_counter() - start:.0f} s")
+    return rc
+
+
+def run_grid(spec: Spec, *, retry_failed: bool = False, dry_run: bool = False, log=print) -> int:
+    """Runs what is left of the grid; returns the number of runs that failed."""
+    runs = plan_runs(spec)
+    failed = 0
+    for i, run in enumerate(runs, 1):
+        state = run_state(run.folder)
+        label = f"[{i}/{len(runs)}] {run.name}"
+        if state == "done":
+            log(f"{label}: finished earlier, skipped")
+            continue
+        if state == "failed" and not retry_failed:
+            log(f"{label}: failed earlier (see {run.folder / 'FAILED'}); --retry-failed runs it again")
+            failed += 1
+            continue
+        if dry_run:
+            log(f"{label}: would run ({state})")
+            continue
+        if state in ("partial", "failed"):
+            kept = _set_aside(run.folder)
+            log(f"{label}: the earlier attempt was {'interrupted' if state == 'partial' else 'failed'}; "
+                f"kept as {kept.name}, starting again")
+        log(f"{label}: training")
+        failed += run_one(run, log) != 0
+        write_tables(spec)  # the tables follow the grid as it goes
+    return failed
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+def read_paper_results(path: Path = PAPER_RESULTS) -> dict:
+    """``{(table, method, backbone, variant, column): accuracy}`` from the paper's tables."""
+    out = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for column in list(DATASET_COLUMN.values()) + [UNNAMED_COLUMN]:
+                if row.get(column):
+                    out[(row["table"], row["method"], row["backbone"], row["variant"], column)] = float(row[column])
+    return out
+
+
+def _paper_key(table: str, cfg: dict) -> tuple:
+    method = METHOD.get(cfg["loss"], cfg["loss"])
+    backbone = BACKBONE.get(cfg["model"], cfg["model"])
+    if table in ("V", "VI"):
+        variant = f"xi={cfg['xi']}"
+    elif table in ("VII", "VIII"):
+        variant = f"xi={cfg['xi']} upsample={cfg['upsample']}"
+    else:
+        variant = ""
+    column = UNNAMED_COLUMN if table in ("VII", "VIII") else DATASET_COLUMN.get(cfg["dataset"], cfg["dataset"])
+    return (table, method, backbone, variant, column)
+
+
+def collect_results(spec: Spec) -> list[dict]:
+    rows = []
+    for run in plan_runs(spec):
+        if run_state(run.folder) != "done":
+            continue
+        results = json.loads((run.folder / "results.json").read_text())
+        cfg = json.loads((run.folder / "config.json").read_text())
+        rows.append(dict(name=run.name, dataset=cfg["dataset"], model=cfg["model"], loss=cfg["loss"], xi=cfg["xi"],
+                         upsample=cfg["upsample"], seed=cfg["seed"], img_size=cfg["img_size"], epochs=cfg["epochs"],
+                         final_test_acc=results["final_test_acc"], best_test_acc=results["best_test_acc"],
+                         best_epoch=results["best_epoch"]))
+    return rows
+
+
+def _cell(values: list[float], paper) -> str:
+    mean = sum(values) / len(values)
+    text = f"{100 * mean:.2f}"
+    if len(values) > 1:
+        text += f" ({100 * min(values):.2f}–{100 * max(values):.2f}, {len(values)} seeds)"
+    return text + (f" ({paper:.2f})" if paper is not None else " (–)")
+
+
+def format_table(spec: Spec, rows: list[dict]) -> str:
+    table = spec.table
+    paper = read_paper_results() if table else {}
+    row_key = ROW_KEY.get(table, "loss")
+    columns, labels = [], []
+    cells: dict = {}
+    for r in rows:
+        column = (r["dataset"], r["model"])
+        label = (r[row_key], r["model"]) if row_key != "loss" else (r["loss"], r["model"])
+        if column not in columns:
+            columns.append(column)
+        if label not in labels:
+            labels.append(label)
+        cells.setdefault((label, column), []).append(r)
+    head = "| " + {"loss": "method", "xi": "ξ", "upsample": "upsample"}[row_key] + " | " + " | ".join(
+        f"{DATASET_COLUMN.get(d, d)} ({BACKBONE.get(m, m)})" for d, m in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 1)]
+    for label in labels:
+        shown = METHOD.get(label[0], label[0]) if row_key == "loss" else f"{row_key} = {label[0]}"
+        out = [shown]
+        for column in columns:
+            runs = cells.get((label, column))
+            if not runs:
+                out.append("")
+                continue
+            ref = paper.get(_paper_key(table, runs[0])) if table else None
+            out.append(_cell([r["final_test_acc"] for r in runs], ref))
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+def write_tables(spec: Spec) -> Path:
+    """Writes ``tables.md`` and ``results.csv`` under the spec's output; returns the table's path."""
+    rows = collect_results(spec)
+    spec.output.mkdir(parents=True, exist_ok=True)
+    total = len(plan_runs(spec))
+    title = f"Table {spec.table} of the paper" if spec.table else "Results"
+    text = [f"# {title}: {spec.path.name}", "",
+            f"{len(rows)} of {total} runs finished. Each cell: final test accuracy % of our run "
+            "(mean over seeds, with the range), then the paper's number in parentheses "
+            "(– where the paper has none for this setting).", ""]
+    text.append(format_table(spec, rows) if rows else "(no finished runs yet)")
+    text += ["", "Regenerate: `python -m tdsa_fast.experiments " + str(spec.path) + "`", ""]
+    path = spec.output / "tables.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(text))
+    os.replace(tmp, path)
+    if rows:
+        tmp = spec.output / "results.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) and not math.isnan(v) else v)
+                              for k, v in r.items()} for r in rows)
+        os.replace(tmp, spec.output / "results.csv")
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tdsa_fast.experiments", description=__doc__.split("\n\n")[0])
+    p.add_argument("spec", help="a YAML spec (see experiments/*.yaml)")
+    p.add_argument("--retry-failed", action="store_true", help="run the runs that failed earlier again")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
+    p.add_argument("--tables-only", action="store_true", help="only (re)write tables.md and results.csv")
+    a = p.parse_args(argv)
+    try:
+        spec = load_spec(a.spec)
+        plan_runs(spec)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.tables_only:
+        print(write_tables(spec).read_text())
+        return 0
+    try:
+        failed = run_grid(spec, retry_failed=a.retry_failed, dry_run=a.dry_run)
+    except KeyboardInterrupt:
+        print("interrupted: the same command continues where the grid stopped", file=sys.stderr)
+        return 130
+    if not a.dry_run:
+        print(write_tables(spec).read_text())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The experiment runner: spec checks, the grid's runs and their trainer arguments, a real
+tiny grid (training, skipping finished runs, restarting interrupted ones, failures), and the
+tables with the paper's numbers beside ours."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tdsa_fast import experiments as ex
+from tdsa_fast.config import build_parser
+from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
+
+TINY = SyntheticSpec(num_classes=4, train_per_class=8, test_per_class=8, image_size=64, seed=1)
+FAST = dict(img_size=64, epochs=1, batch_size=8, workers=0, loader="torch", stem="standard", threads=1,
+            lr=0.02, log_interval=1000, model="resnet18")
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return ensure_default_dataset(TINY, cache_dir=tmp_path_factory.mktemp("cache"), verbose=False)
+
+
+def write_spec(folder: Path, **spec) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("spec,fragment", [
+    (dict(output="o", grid={"loss": ["ce"]}, colour="red"), "unknown keys ['colour']"),
+    (dict(output="o", grid={"lossy": ["ce"]}), "grid.lossy is not a trainer option"),
+    (dict(output="o", base={"output": "x"}), "base.output is set by the runner"),
+    (dict(output="o", grid={"loss": "ce"}), "grid.loss must be a non-empty list"),
+    (dict(output="o", base={"loss": "ce"}, grid={"loss": ["tdsa"]}), "appear in both base and grid"),
+    (dict(grid={"loss": ["ce"]}), "'output' (the folder of the runs) is required"),
+    (dict(output="o", table="IX"), "table must be one of"),
+    (dict(output="o", grid={"dataset": ["cub"]}), "no data_roots entry for dataset 'cub'"),
+])
+def test_bad_specs_are_refused_with_the_reason(tmp_path, spec, fragment):
+    path = write_spec(tmp_path, **spec)
+    with pytest.raises(ValueError, match=None) as err:
+        ex.plan_runs(ex.load_spec(path))
+    assert fragment in str(err.value) and str(path) in str(err.value)
+
+
+def test_missing_spec_and_bad_yaml(tmp_path):
+    with pytest.raises(ValueError, match="spec file not found"):
+        ex.load_spec(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("grid: [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        ex.load_spec(tmp_path / "bad.yaml")
+
+
+def test_grid_order_names_and_trainer_arguments(tmp_path):
+    path = write_spec(tmp_path / "specs", table="III", output="../runs", data_roots={"cub": "../data"},
+                      base={"model": "resnet18", "channels-last": True, "img_size": 64},
+                      grid={"dataset": ["cub"], "loss": ["ce", "tdsa"], "xi": [1, 3]})
+    spec = ex.load_spec(path)
+    runs = ex.plan_runs(spec)
+    assert [r.name for r in runs] == ["cub-ce-xi=1", "cub-ce-xi=3", "cub-tdsa-xi=1", "cub-tdsa-xi=3"]
+    assert all(r.folder.parent == (tmp_path / "runs").resolve() for r in runs)
+    argv = ex.trainer_argv(runs[3].options, runs[3].folder)
+    args = build_parser().parse_args(argv)
+    assert (args.loss, args.xi, args.model, args.img_size, args.channels_last) == ("tdsa", 3, "resnet18", 64, True)
+    assert args.data_root == str((tmp_path / "data").resolve()) and args.output == str(runs[3].folder)
+
+
+def test_paper_numbers_are_paired_by_table_method_backbone_and_dataset():
+    paper = ex.read_paper_results()
+    assert paper[("IV", "TDSA w/o attention", "VGG16", "", "Flowers-102")] == 85.81
+    assert paper[("III", "CE", "ResNet18", "", "CUB-200-2011")] > 0
+    cfg = dict(loss="tdsa", model="resnet18", xi=2, upsample="nearest", dataset="cars")
+    assert ex._paper_key("VI", cfg) == ("VI", "TDSA", "ResNet18", "xi=2", "Stanford Cars")
+    assert ex._paper_key("VIII", dict(cfg, xi=1)) == ("VIII", "TDSA", "ResNet18", "xi=1 upsample=nearest",
+                                                      "dataset not stated")
+    assert ex._paper_key("VIII", dict(cfg, xi=1)) in paper
+
+
+def _runner(spec_path, *extra, **kw):
+    return subprocess.run([sys.executable, "-m", "tdsa_fast.experiments", str(spec_path), *extra],
+                          capture_output=True, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_tiny_grid_trains_skips_finished_runs_and_writes_the_table(tmp_path, tiny_root):
+    path = write_spec(tmp_path, table="III", output="runs", data_roots={"cub": str(tiny_root)},
+                      base=dict(FAST, dataset="cub"), grid={"loss": ["ce", "tdsa", "mc"], "seed": [0]})
+    spec = ex.load_spec(path)
+    p = _runner(path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    runs = ex.plan_runs(spec)
+    assert all(ex.run_state(r.folder) == "done" for r in runs)
+    table = (spec.output / "tables.md").read_text()
+    for method in ("CE", "TDSA", "MC-Loss"):
+        assert f"| {method} |" in table, table
+    paper_ce = ex.read_paper_results()[("III", "CE", "ResNet18", "", "CUB-200-2011")]
+    assert f"({paper_ce:.2f})" in table, table
+    ce = json.loads((runs[0].folder / "results.json").read_text())["final_test_acc"]
+    assert f"{100 * ce:.2f} ({paper_ce:.2f})" in table, table
+    assert len((spec.output / "results.csv").read_text().splitlines()) == 4
+
+    stamps = [(r.folder / "results.json").stat().st_mtime_ns for r in runs]
+    p = _runner(path)
+    assert p.returncode == 0 and p.stdout.count("finished earlier, skipped") == 3, p.stdout
+    assert [(r.folder / "results.json").stat().st_mtime_ns for r in runs] == stamps
+
+
+@pytest.mark.slow
+def test_interrupted_grid_continues_where_it_stopped(tmp_path, tiny_root):
+    path = write_spec(tmp_path, output="runs", data_roots={"cub": str(tiny_root)},
+                      base=dict(FAST, dataset="cub", epochs=40), grid={"loss": ["ce", "tdsa"]})
+    spec = ex.load_spec(path)
+    first, second = ex.plan_runs(spec)
+    proc = subprocess.Popen([sys.executable, "-m", "tdsa_fast.experiments", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (first.folder / "metrics.csv").exists() or len((first.folder / "metrics.csv").read_text().splitlines()) < 3:
+        assert proc.poll() is None and time.time() < deadline, "the first run did not get going"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the runner and its trainer
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "continues where the grid stopped" in out, out
+    assert ex.run_state(first.folder) == "partial" and ex.run_state(second.folder) == "todo"
+
+    short = write_spec(tmp_path, output="runs", data_roots={"cub": str(tiny_root)},
+                       base=dict(FAST, dataset="cub", epochs=1), grid={"loss": ["ce", "tdsa"]})
+    p = _runner(short)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "interrupted; kept as ce.interrupted-1" in p.stdout.replace("was interrupted", "interrupted"), p.stdout
+    assert (first.folder.parent / "ce.interrupted-1" / "metrics.csv").exists()  # nothing of it lost
+    assert ex.run_state(first.folder) == "done" and ex.run_state(second.folder) == "done"
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, tiny_root):
+    path = write_spec(tmp_path, output="runs", data_roots={"cub": str(tiny_root)},
+                      base={k: v for k, v in dict(FAST, dataset="cub").items() if k != "lr"},
+                      grid={"lr": [-1.0, 0.02]})
+    spec = ex.load_spec(path)
+    bad, good = ex.plan_runs(spec)
+    p = _runner(path)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert ex.run_state(bad.folder) == "failed" and "--lr must be positive" in (bad.folder / "FAILED").read_text()
+    assert ex.run_state(good.folder) == "done"
+    p = _runner(path)
+    assert p.returncode == 1 and "failed earlier" in p.stdout and "--retry-failed" in p.stdout, p.stdout
