@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--output", default=None, help="run folder (default: runs/<dataset>-<model>-<loss>-<time>)")
     r.add_argument("--log-interval", type=int, default=20, help="steps between progress lines")
+    r.add_argument("--eval-subset", type=int, default=0,
+                   help="evaluate each epoch on a fixed subset of this many test images (the same for every run), "
+                        "and the whole test split once at the end; 0: the whole split every time")
     r.add_argument("--eval-every", type=int, default=1, help="epochs between test evaluations (the last always runs)")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
@@ -112,6 +115,8 @@ def resolve(args: argparse.Namespace) -> dict:
         raise ValueError(f"--stem applies to resnet18 only, not to --model {cfg['model']}")
     if cfg["torch_decode"] != "pil" and cfg["loader"] == "dali":
         raise ValueError("--torch-decode applies to --loader torch; DALI decodes on the training device itself")
+    if cfg["eval_subset"] < 0:
+        raise ValueError(f"--eval-subset must be >= 0, got {cfg['eval_subset']}")
     if cfg["workers"] < 0:
         raise ValueError(f"--workers must be >= 0, got {cfg['workers']}")
     if cfg["lr"] <= 0:

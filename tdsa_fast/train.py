@@ -63,20 +63,37 @@ def resolve_loader(name: str) -> str:
     return name
 
 
+def eval_subset(test: SampleList, size: int) -> list:
+    """The per-epoch evaluation samples: the whole test split (``size`` 0 or at least its
+    length), or a fixed subset of ``size`` of them -- the same for every run and seed (drawn
+    with seed 0, kept in the split's order)."""
+    samples = list(test.samples)
+    if size <= 0 or size >= len(samples):
+        return samples
+    keep = sorted(torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[:size].tolist())
+    return [samples[i] for i in keep]
+
+
+def loader_options(cfg: dict, device: torch.device, rank: int = 0, world_size: int = 1) -> dict:
+    """The ``build_loader`` arguments of ``cfg`` shared by the training and test loaders:
+    batches arrive on ``device``, in bf16 under ``--amp`` on CUDA, NHWC under ``--channels-last``."""
+    kind = resolve_loader(cfg["loader"])
+    options = dict(loader=kind, img_size=cfg["img_size"], batch_size=cfg["batch_size"], workers=cfg["workers"],
+                   skip_bad=cfg["skip_bad_images"], device=device, channels_last=cfg["channels_last"],
+                   dtype=torch.bfloat16 if cfg["amp"] and device.type == "cuda" else torch.float32,
+                   rank=rank, world_size=world_size, seed=cfg["seed"])
+    if kind == "torch":
+        options["decode"] = cfg["torch_decode"]
+    return options
+
+
 def build_loaders(cfg: dict, train_set: SampleList, test_set: SampleList, device: torch.device,
                   rank: int = 0, world_size: int = 1):
-    """The training and test loaders of ``cfg`` on ``device`` (batches arrive there, in bf16
-    under ``--amp`` on CUDA, NHWC under ``--channels-last``)."""
-    kind = resolve_loader(cfg["loader"])
-    common = dict(loader=kind, img_size=cfg["img_size"], batch_size=cfg["batch_size"], workers=cfg["workers"],
-                  skip_bad=cfg["skip_bad_images"], device=device, channels_last=cfg["channels_last"],
-                  dtype=torch.bfloat16 if cfg["amp"] and device.type == "cuda" else torch.float32,
-                  rank=rank, world_size=world_size, seed=cfg["seed"])
-    if kind == "torch":
-        common["decode"] = cfg["torch_decode"]
+    """The training loader and the per-epoch test loader (``--eval-subset``) of ``cfg``."""
+    common = loader_options(cfg, device, rank, world_size)
     train_loader = build_loader(train_set.samples, train=True, recipe=cfg["augment"], **common)
     try:
-        test_loader = build_loader(test_set.samples, train=False, **common)
+        test_loader = build_loader(eval_subset(test_set, cfg["eval_subset"]), train=False, **common)
     except BaseException:
         train_loader.close()
         raise
@@ -237,11 +254,18 @@ def run(cfg: dict, log=print) -> dict:
     finally:  # worker processes of persistent loaders are stopped now, not at interpreter exit
         for loader in (train_loader, test_loader):
             loader.close()
+    eval_images = len(test_loader.samples)
     results = dict(final_test_acc=test_acc, best_test_acc=best_acc, best_epoch=best_epoch,
-                   epochs=cfg["epochs"], test_images=len(test_set.samples), output=str(out))
+                   epochs=cfg["epochs"], test_images=len(test_set.samples), eval_images=eval_images, output=str(out))
+    if eval_images < len(test_set.samples):  # per-epoch figures are on the subset: the final one on all
+        results.update(final_subset_acc=test_acc, best_subset_acc=best_acc)
+        with build_loader(test_set.samples, train=False, **loader_options(cfg, device)) as full:
+            correct, total = evaluate(model, full, device, lambda: autocast_context(cfg, device), objective)
+        results["final_test_acc"] = test_acc = correct / max(total, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    log(f"final test accuracy: {100 * test_acc:.2f}% (best {100 * best_acc:.2f}% at epoch {best_epoch}) "
-        f"on {len(test_set.samples)} test images; run folder {out}")
+    on = f"on the {eval_images}-image subset " if eval_images < len(test_set.samples) else ""
+    log(f"final test accuracy: {100 * test_acc:.2f}% on {len(test_set.samples)} test images (best {on}"
+        f"{100 * best_acc:.2f}% at epoch {best_epoch}); run folder {out}")
     return results
 
 

@@ -211,3 +211,25 @@ def test_amp_is_accepted_and_reported_inactive_on_cpu(tmp_path):
     run(_cfg(FAST + ["--data-root", str(root), "--output", str(tmp_path / "o"), "--amp", "--device", "cpu"]),
         log=lines.append)
     assert any("--amp is not yet active on the CPU" in line for line in lines)
+
+
+def test_eval_subset_is_fixed_and_the_final_accuracy_uses_the_whole_split(tiny_root, tmp_path):
+    from tdsa_fast.data.datasets import load_split
+    from tdsa_fast.train import eval_subset
+
+    test = load_split("cub", tiny_root, "test")
+    subset = eval_subset(test, 8)
+    assert len(subset) == 8 and subset == eval_subset(test, 8)  # fixed: no dependence on --seed or state
+    assert [test.samples.index(s) for s in subset] == sorted(test.samples.index(s) for s in subset)
+    assert eval_subset(test, 0) == list(test.samples) == eval_subset(test, 10_000)
+
+    out = tmp_path / "run"
+    args = [a if a != "32" else "1" for a in TINY_ARGS]  # one epoch
+    results = run(_cfg(args + ["--data-root", str(tiny_root), "--loss", "ce", "--model", "resnet18",
+                               "--loader", "torch", "--eval-subset", "8", "--output", str(out)]), log=lambda *_: None)
+    assert results["eval_images"] == 8 and results["test_images"] == len(test.samples) == 32
+    model_acc = evaluate_checkpoint(out / "last.pt", data_root=str(tiny_root), loader="torch")
+    assert model_acc["total"] == 32 and results["final_test_acc"] == pytest.approx(model_acc["accuracy"])
+    assert "final_subset_acc" in results
+    with pytest.raises(ValueError, match="--eval-subset must be >= 0"):
+        _cfg(TINY_ARGS + ["--data-root", str(tiny_root), "--model", "resnet18", "--eval-subset", "-1"])
