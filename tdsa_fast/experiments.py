@@ -25,6 +25,7 @@ run that was interrupted mid-training is started again from scratch; its partial
 kept, renamed ``<name>.interrupted-<k>``. A run that failed (non-zero exit) leaves
 ``FAILED`` with the exit code and the log's tail in its folder; the runner goes on with
 the others, exits with 1 at the end, and retries failed runs only with ``--retry-failed``.
+A second runner on the same grid is refused while the first is alive (``output/.grid.lock``).
 
 Tables (``tables.md``, also ``--tables-only``): one row per method (Tables II-IV), ξ
 (V-VI) or upsampling mode (VII-VIII), one column per dataset; each cell
@@ -212,8 +213,56 @@ def run_one(run: RunPlan, log=print) -> int:
     return rc
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class GridLock:
+    """``output/.grid.lock`` holds the pid of the runner working on a grid: a second runner on
+    the same grid (which would train the same runs twice) is refused; a lock left by a runner
+    that died is taken over."""
+
+    def __init__(self, output: Path):
+        self.path = output / ".grid.lock"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _pid_alive(pid):
+                    raise ValueError(f"another runner (pid {pid}) is working on {self.path.parent}; "
+                                     f"wait for it, or stop it (a lock of a dead runner is taken over)") from None
+                self.path.unlink(missing_ok=True)  # stale
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
 def run_grid(spec: Spec, *, retry_failed: bool = False, dry_run: bool = False, log=print) -> int:
     """Runs what is left of the grid; returns the number of runs that failed."""
+    if dry_run:
+        return _run_grid(spec, retry_failed=retry_failed, dry_run=True, log=log)
+    with GridLock(spec.output):
+        return _run_grid(spec, retry_failed=retry_failed, dry_run=False, log=log)
+
+
+def _run_grid(spec: Spec, *, retry_failed: bool, dry_run: bool, log) -> int:
     runs = plan_runs(spec)
     failed = 0
     for i, run in enumerate(runs, 1):
@@ -363,6 +412,9 @@ def main(argv=None) -> int:
         return 0
     try:
         failed = run_grid(spec, retry_failed=a.retry_failed, dry_run=a.dry_run)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: the same command continues where the grid stopped", file=sys.stderr)
         return 130

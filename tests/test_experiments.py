@@ -153,3 +153,18 @@ def test_a_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, tiny_root):
     assert ex.run_state(good.folder) == "done"
     p = _runner(path)
     assert p.returncode == 1 and "failed earlier" in p.stdout and "--retry-failed" in p.stdout, p.stdout
+
+
+def test_a_second_runner_on_the_same_grid_is_refused(tmp_path):
+    path = write_spec(tmp_path, output="runs", grid={"loss": ["ce"]})
+    spec = ex.load_spec(path)
+    spec.output.mkdir(parents=True)
+    (spec.output / ".grid.lock").write_text(str(os.getpid()))  # a live process holds it
+    p = _runner(path)
+    assert p.returncode == 2 and f"another runner (pid {os.getpid()})" in p.stderr, p.stderr
+    assert ex.run_state(ex.plan_runs(spec)[0].folder) == "todo"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (spec.output / ".grid.lock").write_text(dead.stdout.strip())  # a runner that died: taken over
+    with ex.GridLock(spec.output) as lock:
+        assert lock.path.read_text() == str(os.getpid())
+    assert not (spec.output / ".grid.lock").exists()
