@@ -71,7 +71,7 @@ def _header_size(data: bytes, path: str) -> tuple[int, int]:
             return im.size
     except Exception as e:
         reason = f"{type(e).__name__}: {e}"
-        raise BadImageError(f"cannot load image {path}: {reason}", path=path, reason=reason) from None
+        raise BadImageError.for_file(path, reason) from None
 
 
 class DaliImageLoader(ImageLoader):

@@ -63,6 +63,11 @@ class BadImageError(RuntimeError):
         self.path = path
         self.reason = reason
 
+    @classmethod
+    def for_file(cls, path: str, reason: str) -> "BadImageError":
+        """The error for ``path``: ``"cannot load image <path>: <reason>"``."""
+        return cls(f"cannot load image {path}: {reason}", path=path, reason=reason)
+
     def __reduce__(self):
         return (type(self), (str(self), self.path, self.reason))
 
@@ -126,7 +131,7 @@ def load_rgb(path) -> Image.Image:
                 reason = "empty file (0 bytes)"
         except OSError:
             pass
-    raise BadImageError(f"cannot load image {p}: {reason}", path=p, reason=reason)
+    raise BadImageError.for_file(p, reason)
 
 
 def _normalize():

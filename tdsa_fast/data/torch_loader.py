@@ -41,13 +41,12 @@ def read_image_bytes(path: str) -> bytes:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise BadImageError(f"cannot load image {path}: file not found", path=path, reason="file not found")
+        raise BadImageError.for_file(path, "file not found")
     except OSError as e:
         reason = f"{type(e).__name__}: {e}"
-        raise BadImageError(f"cannot load image {path}: {reason}", path=path, reason=reason)
+        raise BadImageError.for_file(path, reason)
     if not data:
-        raise BadImageError(f"cannot load image {path}: empty file (0 bytes)", path=path,
-                            reason="empty file (0 bytes)")
+        raise BadImageError.for_file(path, "empty file (0 bytes)")
     return data
 
 
@@ -270,7 +269,7 @@ class TorchImageLoader(ImageLoader):
                 rgb = _to_rgb(im)
         except Exception as e:
             reason = f"{type(e).__name__}: {e}"
-            raise BadImageError(f"cannot load image {path}: {reason}", path=path, reason=reason) from None
+            raise BadImageError.for_file(path, reason) from None
         return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).to(self.device)
 
     def __iter__(self):
