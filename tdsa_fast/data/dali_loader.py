@@ -196,7 +196,7 @@ class DaliImageLoader(ImageLoader):
                 return tuple(feed[name] for name in self._feed_names())
 
     def __iter__(self):
-        start = 0
+        start = self.start_batch
         while True:
             failed = yield from self._run_from(start)
             if failed is None:

@@ -170,15 +170,19 @@ class ImageLoader:
     """Base of the two loaders: the epoch's plan, ``len``, ``set_epoch``, ``close``.
 
     Iterating yields :class:`Batch` es of the current epoch; call ``set_epoch(e)`` before
-    each epoch (as with ``DistributedSampler``).  ``len(loader)`` is the number of batches,
-    the same on every rank.
+    each epoch (as with ``DistributedSampler``), ``set_epoch(e, start_batch=k)`` to resume
+    inside it (the iteration then starts at batch ``k``).  ``len(loader)`` is the number of
+    batches of the whole epoch, the same on every rank.  ``shuffle`` (default: ``train``)
+    reshuffles the order every epoch; ``train=False, shuffle=True`` gives training batches
+    without augmentation.
     """
 
     kind = "?"
 
     def __init__(self, samples, *, img_size: int, train: bool, batch_size: int, recipe: str = "released",
                  workers: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1, device="cpu",
-                 channels_last: bool = False, dtype: torch.dtype = torch.float32, skip_bad: bool = False):
+                 channels_last: bool = False, dtype: torch.dtype = torch.float32, skip_bad: bool = False,
+                 shuffle: Optional[bool] = None):
         self.samples = list(samples.samples if hasattr(samples, "samples") else samples)
         if not self.samples:
             raise ValueError("the sample list is empty")
@@ -194,12 +198,16 @@ class ImageLoader:
         self.workers, self.seed, self.rank, self.world_size = workers, int(seed), rank, world_size
         self.device = torch.device(device)
         self.channels_last, self.dtype, self.skip_bad = bool(channels_last), dtype, bool(skip_bad)
+        self.shuffle = self.train if shuffle is None else bool(shuffle)
         self.set_epoch(0)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.plan: ShardPlan = plan_epoch(len(self.samples), batch_size=self.batch_size, shuffle=self.train,
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.plan: ShardPlan = plan_epoch(len(self.samples), batch_size=self.batch_size, shuffle=self.shuffle,
                                           seed=self.seed, epoch=epoch, rank=self.rank,
                                           world_size=self.world_size)
+        if isinstance(start_batch, bool) or not isinstance(start_batch, int) or not 0 <= start_batch <= len(self.plan):
+            raise ValueError(f"start_batch must be an int in [0, {len(self.plan)}], got {start_batch!r}")
+        self.start_batch = start_batch
 
     def augment(self, index: int, width: Optional[int] = None, height: Optional[int] = None) -> Augment:
         return draw_augment(train=self.train, recipe=self.recipe, img_size=self.img_size, seed=self.seed,

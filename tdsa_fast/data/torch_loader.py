@@ -169,11 +169,11 @@ class _PlanBatches(torch.utils.data.Sampler):
         self.loader = loader
 
     def __len__(self) -> int:
-        return len(self.loader.plan)
+        return len(self.loader.plan) - self.loader.start_batch
 
     def __iter__(self):
         plan = self.loader.plan
-        for k in range(len(plan)):
+        for k in range(self.loader.start_batch, len(plan)):
             indices, real = plan.batch(k)
             yield [(int(i), plan.epoch, j < real) for j, i in enumerate(indices)]
 
