@@ -30,9 +30,10 @@ class _WeightedMC(nn.Module):
     def _weight(self, value: torch.Tensor) -> torch.Tensor:
         return self.mu * value if self.div_form == "paper" else value
 
-    def _mask(self, feat: torch.Tensor, cnum: int) -> torch.Tensor:
+    def _mask(self, feat: torch.Tensor, cnum: int, generator: torch.Generator | None = None) -> torch.Tensor:
         s = _checks.cnum("cnum", cnum, "feat", feat)
-        return TF.channel_mask(feat.shape[0], s, cnum, shared=self.shared_mask, device=feat.device)
+        return TF.channel_mask(feat.shape[0], s, cnum, shared=self.shared_mask, generator=generator,
+                               device=feat.device)
 
     def extra_repr(self) -> str:
         return f"mu={self.mu}, lam={self.lam}, div_form={self.div_form!r}, beta={self.beta}, backend={self.backend!r}"
@@ -45,6 +46,11 @@ class MCLoss(_WeightedMC):
                  beta: float = 15.0, shared_mask: bool = True, backend: str = "auto"):
         super().__init__(mu=mu, lam=lam, div_form=div_form, beta=beta, shared_mask=shared_mask, backend=backend)
         self.cnum = cnum
+
+    def draw_mask(self, feat: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A mask for ``feat`` ([1 or B, S*cnum]) drawn from ``generator`` (None: the default one)."""
+        _checks.feature_map("feat", feat)
+        return self._mask(feat, self.cnum, generator)
 
     def forward(self, feat: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         _checks.feature_map("feat", feat)
@@ -67,10 +73,15 @@ class TDSALoss(_WeightedMC):
         _checks.choice("mode", mode, _checks.UPSAMPLE_MODES)
         self.cnum_high, self.mode, self.attention = cnum_high, mode, attention
 
+    def draw_masks(self, low: torch.Tensor, high: torch.Tensor,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask_low, mask_high) for the maps, drawn from ``generator`` (None: the default one)."""
+        _, cnum_low = _checks.high_classes(low, high, self.cnum_high)
+        return self._mask(low, cnum_low, generator), self._mask(high, self.cnum_high, generator)
+
     def forward(self, low: torch.Tensor, high: torch.Tensor, target: torch.Tensor,
                 masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if masks is None:
-            _, cnum_low = _checks.high_classes(low, high, self.cnum_high)
-            masks = (self._mask(low, cnum_low), self._mask(high, self.cnum_high))
+            masks = self.draw_masks(low, high)
         return self._weight(TF.tdsa_loss(low, high, target, cnum_high=self.cnum_high, mode=self.mode,
                                          masks=masks, attention=self.attention, **self._form()))

@@ -66,7 +66,19 @@ class TrainingObjective(nn.Module):
             raise ValueError(f"loss {self.loss!r} reads ModelOutput.embedding, but the model returned None")
         return out.embedding
 
-    def forward(self, out: ModelOutput, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw_masks(self, out: ModelOutput, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...] | None:
+        """The channel masks of the MC/TDSA term for ``out`` (``(mask_high,)`` for ``mc``,
+        ``(mask_low, mask_high)`` for the TDSA losses, None for the others), drawn from
+        ``generator``: the trainer seeds one per step and rank so a run can be replayed."""
+        if self.term is None:
+            return None
+        if isinstance(self.term, MCLoss):
+            return (self.term.draw_mask(out.high, generator),)
+        return self.term.draw_masks(out.middle, out.high, generator)
+
+    def forward(self, out: ModelOutput, target: torch.Tensor,
+                masks: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``masks``: as :meth:`draw_masks` gives them, or None to draw fresh ones."""
         if self.owns_class_weights:
             embedding = self._embedding(out)
             total = self.baseline(embedding, target)
@@ -81,5 +93,5 @@ class TrainingObjective(nn.Module):
         if self.term is None:
             return ce, ce
         if isinstance(self.term, MCLoss):
-            return ce + self.term(out.high, target), ce
-        return ce + self.term(out.middle, out.high, target), ce
+            return ce + self.term(out.high, target, None if masks is None else masks[0]), ce
+        return ce + self.term(out.middle, out.high, target, None if masks is None else tuple(masks)), ce

@@ -20,13 +20,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["epoch_seed", "ShardPlan", "plan_epoch", "step_real_counts"]
+__all__ = ["epoch_seed", "step_seed", "ShardPlan", "plan_epoch", "step_real_counts"]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit seed for ``(seed, epoch)``; different epochs give unrelated streams."""
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF, 0x7D5A]).generate_state(
         1, dtype=np.uint64)
+    return int(state[0]) & ((1 << 63) - 1)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A 63-bit seed for the random draws (the channel masks) of optimiser step ``step`` on
+    ``rank``: a run replays them exactly after a resume, and one process that accumulates
+    the ranks' micro-batches can draw the masks each rank drew."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step) & 0xFFFFFFFF, int(rank) & 0xFFFFFFFF,
+                                    0x3A5C]).generate_state(1, dtype=np.uint64)
     return int(state[0]) & ((1 << 63) - 1)
 
 
