@@ -8,6 +8,9 @@ data gets a small CPU-sized recipe, the real datasets get the paper's recipe
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+import yaml
 
 from tdsa_fast.data.datasets import DATASETS
 from tdsa_fast.data.loading import LOADERS
@@ -17,6 +20,12 @@ from tdsa_fast.objective import LOSS_NAMES
 
 LOSSES = LOSS_NAMES  # ce, the baselines of the paper's Tables II/III, mc, tdsa, tdsa-noattn
 UPSAMPLE = ("nearest", "bilinear", "bicubic")
+AUGMENTS = ("released", "rrc", "none")
+AMP_DTYPES = ("bfloat16", "float16")
+# Options that may differ from the saved config when a run is resumed: where and how fast it
+# runs, not what it computes (the data pipeline's rounding aside).
+RESUME_OVERRIDABLE = ("device", "workers", "threads", "log_interval", "loader", "torch_decode", "tensorboard",
+                      "max_steps")
 
 PAPER_RECIPE = dict(model="vgg16", epochs=300, batch_size=32, img_size=224, lr=0.1, workers=4, stem="auto")
 # The built-in data: a few minutes on 2 CPU cores (see README "Built-in default data").
@@ -38,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-root", default=None,
                    help="folder that directly holds the dataset's native files (for 'default': the cache folder)")
     d.add_argument("--img-size", type=int, default=None, help="square input size (preset: 64 default data, 224 real)")
-    d.add_argument("--augment", default="released", choices=("released", "rrc"),
-                   help="training augmentation: the released code's resize+pad-crop+flip, or random-resized-crop")
+    d.add_argument("--augment", default="released", choices=AUGMENTS,
+                   help="training augmentation: the released code's resize+pad-crop+flip, random-resized-crop, "
+                        "or none (the test transform on shuffled training batches)")
     d.add_argument("--loader", default="auto", choices=LOADERS,
                    help="data pipeline: NVIDIA DALI (GPU decode on CUDA), the PyTorch DataLoader, or auto "
                         "(DALI when it is installed)")
@@ -80,20 +90,158 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--weight-decay", type=float, default=5e-4)
 
     r = p.add_argument_group("run")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="YAML mapping of option names (dest or flag spelling) to values; the command line "
+                        "overrides it; unknown keys are an error")
+    r.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (under torchrun: each process takes cuda:LOCAL_RANK)")
     r.add_argument("--amp", action="store_true",
-                   help="bfloat16 autocast on CUDA (not yet active on the CPU: training stays float32 there)")
+                   help="mixed precision: autocast on CUDA (--amp-dtype) and on the CPU (bfloat16); a gradient "
+                        "scaler for float16")
+    r.add_argument("--amp-dtype", default=None, choices=AMP_DTYPES,
+                   help="autocast dtype under --amp (default bfloat16; float16 is CUDA-only)")
     r.add_argument("--channels-last", action="store_true",
                    help="NHWC memory format for the model and its input batches")
+    r.add_argument("--compile", action="store_true", help="torch.compile the model and the loss")
+    r.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms only (torch.use_deterministic_algorithms; no cuDNN autotuning): "
+                        "a resumed run then ends bitwise equal to an uninterrupted one on the CPU")
+    r.add_argument("--sync-bn", action="store_true",
+                   help="SyncBatchNorm across processes (torchrun on CUDA only)")
+    r.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the run in folder RUN (or from its checkpoint file) with its saved config, "
+                        "from the step it stopped at; only " + ", ".join("--" + k.replace("_", "-")
+                                                                         for k in RESUME_OVERRIDABLE)
+                        + " may change")
+    r.add_argument("--max-steps", type=int, default=0,
+                   help="stop (with a checkpoint, as on SIGTERM) after this many optimiser steps in all; 0: no limit")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--output", default=None, help="run folder (default: runs/<dataset>-<model>-<loss>-<time>)")
     r.add_argument("--log-interval", type=int, default=20, help="steps between progress lines")
+    r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="no TensorBoard event files in the run folder")
     r.add_argument("--eval-subset", type=int, default=0,
                    help="evaluate each epoch on a fixed subset of this many test images (the same for every run), "
                         "and the whole test split once at the end; 0: the whole split every time")
     r.add_argument("--eval-every", type=int, default=1, help="epochs between test evaluations (the last always runs)")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
+
+
+def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest != "help"}
+
+
+def _config_value(action: argparse.Action, key: str, value, path: Path):
+    """``value`` of config-file key ``key`` checked and converted as the command line would."""
+    where = f"{path}: {key}"
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        # a store_false option (--no-tensorboard) is keyed by its dest: tensorboard: false
+        return value
+    if value is None:
+        return None
+    if isinstance(value, (list, dict, bool)):
+        raise ValueError(f"{where} must be a single value, got {value!r}")
+    if action.type is not None:
+        try:
+            value = action.type(value) if not isinstance(value, float) or action.type is float else value
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
+        if action.type is int and not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+    else:
+        value = str(value)
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"{where} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return value
+
+
+def load_config_file(parser: argparse.ArgumentParser, path: str | Path) -> dict:
+    """The defaults a YAML config file sets: ``{dest: value}``, checked against ``parser``
+    (keys in dest or flag spelling: ``batch_size`` or ``batch-size``).  Loading never runs
+    code from the file (``yaml.safe_load``).
+
+    Raises:
+        ValueError: a missing or unreadable file, a file that is not a mapping, an unknown
+            key, or a value of the wrong type or outside the option's choices.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ValueError(f"--config {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"--config {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} must hold a mapping of option names to values, not {type(data).__name__}")
+    actions = _actions(parser)
+    out = {}
+    for key, value in data.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        if dest in ("config", "resume") or dest not in actions:
+            known = ", ".join(sorted(k for k in actions if k not in ("config", "resume")))
+            raise ValueError(f"--config {path}: unknown key {key!r}; valid keys: {known}")
+        out[dest] = _config_value(actions[dest], str(key), value, path)
+    return out
+
+
+def explicit_options(argv) -> set[str]:
+    """The dests given on the command line ``argv`` (not from defaults or a config file)."""
+    parser = build_parser()
+    for a in parser._actions:
+        a.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def parse_config(argv=None) -> tuple[dict, set[str]]:
+    """The trainer's command line ``argv`` (with ``--config``'s file underneath it), resolved
+    by :func:`resolve`; also the set of options given explicitly on the command line.
+    With ``--resume`` the config is not resolved yet (the run's saved config is the base; see
+    :func:`resume_config`).
+
+    Raises:
+        ValueError: as :func:`load_config_file` and :func:`resolve`; argparse errors exit.
+    """
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--resume", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        if known.resume is not None:
+            raise ValueError("--config and --resume conflict: a resumed run keeps its saved config")
+        parser.set_defaults(**load_config_file(parser, known.config))
+    args = parser.parse_args(argv)
+    explicit = explicit_options(argv)
+    if args.resume is not None:
+        return dict(vars(args)), explicit
+    return resolve(args), explicit
+
+
+def resume_config(saved: dict, given: dict, explicit: set[str]) -> dict:
+    """The config of a resumed run: the run's ``saved`` config, with the options of
+    :data:`RESUME_OVERRIDABLE` that were given explicitly on the command line (``given``,
+    the parsed command line) put over it.
+
+    Raises:
+        ValueError: another option given explicitly with a value that differs from the saved one.
+    """
+    cfg = dict(saved)
+    for key in sorted(explicit - {"resume", "config"}):
+        if key in RESUME_OVERRIDABLE:
+            cfg[key] = given[key]
+        elif key == "output":
+            continue  # checked against the checkpoint's folder by the trainer
+        elif given[key] != saved.get(key):
+            raise ValueError(f"--{key.replace('_', '-')} {given[key]} conflicts with the resumed run's saved "
+                             f"value {saved.get(key)!r}: a resumed run keeps its config (only "
+                             + ", ".join("--" + k.replace("_", "-") for k in RESUME_OVERRIDABLE) + " may change)")
+    cfg["resume"] = given["resume"]
+    return cfg
 
 
 def resolve(args: argparse.Namespace) -> dict:
@@ -121,6 +269,11 @@ def resolve(args: argparse.Namespace) -> dict:
         raise ValueError(f"--workers must be >= 0, got {cfg['workers']}")
     if cfg["lr"] <= 0:
         raise ValueError(f"--lr must be positive, got {cfg['lr']}")
+    if cfg["max_steps"] < 0:
+        raise ValueError(f"--max-steps must be >= 0, got {cfg['max_steps']}")
+    if cfg["amp_dtype"] is not None and not cfg["amp"]:
+        raise ValueError("--amp-dtype needs --amp")
+    cfg["amp_dtype"] = (cfg["amp_dtype"] or "bfloat16") if cfg["amp"] else None
     return cfg
 
 

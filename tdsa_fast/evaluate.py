@@ -11,12 +11,10 @@ import sys
 
 
 from tdsa_fast import checkpoint
-from tdsa_fast.config import model_widths, small_input
 from tdsa_fast.data.datasets import load_split
 from tdsa_fast.data.images import BadImageError
 from tdsa_fast.data.loading import LOADERS, build_loader
-from tdsa_fast.models import build_model
-from tdsa_fast.train import build_objective, dataset_root, evaluate, pick_device
+from tdsa_fast.train import build_network, build_objective, dataset_root, evaluate, load_state, pick_device
 
 
 def evaluate_checkpoint(path, *, split: str = "test", data_root=None, batch_size=None, workers=0,
@@ -31,13 +29,11 @@ def evaluate_checkpoint(path, *, split: str = "test", data_root=None, batch_size
     if samples.num_classes != cfg["num_classes"]:
         raise ValueError(f"the {split} split has {samples.num_classes} classes but the checkpoint "
                          f"was trained on {cfg['num_classes']}")
-    middle_cnum, high_cnum = model_widths(cfg["loss"], cfg["xi"], cfg["cnum_high"])
-    model = build_model(cfg["model"], cfg["num_classes"], middle_cnum=middle_cnum, high_cnum=high_cnum,
-                        img_size=cfg["img_size"], small_input=small_input(cfg))
-    model.load_state_dict(ckpt["model"])
+    model = build_network(cfg, cfg["num_classes"])
+    load_state(model, ckpt["model"], "model", cfg)
     model.to(device)
     objective = build_objective(cfg, cfg["num_classes"])  # the scores of a loss with its own class weights
-    objective.load_state_dict(ckpt.get("objective", {}))
+    load_state(objective, ckpt.get("objective", {}), "objective", cfg)
     objective.to(device)
     with build_loader(samples.samples, loader=loader, img_size=cfg["img_size"], train=False,
                       batch_size=batch_size or cfg["batch_size"], workers=workers, skip_bad=skip_bad_images,

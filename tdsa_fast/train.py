@@ -1,42 +1,52 @@
-"""``python -m tdsa_fast.train``: train a fine-grained classifier with CE, MC-Loss or TDSA-Loss.
+"""``python -m tdsa_fast.train``: train a fine-grained classifier with CE, MC-Loss, TDSA-Loss or a
+baseline loss, in one process or several (``torchrun --nproc_per_node=N -m tdsa_fast.train``).
 
-The run folder holds ``config.json`` (the resolved options), ``metrics.csv`` (one row per
-epoch), ``last.pt`` and ``best.pt`` (atomic writes; loadable with ``weights_only=True``)
-and ``results.json`` (best and final test accuracy). Loss and accuracy are accumulated
-on the device and read back only every ``--log-interval`` steps.
+The run folder holds
+
+* ``config.json`` (the resolved options) and ``config.yaml`` (the same, loadable with ``--config``);
+* ``metrics.csv`` (one row per epoch), TensorBoard event files under ``tensorboard/``, and at
+  the end ``training_curves.png`` and ``summary.json`` (:mod:`tdsa_fast.reporting`);
+* ``last.pt`` (after every epoch, and when a run stops early: SIGTERM, SIGINT, ``--max-steps``)
+  and ``best.pt`` (the best test accuracy); atomic writes, loadable with ``weights_only=True``;
+  ``--resume`` continues from ``last.pt`` at the step it stopped at;
+* ``results.json`` (best and final test accuracy).
+
+Loss and accuracy are accumulated on the device and read back every ``--log-interval``
+steps only. Each step's channel masks come from a generator seeded by (seed, step, rank),
+so a resumed run draws the masks an uninterrupted one draws.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
+import os
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Optional
 
 import torch
+import yaml
+from torch import nn
 
 from tdsa_fast import checkpoint
-from tdsa_fast.config import build_parser, model_widths, resolve, small_input
+from tdsa_fast.config import model_widths, parse_config, resume_config, small_input
 from tdsa_fast.data.datasets import SampleList, load_split
 from tdsa_fast.data.images import BadImageError
 from tdsa_fast.data.loading import build_loader, dali_available
+from tdsa_fast.data.sharding import step_seed
+from tdsa_fast.distributed import Processes, StopRequest, pick_device, setup
 from tdsa_fast.models import build_model
 from tdsa_fast.objective import TrainingObjective
+from tdsa_fast.reporting import METRIC_FIELDS, RunReport
 
-METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_ce", "train_acc", "test_acc",
-                 "images_per_s", "epoch_seconds", "skipped_images")
+__all__ = ["METRIC_FIELDS", "run", "main", "build_network", "build_objective", "build_optimizer", "evaluate",
+           "TrainingModule", "pick_device", "dataset_root", "load_splits", "build_loaders"]
 
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
+CHECKPOINT_FORMAT = 2  # 2: mid-epoch state, scaler, RNG states, progress counters
 
 
 def dataset_root(cfg: dict) -> Path:
@@ -74,14 +84,24 @@ def eval_subset(test: SampleList, size: int) -> list:
     return [samples[i] for i in keep]
 
 
+def amp_dtype(cfg: dict, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None without ``--amp``: bfloat16 on the CPU."""
+    if not cfg.get("amp"):
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16
+    return getattr(torch, cfg.get("amp_dtype") or "bfloat16")
+
+
 def loader_options(cfg: dict, device: torch.device, rank: int = 0, world_size: int = 1) -> dict:
     """The ``build_loader`` arguments of ``cfg`` shared by the training and test loaders:
-    batches arrive on ``device``, in bf16 under ``--amp`` on CUDA, NHWC under ``--channels-last``."""
+    batches arrive on ``device``, in the autocast dtype under ``--amp`` on CUDA, NHWC under
+    ``--channels-last``."""
     kind = resolve_loader(cfg["loader"])
+    dtype = amp_dtype(cfg, device) if device.type == "cuda" else None
     options = dict(loader=kind, img_size=cfg["img_size"], batch_size=cfg["batch_size"], workers=cfg["workers"],
                    skip_bad=cfg["skip_bad_images"], device=device, channels_last=cfg["channels_last"],
-                   dtype=torch.bfloat16 if cfg["amp"] and device.type == "cuda" else torch.float32,
-                   rank=rank, world_size=world_size, seed=cfg["seed"])
+                   dtype=dtype or torch.float32, rank=rank, world_size=world_size, seed=cfg["seed"])
     if kind == "torch":
         options["decode"] = cfg["torch_decode"]
     return options
@@ -89,9 +109,13 @@ def loader_options(cfg: dict, device: torch.device, rank: int = 0, world_size: i
 
 def build_loaders(cfg: dict, train_set: SampleList, test_set: SampleList, device: torch.device,
                   rank: int = 0, world_size: int = 1):
-    """The training loader and the per-epoch test loader (``--eval-subset``) of ``cfg``."""
+    """The training loader (``--augment none``: the test transform on shuffled batches) and
+    the per-epoch test loader (``--eval-subset``) of ``cfg``, sharded for ``rank``."""
     common = loader_options(cfg, device, rank, world_size)
-    train_loader = build_loader(train_set.samples, train=True, recipe=cfg["augment"], **common)
+    if cfg["augment"] == "none":
+        train_loader = build_loader(train_set.samples, train=False, shuffle=True, **common)
+    else:
+        train_loader = build_loader(train_set.samples, train=True, recipe=cfg["augment"], **common)
     try:
         test_loader = build_loader(eval_subset(test_set, cfg["eval_subset"]), train=False, **common)
     except BaseException:
@@ -101,16 +125,32 @@ def build_loaders(cfg: dict, train_set: SampleList, test_set: SampleList, device
 
 
 def autocast_context(cfg: dict, device: torch.device):
-    if cfg["amp"] and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = amp_dtype(cfg, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
-def prepare_output(cfg: dict) -> Path:
-    out = cfg["output"] or f"runs/{cfg['dataset']}-{cfg['model']}-{cfg['loss']}-{datetime.now():%Y%m%d-%H%M%S}"
-    out = Path(out)
-    if (out / "last.pt").exists():
-        raise ValueError(f"--output {out} already holds a run (last.pt); choose another folder")
+def check_run_options(cfg: dict, device: torch.device, procs: Processes) -> None:
+    """Flag combinations that only the device and process count can rule out."""
+    if cfg.get("amp") and cfg.get("amp_dtype") == "float16" and device.type != "cuda":
+        raise ValueError("--amp-dtype float16 is CUDA-only (CPU autocast runs bfloat16); use --amp-dtype bfloat16")
+    if cfg.get("sync_bn") and (device.type != "cuda" or not procs.enabled):
+        raise ValueError("--sync-bn needs several processes on CUDA (torchrun with NCCL); BatchNorm statistics "
+                         "stay per process on the CPU")
+    if cfg.get("torch_decode") == "device" and resolve_loader(cfg["loader"]) == "dali":
+        raise ValueError("--torch-decode applies to --loader torch")
+
+
+def default_output(cfg: dict) -> Path:
+    return Path(cfg["output"] or f"runs/{cfg['dataset']}-{cfg['model']}-{cfg['loss']}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def prepare_output(out: Path, *, resuming: bool = False) -> Path:
+    """Creates the run folder and checks it is writable; a folder that holds a run already is
+    refused unless the run is being resumed."""
+    if not resuming and (out / "last.pt").exists():
+        raise ValueError(f"--output {out} already holds a run (last.pt); choose another folder or --resume it")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write_test"
@@ -121,24 +161,11 @@ def prepare_output(cfg: dict) -> Path:
     return out
 
 
-@torch.no_grad()
-def evaluate(model, loader, device, autocast=contextlib.nullcontext, objective=None) -> tuple[int, int]:
-    """Top-1 counts (correct, total) over ``loader``; one host read at the end. The scores are
-    ``objective.predict(out)`` (a loss with its own class weights), or the model's logits."""
-    model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    total = 0
-    for batch in loader:
-        n = batch.num_real  # padding (sharding) and skipped images stay out of the count
-        if n == 0:
-            continue
-        images, labels = batch.images[:n], batch.labels[:n]
-        with autocast():
-            out = model(images)
-            logits = out.logits if objective is None else objective.predict(out)
-        correct += (logits.argmax(1) == labels).sum()
-        total += n
-    return int(correct.item()), total
+def build_network(cfg: dict, num_classes: int) -> nn.Module:
+    """The backbone of the resolved config ``cfg`` (grouped levels as the loss needs them)."""
+    middle_cnum, high_cnum = model_widths(cfg["loss"], cfg["xi"], cfg["cnum_high"])
+    return build_model(cfg["model"], num_classes, middle_cnum=middle_cnum, high_cnum=high_cnum,
+                       img_size=cfg["img_size"], small_input=small_input(cfg))
 
 
 def build_objective(cfg: dict, num_classes: int) -> TrainingObjective:
@@ -147,137 +174,453 @@ def build_objective(cfg: dict, num_classes: int) -> TrainingObjective:
                              lam=cfg["lam"], div_form=cfg["div_form"], beta=cfg["beta"], upsample=cfg["upsample"])
 
 
-def train_one_epoch(model, objective, optimizer, loader, device, cfg, epoch, log) -> dict:
-    model.train()
-    stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, ce sum, correct
-    seen = skipped = 0
-    steps = len(loader)
-    start = window_start = time.perf_counter()
-    window_seen = 0
-    for step, batch in enumerate(loader, 1):
-        skipped += batch.skipped
-        n = batch.num_real
-        if n == 0:
-            continue
-        images, labels = batch.images[:n], batch.labels[:n]
-        with autocast_context(cfg, device):
-            out = model(images)
-            loss, ce = objective(out, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        stats += torch.stack([loss.detach().double() * n, ce.detach().double() * n,
-                              (objective.predict(out).detach().argmax(1) == labels).sum().double()])
-        seen += n
-        window_seen += n
-        if step % cfg["log_interval"] == 0 or step == steps:
-            loss_sum, _, correct = stats.tolist()
-            now = time.perf_counter()
-            rate = window_seen / max(now - window_start, 1e-9)
-            eta = (steps - step) * (now - start) / step
-            log(f"epoch {epoch}/{cfg['epochs']} step {step}/{steps} loss {loss_sum / max(seen, 1):.4f} "
-                f"acc {correct / max(seen, 1):.4f} lr {optimizer.param_groups[0]['lr']:.4g} "
-                f"{rate:.1f} img/s eta {eta:.0f}s")
-            window_start, window_seen = now, 0
-    loss_sum, ce_sum, correct = stats.tolist()
-    if seen and not math.isfinite(loss_sum):
-        raise FloatingPointError(f"epoch {epoch}: the training loss is not finite ({loss_sum}); lower --lr")
-    elapsed = time.perf_counter() - start
-    return dict(train_loss=loss_sum / max(seen, 1), train_ce=ce_sum / max(seen, 1),
-                train_acc=correct / max(seen, 1), images_per_s=seen / max(elapsed, 1e-9),
-                epoch_seconds=elapsed, skipped_images=skipped)
-
-
-def run(cfg: dict, log=print) -> dict:
-    """Trains with the resolved config ``cfg`` (see :mod:`tdsa_fast.config`); returns the results dict."""
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    torch.manual_seed(cfg["seed"])
-    device = pick_device(cfg["device"])
-    out = prepare_output(cfg)
-    if cfg["amp"] and device.type != "cuda":
-        log("note: --amp is not yet active on the CPU; training in float32")
-
-    train_set, test_set = load_splits(cfg)
-    num_classes = train_set.num_classes
-
-    middle_cnum, high_cnum = model_widths(cfg["loss"], cfg["xi"], cfg["cnum_high"])
-    model = build_model(cfg["model"], num_classes, middle_cnum=middle_cnum, high_cnum=high_cnum,
-                        img_size=cfg["img_size"], small_input=small_input(cfg)).to(device)
-    if cfg["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    objective = build_objective(cfg, num_classes).to(device)
+def build_optimizer(cfg: dict, model: nn.Module, objective: nn.Module):
+    """SGD over the model's and the objective's parameters, and the step schedule (x0.1 at
+    1/2 and 3/4 of the epochs, stepped once per epoch)."""
     optimizer = torch.optim.SGD(list(model.parameters()) + list(objective.parameters()), lr=cfg["lr"],
                                 momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     milestones = sorted({max(1, cfg["epochs"] // 2), max(1, (3 * cfg["epochs"]) // 4)})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
-    train_loader, test_loader = build_loaders(cfg, train_set, test_set, device)
-    saved_cfg = dict(cfg, output=str(out), num_classes=num_classes, class_names=train_set.class_names,
-                     device_used=str(device), loader_used=train_loader.kind)
-    (out / "config.json").write_text(json.dumps(saved_cfg, indent=2))
-    log(f"{cfg['dataset']}: {len(train_set.samples)} train / {len(test_set.samples)} test images, "
-        f"{num_classes} classes; {cfg['model']} + {cfg['loss']} on {device}, {train_loader.kind} loader; output {out}")
 
+class TrainingModule(nn.Module):
+    """The model and the objective in one module (what DistributedDataParallel wraps, so the
+    objective's own parameters are all-reduced too).
+
+    forward(images [n, 3, s, s], labels [n], generator) -> (total loss, ce, class scores [n, S]);
+    the channel masks are drawn from ``generator``. In training, a batch of one image runs as
+    two copies of it (the head's BatchNorm needs two values per channel; the mean loss is the
+    image's own), so an epoch whose last batch holds one image does not fail.
+    """
+
+    def __init__(self, model: nn.Module, objective: nn.Module):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, generator: Optional[torch.Generator] = None):
+        single = self.training and images.shape[0] == 1
+        if single:
+            images, labels = torch.cat([images, images]), torch.cat([labels, labels])
+        out = self.model(images)
+        masks = self.objective.draw_masks(out, generator)
+        total, ce = self.objective(out, labels, masks)
+        scores = self.objective.predict(out)
+        return total, ce, scores[:1] if single else scores
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, autocast=contextlib.nullcontext, objective=None,
+             procs: Optional[Processes] = None) -> tuple[int, int]:
+    """Top-1 counts (correct, total) over ``loader`` (summed over the processes, each reading
+    its shard); one host read at the end. The scores are ``objective.predict(out)`` (a loss
+    with its own class weights), or the model's logits."""
+    model.eval()
+    counts = torch.zeros(2, dtype=torch.int64, device=device)
+    for batch in loader:
+        n = batch.num_real  # padding (sharding) and skipped images stay out of the count
+        if n == 0:
+            continue
+        images, labels = batch.images[:n], batch.labels[:n]
+        with autocast():
+            out = model(images)
+            logits = out.logits if objective is None else objective.predict(out)
+        counts[0] += (logits.argmax(1) == labels).sum()
+        counts[1] += n
+    if procs is not None:
+        procs.all_reduce_sum(counts)
+    correct, total = counts.tolist()
+    return int(correct), int(total)
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the completed epochs, the batches consumed in all (the mask
+    generator's step counter) and, inside an epoch, its consumed batches and running sums."""
+
+    completed_epochs: int = 0
+    global_step: int = 0
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    test_acc: float = float("nan")
+    batches_done: int = 0  # of the current epoch
+    sums: Optional[torch.Tensor] = None  # float64 [4]: loss, ce, correct, seen (all ranks)
+    skipped: int = 0
+    seconds: float = 0.0
+    train_seconds: float = 0.0  # of the whole run (training epochs only)
+    stopped: Optional[str] = None
+
+    def state(self) -> dict:
+        return dict(completed_epochs=self.completed_epochs, global_step=self.global_step, best_acc=self.best_acc,
+                    best_epoch=self.best_epoch, test_acc=self.test_acc, batches_done=self.batches_done,
+                    sums=None if self.sums is None else self.sums.detach().cpu(), skipped=self.skipped,
+                    seconds=self.seconds, train_seconds=self.train_seconds)
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Progress":
+        return cls(**{k: state[k] for k in ("completed_epochs", "global_step", "best_acc", "best_epoch", "test_acc",
+                                            "batches_done", "sums", "skipped", "seconds", "train_seconds")})
+
+
+@dataclass
+class Training:
+    """Everything one process trains with."""
+
+    cfg: dict
+    device: torch.device
+    procs: Processes
+    model: nn.Module  # the plain modules (their state is what checkpoints hold)
+    objective: TrainingObjective
+    net: nn.Module  # TrainingModule, compiled parts, DDP around it
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    train_loader: object
+    test_loader: object
+    out: Path
+    saved_cfg: dict
+    report: RunReport
+    log: object
+    stop: StopRequest
+    progress: Progress = field(default_factory=Progress)
+    evaluated_images: int = 0  # counted by the last evaluation, over all processes
+
+    def checkpoint_state(self) -> dict:
+        rng = dict(cpu=torch.get_rng_state())
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return dict(format=CHECKPOINT_FORMAT, model=self.model.state_dict(), objective=self.objective.state_dict(),
+                    optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                    scaler=self.scaler.state_dict(), progress=self.progress.state(), rng=rng,
+                    epoch=self.progress.completed_epochs, test_acc=self.progress.test_acc,
+                    best_acc=self.progress.best_acc, config=self.saved_cfg)
+
+    def save(self, name: str = "last.pt") -> None:
+        if self.procs.is_main:
+            checkpoint.save_atomic(self.checkpoint_state(), self.out / name)
+
+    def restore(self, ckpt: dict) -> None:
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{self.out / 'last.pt'} was written by an older trainer (format "
+                             f"{ckpt.get('format', 1)}, this one reads {CHECKPOINT_FORMAT}); it cannot be resumed "
+                             "exactly -- evaluate it with python -m tdsa_fast.evaluate, or start a new run")
+        load_state(self.model, ckpt["model"], "model", self.saved_cfg)
+        load_state(self.objective, ckpt.get("objective", {}), "objective", self.saved_cfg)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.progress = Progress.from_state(ckpt["progress"])
+        if self.progress.sums is not None:
+            self.progress.sums = self.progress.sums.to(self.device)
+        torch.set_rng_state(ckpt["rng"]["cpu"])
+        if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+
+
+def load_state(module: nn.Module, state: dict, what: str, cfg: dict) -> None:
+    """``module.load_state_dict(state)``, with a clear error when the checkpoint holds another
+    architecture or class count."""
     try:
-        best_acc, best_epoch, test_acc = -1.0, 0, float("nan")
-        with open(out / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-            writer.writeheader()
-            for epoch in range(1, cfg["epochs"] + 1):
-                lr = optimizer.param_groups[0]["lr"]
-                train_loader.set_epoch(epoch)
-                row = train_one_epoch(model, objective, optimizer, train_loader, device, cfg, epoch, log)
-                scheduler.step()
-                if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:
-                    correct, total = evaluate(model, test_loader, device, lambda: autocast_context(cfg, device),
-                                              objective)
-                    test_acc = correct / max(total, 1)
-                else:
-                    test_acc = float("nan")
-                row.update(epoch=epoch, lr=lr, test_acc=test_acc)
-                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-                f.flush()
-                state = dict(model=model.state_dict(), objective=objective.state_dict(),
-                             optimizer=optimizer.state_dict(),
-                             scheduler=scheduler.state_dict(), epoch=epoch, test_acc=test_acc,
-                             best_acc=max(best_acc, test_acc) if test_acc == test_acc else best_acc,
-                             config=saved_cfg)
-                checkpoint.save_atomic(state, out / "last.pt")
-                if test_acc == test_acc and test_acc > best_acc:
-                    best_acc, best_epoch = test_acc, epoch
-                    checkpoint.save_atomic(state, out / "best.pt")
-                skipped = f", {row['skipped_images']} unreadable images skipped" if row["skipped_images"] else ""
-                log(f"epoch {epoch}/{cfg['epochs']} done in {row['epoch_seconds']:.1f}s: train loss "
-                    f"{row['train_loss']:.4f} acc {row['train_acc']:.4f}, test acc {test_acc:.4f} "
-                    f"(best {best_acc:.4f} @ {best_epoch}){skipped}")
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise ValueError(f"the checkpoint's {what} does not fit the {cfg['model']} / {cfg['loss']} / "
+                         f"{cfg.get('num_classes')}-class network of this run: {' '.join(first[:3])}") from None
+
+
+def wrap_for_training(cfg: dict, model: nn.Module, objective: nn.Module, device: torch.device,
+                      procs: Processes) -> nn.Module:
+    """TrainingModule(model, objective), with ``--compile`` (model and loss compiled) and, with
+    several processes, DistributedDataParallel (and ``--sync-bn``) around it."""
+    net = TrainingModule(torch.compile(model) if cfg["compile"] else model,
+                         torch.compile(objective) if cfg["compile"] else objective)
+    if procs.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if cfg["sync_bn"]:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=objective.owns_class_weights)
+    return net
+
+
+def _dummy_batch(cfg: dict, labels_like: torch.Tensor, images_like: torch.Tensor):
+    """Two blank images, for a process whose batch lost every image (``--skip-bad-images``)
+    while the others still step: it joins the gradient all-reduce with weight zero."""
+    s = cfg["img_size"]
+    images = torch.zeros((2, 3, s, s), dtype=images_like.dtype, device=images_like.device)
+    if cfg["channels_last"]:
+        images = images.to(memory_format=torch.channels_last)
+    return images, torch.zeros(2, dtype=labels_like.dtype, device=labels_like.device)
+
+
+def train_one_epoch(t: Training, epoch: int) -> Optional[dict]:
+    """Trains one epoch (from ``t.progress.batches_done`` on); returns its metrics row, or
+    None when a stop was requested (SIGTERM/SIGINT, ``--max-steps``): ``t.progress`` then
+    holds the consumed batches and running sums, ready to be saved."""
+    cfg, p, procs, device = t.cfg, t.progress, t.procs, t.device
+    t.net.train()
+    if p.sums is None or p.batches_done == 0:
+        p.sums = torch.zeros(4, dtype=torch.float64, device=device)
+        p.skipped, p.seconds = 0, 0.0
+    steps = len(t.train_loader)
+    t.train_loader.set_epoch(epoch, start_batch=p.batches_done)
+    generator = torch.Generator(device=device)
+    start = time.perf_counter()
+    seconds_before, first_batch = p.seconds, p.batches_done
+    window_start, window_sums = start, p.sums.clone()
+    for k, batch in enumerate(t.train_loader, p.batches_done + 1):
+        stop = t.stop.requested is not None or (cfg["max_steps"] and p.global_step >= cfg["max_steps"])
+        n = batch.num_real
+        stop_votes, total, skipped = procs.agree([int(bool(stop)), n, batch.skipped])
+        if stop_votes:
+            p.stopped = t.stop.requested or (f"--max-steps {cfg['max_steps']}" if stop else "another process")
+            p.seconds = seconds_before + time.perf_counter() - start
+            return None
+        p.skipped += skipped
+        p.batches_done, p.global_step = k, p.global_step + 1
+        if total == 0:
+            continue  # every process's batch lost all its images: nobody steps
+        if n:
+            images, labels = batch.images[:n], batch.labels[:n]
+        else:
+            images, labels = _dummy_batch(cfg, batch.labels, batch.images)
+        generator.manual_seed(step_seed(cfg["seed"], p.global_step, procs.rank))
+        with autocast_context(cfg, device):
+            loss, ce, scores = t.net(images, labels, generator)
+        # the processes' gradients are averaged: weigh each by its share of the step's real samples
+        weight = procs.world_size * n / total
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss * weight).backward()
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        if n:
+            p.sums += torch.stack([loss.detach().double() * n, ce.detach().double() * n,
+                                   (scores.detach().argmax(1) == labels).sum().double(),
+                                   torch.tensor(float(n), dtype=torch.float64, device=device)])
+        if k % cfg["log_interval"] == 0 or k == steps:
+            sums = procs.all_reduce_sum(p.sums.clone())
+            window = (sums - procs.all_reduce_sum(window_sums.clone())).tolist()
+            loss_sum, _, correct, seen = sums.tolist()
+            now = time.perf_counter()
+            step_time = (now - start) / (k - first_batch)
+            remaining = (steps - k) + steps * (cfg["epochs"] - epoch)
+            if procs.is_main:
+                t.log(f"epoch {epoch}/{cfg['epochs']} step {k}/{steps} loss {loss_sum / max(seen, 1):.4f} "
+                      f"acc {correct / max(seen, 1):.4f} lr {t.optimizer.param_groups[0]['lr']:.4g} "
+                      f"{window[3] / max(now - window_start, 1e-9):.1f} img/s "
+                      f"eta epoch {_duration(step_time * (steps - k))} run {_duration(step_time * remaining)}")
+                t.report.step(p.global_step, {"train/loss": loss_sum / max(seen, 1),
+                                              "train/acc": correct / max(seen, 1),
+                                              "lr": t.optimizer.param_groups[0]["lr"],
+                                              "images_per_s": window[3] / max(now - window_start, 1e-9)})
+            window_start, window_sums = now, p.sums.clone()
+    loss_sum, ce_sum, correct, seen = procs.all_reduce_sum(p.sums.clone()).tolist()
+    if seen and not math.isfinite(loss_sum):
+        raise FloatingPointError(f"epoch {epoch}: the training loss is not finite ({loss_sum}); lower --lr")
+    p.seconds = seconds_before + time.perf_counter() - start
+    return dict(train_loss=loss_sum / max(seen, 1), train_ce=ce_sum / max(seen, 1),
+                train_acc=correct / max(seen, 1), images_per_s=seen / max(p.seconds, 1e-9),
+                epoch_seconds=p.seconds, skipped_images=p.skipped)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def run(cfg: dict, log=print, resume_from: Optional[dict] = None) -> dict:
+    """Trains with the resolved config ``cfg`` (see :mod:`tdsa_fast.config`); returns the
+    results dict (``stopped`` set when the run stopped early with a checkpoint).
+    ``resume_from``: a checkpoint of this run to continue (``cfg`` is then its config)."""
+    procs, device = setup(cfg["device"])
+    try:
+        return _run(cfg, log if procs.is_main else (lambda *a, **k: None), resume_from, procs, device)
+    finally:
+        procs.shutdown()
+
+
+def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
+    check_run_options(cfg, device, procs)
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    if cfg["deterministic"]:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(cfg["seed"])
+    resuming = resume_from is not None
+    out = procs.from_main(lambda: str(prepare_output(default_output(cfg), resuming=resuming)))
+    out = Path(out)
+
+    train_set, test_set = load_splits(cfg)
+    num_classes = train_set.num_classes
+    if resuming and cfg.get("num_classes") not in (None, num_classes):
+        raise ValueError(f"the data now has {num_classes} classes, but the resumed run was trained on "
+                         f"{cfg['num_classes']}")
+    model = build_network(cfg, num_classes).to(device)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    objective = build_objective(cfg, num_classes).to(device)
+    optimizer, scheduler = build_optimizer(cfg, model, objective)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(cfg, device) == torch.float16)
+    net = wrap_for_training(cfg, model, objective, device, procs)
+
+    train_loader, test_loader = build_loaders(cfg, train_set, test_set, device, procs.rank, procs.world_size)
+    saved_cfg = {k: v for k, v in cfg.items() if k not in ("resume", "config")}
+    saved_cfg.update(output=str(out), num_classes=num_classes, class_names=train_set.class_names,
+                     device_used=str(device), loader_used=train_loader.kind, world_size=procs.world_size)
+    stop = StopRequest()
+    t = Training(cfg=cfg, device=device, procs=procs, model=model, objective=objective, net=net,
+                 optimizer=optimizer, scheduler=scheduler, scaler=scaler, train_loader=train_loader,
+                 test_loader=test_loader, out=out, saved_cfg=saved_cfg, report=None, log=log, stop=stop)
+    try:
+        if resuming:
+            t.restore(resume_from)
+        if procs.is_main:
+            (out / "config.json").write_text(json.dumps(saved_cfg, indent=2))
+            (out / "config.yaml").write_text(yaml.safe_dump(config_file_view(saved_cfg), sort_keys=False))
+        t.report = RunReport(out, enabled=procs.is_main, tensorboard=cfg["tensorboard"],
+                             resume_epoch=t.progress.completed_epochs if resuming else None)
+        where = (f"resuming at epoch {t.progress.completed_epochs + 1} batch {t.progress.batches_done}"
+                 if resuming else "")
+        log(f"{cfg['dataset']}: {len(train_set.samples)} train / {len(test_set.samples)} test images, "
+            f"{num_classes} classes; {cfg['model']} + {cfg['loss']} on {device}"
+            f"{f' x {procs.world_size} processes' if procs.enabled else ''}, {train_loader.kind} loader"
+            f"{', ' + str(amp_dtype(cfg, device)).replace('torch.', '') + ' autocast' if cfg['amp'] else ''}"
+            f"{', compiled' if cfg['compile'] else ''}; output {out}{'; ' + where if where else ''}")
+        with stop:
+            _epochs(t)
+        if t.progress.stopped:
+            t.save()
+            procs.barrier()
+            p = t.progress
+            log(f"stopped ({p.stopped}) at epoch {p.completed_epochs + 1} after batch {p.batches_done} of "
+                f"{len(train_loader)}; checkpoint {out / 'last.pt'}; continue with: python -m tdsa_fast.train "
+                f"--resume {out}")
+            return dict(stopped=p.stopped, epoch=p.completed_epochs + 1, batches_done=p.batches_done,
+                        global_step=p.global_step, output=str(out))
+        return _finish(t, test_set)
     finally:  # worker processes of persistent loaders are stopped now, not at interpreter exit
         for loader in (train_loader, test_loader):
             loader.close()
-    eval_images = len(test_loader.samples)
-    results = dict(final_test_acc=test_acc, best_test_acc=best_acc, best_epoch=best_epoch,
-                   epochs=cfg["epochs"], test_images=len(test_set.samples), eval_images=eval_images, output=str(out))
+        if t.report is not None:
+            t.report.close()
+
+
+def config_file_view(saved_cfg: dict) -> dict:
+    """The saved config as a ``--config`` file: the trainer's options only (no run facts)."""
+    from tdsa_fast.config import build_parser
+
+    options = {a.dest for a in build_parser()._actions} - {"help", "config", "resume"}
+    return {k: v for k, v in saved_cfg.items() if k in options}
+
+
+def _epochs(t: Training) -> None:
+    cfg, p = t.cfg, t.progress
+    evaluate_on = lambda: autocast_context(cfg, t.device)  # noqa: E731
+    for epoch in range(p.completed_epochs + 1, cfg["epochs"] + 1):
+        lr = t.optimizer.param_groups[0]["lr"]
+        row = train_one_epoch(t, epoch)
+        if row is None:
+            return
+        t.scheduler.step()
+        if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:
+            correct, total = evaluate(t.model, t.test_loader, t.device, evaluate_on, t.objective, t.procs)
+            p.test_acc, t.evaluated_images = correct / max(total, 1), total
+        else:
+            p.test_acc = float("nan")
+        row.update(epoch=epoch, lr=lr, test_acc=p.test_acc)
+        p.completed_epochs, p.batches_done, p.sums = epoch, 0, None
+        p.train_seconds += row["epoch_seconds"]
+        improved = p.test_acc == p.test_acc and p.test_acc > p.best_acc
+        if improved:
+            p.best_acc, p.best_epoch = p.test_acc, epoch
+        t.report.epoch(row)
+        t.save()
+        if improved:
+            t.save("best.pt")
+        skipped = f", {row['skipped_images']} unreadable images skipped" if row["skipped_images"] else ""
+        t.log(f"epoch {epoch}/{cfg['epochs']} done in {row['epoch_seconds']:.1f}s: train loss "
+              f"{row['train_loss']:.4f} acc {row['train_acc']:.4f}, test acc {p.test_acc:.4f} "
+              f"(best {p.best_acc:.4f} @ {p.best_epoch}){skipped}")
+        if t.stop.requested is not None and epoch < cfg["epochs"]:
+            p.stopped = t.stop.requested
+            return
+
+
+def _finish(t: Training, test_set: SampleList) -> dict:
+    cfg, p, out = t.cfg, t.progress, t.out
+    eval_images = len(t.test_loader.samples)
+    results = dict(final_test_acc=p.test_acc, best_test_acc=p.best_acc, best_epoch=p.best_epoch,
+                   epochs=cfg["epochs"], test_images=len(test_set.samples), eval_images=eval_images,
+                   train_seconds=p.train_seconds, world_size=t.procs.world_size, output=str(out))
+    test_acc = p.test_acc
     if eval_images < len(test_set.samples):  # per-epoch figures are on the subset: the final one on all
-        results.update(final_subset_acc=test_acc, best_subset_acc=best_acc)
-        with build_loader(test_set.samples, train=False, **loader_options(cfg, device)) as full:
-            correct, total = evaluate(model, full, device, lambda: autocast_context(cfg, device), objective)
+        results.update(final_subset_acc=p.test_acc, best_subset_acc=p.best_acc)
+        with build_loader(test_set.samples, train=False,
+                          **loader_options(cfg, t.device, t.procs.rank, t.procs.world_size)) as full:
+            correct, total = evaluate(t.model, full, t.device, lambda: autocast_context(cfg, t.device),
+                                      t.objective, t.procs)
         results["final_test_acc"] = test_acc = correct / max(total, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+        t.evaluated_images = total
+    results["evaluated_images"] = t.evaluated_images
+    if t.procs.is_main:
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        t.report.finish(dict(results, dataset=cfg["dataset"], model=cfg["model"], loss=cfg["loss"]))
     on = f"on the {eval_images}-image subset " if eval_images < len(test_set.samples) else ""
-    log(f"final test accuracy: {100 * test_acc:.2f}% on {len(test_set.samples)} test images (best {on}"
-        f"{100 * best_acc:.2f}% at epoch {best_epoch}); run folder {out}")
+    t.log(f"final test accuracy: {100 * test_acc:.2f}% on {len(test_set.samples)} test images (best {on}"
+          f"{100 * p.best_acc:.2f}% at epoch {p.best_epoch}); run folder {out}")
     return results
 
 
+def resume_checkpoint(path: str) -> Path:
+    """The checkpoint file of ``--resume path`` (a run folder or a checkpoint file)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    return path
+
+
+def prepare_resume(given: dict, explicit: set[str]) -> tuple[dict, dict]:
+    """(config, checkpoint) of ``--resume``: the run's saved config with the allowed command
+    line changes; the run continues in the checkpoint's folder."""
+    path = resume_checkpoint(given["resume"])
+    ckpt = checkpoint.load(path)
+    folder = path.parent
+    if "output" in explicit and Path(given["output"]).resolve() != folder.resolve():
+        raise ValueError(f"--output {given['output']} conflicts with --resume {given['resume']}: a resumed run "
+                         f"continues in its own folder ({folder})")
+    progress = ckpt.get("progress") or {}
+    if progress.get("completed_epochs", ckpt.get("epoch")) == ckpt["config"].get("epochs") \
+            and not progress.get("batches_done"):
+        raise ValueError(f"--resume {given['resume']}: the run has finished all its "
+                         f"{ckpt['config'].get('epochs')} epochs; nothing to resume")
+    cfg = resume_config(ckpt["config"], given, explicit)
+    cfg["output"] = str(folder)
+    from tdsa_fast.config import build_parser
+
+    for key, value in vars(build_parser().parse_args([])).items():  # options added since the run started
+        cfg.setdefault(key, value)
+    return cfg, ckpt
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from tdsa_fast.config import build_parser
+
     try:
-        cfg = resolve(args)
-    except ValueError as e:
-        parser.error(str(e))
+        cfg, explicit = parse_config(argv)
+        ckpt = None
+        if cfg.get("resume"):
+            cfg, ckpt = prepare_resume(cfg, explicit)
+    except (ValueError, FileNotFoundError) as e:
+        build_parser().error(str(e))
     try:
-        run(cfg)
+        run(cfg, resume_from=ckpt)
     except (ValueError, FileNotFoundError, FloatingPointError, BadImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

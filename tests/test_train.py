@@ -205,12 +205,130 @@ class _Pickled:
     pass
 
 
-def test_amp_is_accepted_and_reported_inactive_on_cpu(tmp_path):
+def test_amp_on_the_cpu_trains_in_bfloat16_with_the_fused_loss(tmp_path):
     root = _folder_dataset(tmp_path / "data")
     lines = []
-    run(_cfg(FAST + ["--data-root", str(root), "--output", str(tmp_path / "o"), "--amp", "--device", "cpu"]),
+    results = run(_cfg(FAST + ["--data-root", str(root), "--output", str(tmp_path / "o"), "--amp", "--device", "cpu",
+                               "--loss", "tdsa", "--channels-last"]), log=lines.append)
+    assert any("bfloat16 autocast" in line for line in lines), lines
+    assert results["final_test_acc"] >= 0
+    rows = list(csv.DictReader(open(tmp_path / "o" / "metrics.csv")))
+    assert all(torch.isfinite(torch.tensor(float(r["train_loss"]))) for r in rows)
+
+    # under CPU autocast the maps reach the fused ops in bfloat16 and the gradients come back
+    from tdsa_fast.train import TrainingModule, autocast_context
+    cfg = _cfg(FAST + ["--data-root", str(root), "--amp", "--loss", "tdsa"])
+    torch.manual_seed(0)
+    net = TrainingModule(build_model("resnet18", 2, middle_cnum=9, high_cnum=3, img_size=32),
+                         TrainingObjective("tdsa", num_classes=2, backend="fused")).train()
+    seen = {}
+    net.model.register_forward_hook(lambda m, i, out: seen.update(middle=out.middle.dtype, high=out.high.dtype))
+    with autocast_context(cfg, torch.device("cpu")):
+        loss, ce, scores = net(torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 1]), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert seen == dict(middle=torch.bfloat16, high=torch.bfloat16)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--amp-dtype", "float16"], "--amp-dtype needs --amp"),
+    (["--max-steps", "-1"], "--max-steps must be >= 0"),
+])
+def test_conflicting_or_bad_run_flags_are_refused_before_training(extra, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        _cfg(FAST + ["--data-root", str(tmp_path)] + extra)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--amp", "--amp-dtype", "float16", "--device", "cpu"], "--amp-dtype float16 is CUDA-only"),
+    (["--sync-bn", "--device", "cpu"], "--sync-bn needs several processes on CUDA"),
+])
+def test_flags_the_device_rules_out_are_refused_before_training(extra, message, tmp_path):
+    root = _folder_dataset(tmp_path / "data")
+    p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", *FAST, *extra, "--data-root", str(root),
+                        "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+    assert not (tmp_path / "out" / "metrics.csv").exists()
+
+
+def test_unwritable_output_folder_is_refused(tmp_path):
+    root = _folder_dataset(tmp_path / "data")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="is not writable"):
+        run(_cfg(FAST + ["--data-root", str(root), "--output", str(blocker / "run")]), log=lambda *_: None)
+
+
+def test_run_folder_has_logs_tensorboard_curves_and_summary(tmp_path):
+    root = _folder_dataset(tmp_path / "data")
+    out = tmp_path / "o"
+    lines = []
+    run(_cfg(FAST + ["--data-root", str(root), "--output", str(out), "--epochs", "2", "--log-interval", "1"]),
         log=lines.append)
-    assert any("--amp is not yet active on the CPU" in line for line in lines)
+    progress = [line for line in lines if " step " in line]
+    assert progress and all(w in progress[0] for w in ("loss", "lr", "img/s", "eta")), progress
+    for name in ("config.json", "config.yaml", "metrics.csv", "training_curves.png", "summary.json",
+                 "results.json", "last.pt", "best.pt"):
+        assert (out / name).is_file(), name
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*")), "no TensorBoard event files"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_completed"] == 2 and summary["model"] == "resnet18"
+    # the saved config.yaml reproduces the run's options through --config
+    from tdsa_fast.config import parse_config
+    again, _ = parse_config(["--config", str(out / "config.yaml")])
+    saved = json.loads((out / "config.json").read_text())
+    options = [k for k in again if k not in ("config", "resume")]
+    assert {k: again[k] for k in options} == {k: saved[k] for k in options}
+
+
+def test_config_file_sets_defaults_that_the_command_line_overrides(tmp_path):
+    from tdsa_fast.config import parse_config
+    path = tmp_path / "c.yaml"
+    path.write_text("loss: mc\nbatch-size: 16\nlr: 0.5\namp: true\ntensorboard: false\nmu: 2\n")
+    cfg, explicit = parse_config(["--config", str(path), "--lr", "0.1"])
+    assert (cfg["loss"], cfg["batch_size"], cfg["lr"], cfg["amp"], cfg["tensorboard"], cfg["mu"]) == \
+        ("mc", 16, 0.1, True, False, 2.0)
+    assert isinstance(cfg["mu"], float) and "lr" in explicit and "loss" not in explicit
+
+
+@pytest.mark.parametrize("text, message", [
+    ("colour: red\n", "unknown key 'colour'"),
+    ("loss: triplet\n", "loss must be one of"),
+    ("batch_size: 3.5\n", "batch_size must be an integer"),
+    ("epochs: many\n", "epochs: invalid literal"),
+    ("amp: 1\n", "amp must be true or false"),
+    ("- loss\n- ce\n", "must hold a mapping"),
+    ("loss: [ce\n", "is not valid YAML"),
+    ("resume: somewhere\n", "unknown key 'resume'"),
+    ("dataset: imagenet\n", "dataset must be one of"),
+])
+def test_bad_config_files_are_refused_with_the_reason(text, message, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", "--config", str(path)], capture_output=True,
+                       text=True)
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_config_file_never_runs_code(tmp_path):
+    from tdsa_fast.config import parse_config
+    path = tmp_path / "c.yaml"
+    marker = tmp_path / "ran"
+    path.write_text(f"loss: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ValueError, match="is not valid YAML"):
+        parse_config(["--config", str(path)])
+    assert not marker.exists()
+
+
+def test_a_last_batch_of_one_image_trains(tmp_path):
+    """BatchNorm needs two values per channel: a batch of one image runs as two copies of it."""
+    root = _folder_dataset(tmp_path / "data")  # 8 training images
+    results = run(_cfg(FAST + ["--data-root", str(root), "--output", str(tmp_path / "o"), "--batch-size", "7"]),
+                  log=lambda *_: None)
+    assert results["final_test_acc"] >= 0
 
 
 def test_eval_subset_is_fixed_and_the_final_accuracy_uses_the_whole_split(tiny_root, tmp_path):
