@@ -21,8 +21,10 @@ Each run trains in a subprocess (``python -m tdsa_fast.train``) into
 
 Resuming: a run whose folder holds ``results.json`` is finished and skipped, so the grid
 can be stopped at any point (Ctrl-C) and the same command continues where it stopped. A
-run that was interrupted mid-training is started again from scratch; its partial folder is
-kept, renamed ``<name>.interrupted-<k>``. A run that failed (non-zero exit) leaves
+run that was interrupted mid-training (Ctrl-C or SIGTERM: the trainer saves a checkpoint
+at the step it is in) continues from that step with ``python -m tdsa_fast.train --resume``;
+one that cannot (no checkpoint, or the spec now gives it other options) is started again
+from scratch, its partial folder kept as ``<name>.interrupted-<k>``. A run that failed (non-zero exit) leaves
 ``FAILED`` with the exit code and the log's tail in its folder; the runner goes on with
 the others, exits with 1 at the end, and retries failed runs only with ``--retry-failed``.
 A second runner on the same grid is refused while the first is alive (``output/.grid.lock``).
@@ -40,6 +42,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -191,19 +194,55 @@ def _set_aside(folder: Path) -> Path:
     return target
 
 
-def run_one(run: RunPlan, log=print) -> int:
+def _command(run: RunPlan) -> list[str]:
+    return ["-m", "tdsa_fast.train", *trainer_argv(run.options, run.folder)]
+
+
+def resumable(run: RunPlan) -> bool:
+    """A partial run that ``--resume`` can continue: its checkpoint loads and was written by
+    this trainer, and the spec still gives the run the options it was started with."""
+    command = run.folder / "command.txt"
+    if not (run.folder / "last.pt").is_file() or not command.is_file():
+        return False
+    if command.read_text().strip() != shlex.join(_command(run)):
+        return False
+    from tdsa_fast import checkpoint
+    from tdsa_fast.train import CHECKPOINT_FORMAT
+
+    try:
+        return checkpoint.load(run.folder / "last.pt").get("format") == CHECKPOINT_FORMAT
+    except (ValueError, FileNotFoundError):
+        return False
+
+
+def run_one(run: RunPlan, log=print, resume: bool = False) -> int:
+    """Trains ``run`` (``resume``: continues it from its checkpoint); returns the exit code.
+
+    Raises:
+        KeyboardInterrupt: the runner was interrupted, or the trainer stopped early on a
+            signal (it saved a checkpoint; the grid stops so the same command resumes it).
+    """
     run.folder.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "tdsa_fast.train", *trainer_argv(run.options, run.folder)]
-    (run.folder / "command.txt").write_text(" ".join(argv[1:]) + "\n")
+    if resume:
+        argv = [sys.executable, "-m", "tdsa_fast.train", "--resume", str(run.folder)]
+    else:
+        argv = [sys.executable, *_command(run)]
+        (run.folder / "command.txt").write_text(shlex.join(_command(run)) + "\n")
     start = time.perf_counter()
-    with open(run.folder / "train.log", "w") as logf:
+    with open(run.folder / "train.log", "a" if resume else "w") as logf:
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT)
         try:
             rc = proc.wait()
-        except KeyboardInterrupt:  # the child got the same SIGINT; let it end, then stop
-            proc.send_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            # A Ctrl-C reached the trainer too (it saves a checkpoint at its step and exits);
+            # a SIGINT sent to the runner alone did not: SIGTERM asks the same of it (a second
+            # SIGINT would interrupt the trainer's save).
+            proc.send_signal(signal.SIGTERM)
             proc.wait()
             raise
+    if rc == 0 and not (run.folder / "results.json").exists():
+        log(f"  stopped early (a signal) after {time.perf_counter() - start:.0f} s; its checkpoint is kept")
+        raise KeyboardInterrupt
     if rc != 0:
         tail = (run.folder / "train.log").read_text().splitlines()[-20:]
         (run.folder / "FAILED").write_text(f"exit code {rc}\n" + "\n".join(tail) + "\n")
@@ -278,12 +317,13 @@ def _run_grid(spec: Spec, *, retry_failed: bool, dry_run: bool, log) -> int:
         if dry_run:
             log(f"{label}: would run ({state})")
             continue
-        if state in ("partial", "failed"):
+        resume = state == "partial" and resumable(run)
+        if state in ("partial", "failed") and not resume:
             kept = _set_aside(run.folder)
             log(f"{label}: the earlier attempt was {'interrupted' if state == 'partial' else 'failed'}; "
                 f"kept as {kept.name}, starting again")
-        log(f"{label}: training")
-        failed += run_one(run, log) != 0
+        log(f"{label}: {'resuming from its checkpoint' if resume else 'training'}")
+        failed += run_one(run, log, resume=resume) != 0
         write_tables(spec)  # the tables follow the grid as it goes
     return failed
 

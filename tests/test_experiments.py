@@ -1,10 +1,11 @@
 """The experiment runner: spec checks, the grid's runs and their trainer arguments, a real
-tiny grid (training, skipping finished runs, restarting interrupted ones, failures), and the
+tiny grid (training, skipping finished runs, resuming interrupted ones, failures), and the
 tables with the paper's numbers beside ours."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tdsa_fast import checkpoint
 from tdsa_fast import experiments as ex
 from tdsa_fast.config import build_parser
 from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
@@ -116,23 +118,46 @@ def test_tiny_grid_trains_skips_finished_runs_and_writes_the_table(tmp_path, tin
 
 @pytest.mark.slow
 def test_interrupted_grid_continues_where_it_stopped(tmp_path, tiny_root):
-    path = write_spec(tmp_path, output="runs", data_roots={"cub": str(tiny_root)},
-                      base=dict(FAST, dataset="cub", epochs=40), grid={"loss": ["ce", "tdsa"]})
-    spec = ex.load_spec(path)
-    first, second = ex.plan_runs(spec)
-    proc = subprocess.Popen([sys.executable, "-m", "tdsa_fast.experiments", str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while not (first.folder / "metrics.csv").exists() or len((first.folder / "metrics.csv").read_text().splitlines()) < 3:
-        assert proc.poll() is None and time.time() < deadline, "the first run did not get going"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the runner and its trainer
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "continues where the grid stopped" in out, out
-    assert ex.run_state(first.folder) == "partial" and ex.run_state(second.folder) == "todo"
+    """Ctrl-C stops the runner and its trainer, which saves a checkpoint at its step; the same
+    command resumes that run from it. A run whose options the spec has changed since is
+    started again instead, its partial folder set aside."""
+    def spec(epochs):
+        return write_spec(tmp_path, output="runs", data_roots={"cub": str(tiny_root)},
+                          base=dict(FAST, dataset="cub", epochs=epochs), grid={"loss": ["ce", "tdsa"]})
 
-    short = write_spec(tmp_path, output="runs", data_roots={"cub": str(tiny_root)},
-                       base=dict(FAST, dataset="cub", epochs=1), grid={"loss": ["ce", "tdsa"]})
+    def interrupt(path, run):
+        proc = subprocess.Popen([sys.executable, "-m", "tdsa_fast.experiments", str(path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.time() + 120
+        while not (run.folder / "metrics.csv").exists() or len((run.folder / "metrics.csv").read_text().splitlines()) < 3:
+            assert proc.poll() is None and time.time() < deadline, "the first run did not get going"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the runner and its trainer
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode != 0 and "continues where the grid stopped" in out, out
+
+    path = spec(12)
+    first, second = ex.plan_runs(ex.load_spec(path))
+    interrupt(path, first)
+    assert ex.run_state(first.folder) == "partial" and ex.run_state(second.folder) == "todo"
+    assert "stopped (SIGINT)" in (first.folder / "train.log").read_text()
+    stopped_at = checkpoint.load(first.folder / "last.pt")["progress"]["global_step"]
+    assert stopped_at >= 2 * 4  # 4 steps an epoch; at least two epochs were done
+
+    p = _runner(path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "[1/2] ce: resuming from its checkpoint" in p.stdout, p.stdout
+    log = (first.folder / "train.log").read_text()
+    assert "stopped (SIGINT)" in log and "resuming at epoch" in log  # one log, both parts
+    rows = (first.folder / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == [str(e) for e in range(1, 13)]
+    assert ex.run_state(first.folder) == "done" and ex.run_state(second.folder) == "done"
+
+    # a run interrupted under one spec and continued under a changed one starts again
+    for run in (first, second):
+        shutil.rmtree(run.folder)
+    interrupt(path, first)
+    short = spec(1)
     p = _runner(short)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "interrupted; kept as ce.interrupted-1" in p.stdout.replace("was interrupted", "interrupted"), p.stdout
