@@ -21,7 +21,14 @@
 #         .gpu_data/flowers102, made here with `python bench/make_gpu_data.py` and carried
 #         (device tool: carry [".gpu_data"]). Also runs tests/test_loader_cuda.py (the loader on the GPU: placement, dtype,
 #         nvJPEG decode against the CPU path) and the CPU loader tests.
-#   train placeholder: prints "not yet implemented (issue #5)" and exits 0.
+#   train no build when the installed tdsa_fast already has the CUDA kernels (else the ops
+#         stage's build): runs tests/test_train_cuda.py (fp16 + GradScaler, bf16 channels_last,
+#         compile, nvJPEG decode, resume on CUDA), then
+#         bench/bench_train.py --mode e2e: end-to-end training img/s on the Flowers-102 training
+#         split ($DATA_ROOT as for data), TDSA loss, VGG16 and ResNet18 at 224 px, batch 32 and 64:
+#         the released code's recipe (PIL DataLoader, float32, eager reference loss) against ours
+#         (decode_jpeg on the GPU, bf16 autocast, channels_last, fused loss), $DATA_WORKERS
+#         workers (default 8); prints the card and the ratios, JSON in $OUT/bench_train_cuda.json.
 #
 # Results (logs and JSON) go to $OUT (default: ${TMPDIR:-/tmp}/tdsa_gpu_check).
 set -uo pipefail
@@ -31,6 +38,39 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-${TMPDIR:-/tmp}/tdsa_gpu_check}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
+
+has_cuda_kernels() {
+  (cd "$OUT" && "$PY" -c "import sys; from tdsa_fast import _ops; sys.exit(0 if 'CUDA' in _ops.build_info().get('kernels', []) else 1)") 2>/dev/null
+}
+
+# Builds and installs the extension for the visible card only (halves the CUDA compile);
+# CUDA_HOME as setup.py defaults. Fails unless the installed tdsa_fast has the CUDA kernels.
+build_extension() {
+  if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+    TORCH_CUDA_ARCH_LIST="$("$PY" -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')")"
+    export TORCH_CUDA_ARCH_LIST
+  fi
+  if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
+    export CUDA_HOME=/usr/local/cuda
+  fi
+  export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+  echo; echo "=== build: pip install --no-build-isolation --no-deps . (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, CUDA_HOME=${CUDA_HOME:-auto}) ($(date +%T))"
+  local start rc
+  start=$(date +%s)
+  (cd "$REPO" && "$PY" -m pip install --no-build-isolation --no-deps . ) >"$OUT/build.log" 2>&1
+  rc=$?
+  echo "build rc=$rc in $(( $(date +%s) - start )) s (log: $OUT/build.log)"
+  tail -n 3 "$OUT/build.log"
+  if [ $rc -ne 0 ]; then
+    grep -n -i -E "error|fatal" "$OUT/build.log" | head -n 40
+    return 1
+  fi
+  (cd "$OUT" && "$PY" -c "from tdsa_fast import _ops; import json; print(json.dumps(_ops.build_info()))") | tee "$OUT/build_info.json"
+  if ! has_cuda_kernels; then
+    echo "the build has no CUDA kernels (see build_info above and $OUT/build.log)" >&2
+    return 1
+  fi
+}
 
 case "$STAGE" in
   data)
@@ -53,8 +93,34 @@ case "$STAGE" in
     exit $fail
     ;;
   train)
-    echo "gpu_check stage 'train': not yet implemented (issue #5)"
-    exit 0
+    DATA_ROOT="${DATA_ROOT:-$REPO/.gpu_data/flowers102}"
+    "$PY" -c "import sys, torch; print('torch', torch.__version__, '| card:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'); sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device visible" >&2; exit 1; }
+    if [ ! -f "$DATA_ROOT/setid.mat" ]; then
+      echo "no Flowers-102 copy at $DATA_ROOT: run 'python bench/make_gpu_data.py' and carry .gpu_data" >&2
+      exit 1
+    fi
+    fail=0
+    if has_cuda_kernels; then
+      echo "=== the installed tdsa_fast has the CUDA kernels (e.g. from the ops stage): no build"
+    else
+      build_extension || { echo "no CUDA kernels in the installed tdsa_fast: the fused path cannot run; overall: FAIL" >&2; exit 1; }
+    fi
+    # Run from $OUT so that `import tdsa_fast` is the installed package (with its CUDA kernels).
+    cd "$OUT"
+    echo "=== CUDA training tests: tests/test_train_cuda.py ($(date +%T))"
+    "$PY" -m pytest "$REPO/tests/test_train_cuda.py" -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/test_train_cuda.log" | tail -n 8
+    [ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
+    # End-to-end training img/s with data: the released code's recipe (PIL DataLoader, fp32, eager
+    # reference loss) against ours (nvJPEG decode, bf16 autocast, channels_last, fused loss);
+    # VGG16 and ResNet18 at 224 px, batch 32 and 64; 2 interleaved windows of 20 steps per
+    # path after 5 warm-up steps (loader start-up not timed).
+    echo "=== end-to-end training throughput on CUDA ($(date +%T))"
+    "$PY" "$REPO/bench/bench_train.py" --mode e2e --device cuda --models vgg16 resnet18 --batches 32 64 \
+      --img-size 224 --workers "${DATA_WORKERS:-8}" --warmup 5 --steps 20 --rounds 2 --data-root "$DATA_ROOT" \
+      --json "$OUT/bench_train_cuda.json" 2>&1 | tee "$OUT/bench_train_cuda.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
+    echo "results in $OUT; overall: $([ $fail -eq 0 ] && echo PASS || echo FAIL)"
+    exit $fail
     ;;
   ops | all) ;;
   *)
@@ -79,35 +145,10 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   exit 1
 fi
 
-# Build for the visible card only (halves the CUDA compile); CUDA_HOME as setup.py defaults.
-if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
-  TORCH_CUDA_ARCH_LIST="$("$PY" -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')")"
-  export TORCH_CUDA_ARCH_LIST
-fi
-if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
-  export CUDA_HOME=/usr/local/cuda
-fi
-export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-
-step "build: pip install --no-build-isolation --no-deps . (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, CUDA_HOME=${CUDA_HOME:-auto})"
-start=$(date +%s)
-(cd "$REPO" && "$PY" -m pip install --no-build-isolation --no-deps . ) >"$OUT/build.log" 2>&1
-rc=$?
-echo "build rc=$rc in $(( $(date +%s) - start )) s (log: $OUT/build.log)"
-tail -n 3 "$OUT/build.log"
-if [ $rc -ne 0 ]; then
-  grep -n -i -E "error|fatal" "$OUT/build.log" | head -n 40
-  exit 1
-fi
-
+build_extension || exit 1
 # Run from $OUT so that `import tdsa_fast` is the installed package (with its _C), not the
 # source tree.
 cd "$OUT"
-"$PY" -c "from tdsa_fast import _ops; import json; print(json.dumps(_ops.build_info()))" | tee "$OUT/build_info.json"
-if ! "$PY" -c "import sys; from tdsa_fast import _ops; sys.exit(0 if 'CUDA' in _ops.build_info().get('kernels', []) else 1)"; then
-  echo "the build has no CUDA kernels (see build_info above and $OUT/build.log)" >&2
-  exit 1
-fi
 
 step "CUDA tests: pytest tests/test_ops.py -k cuda; tests/test_build.py -m 'not slow'"
 start=$(date +%s)
