@@ -72,14 +72,19 @@ build_extension() {
   fi
 }
 
+# The data and train stages: a visible GPU and the carried Flowers-102 copy ($DATA_ROOT).
+require_gpu_and_data() {
+  DATA_ROOT="${DATA_ROOT:-$REPO/.gpu_data/flowers102}"
+  "$PY" -c "import sys, torch; print('torch', torch.__version__, '| card:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'); sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device visible" >&2; exit 1; }
+  if [ ! -f "$DATA_ROOT/setid.mat" ]; then
+    echo "no Flowers-102 copy at $DATA_ROOT: run 'python bench/make_gpu_data.py' and carry .gpu_data" >&2
+    exit 1
+  fi
+}
+
 case "$STAGE" in
   data)
-    DATA_ROOT="${DATA_ROOT:-$REPO/.gpu_data/flowers102}"
-    "$PY" -c "import sys, torch; print('torch', torch.__version__, '| card:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'); sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device visible" >&2; exit 1; }
-    if [ ! -f "$DATA_ROOT/setid.mat" ]; then
-      echo "no Flowers-102 copy at $DATA_ROOT: run 'python bench/make_gpu_data.py' and carry .gpu_data" >&2
-      exit 1
-    fi
+    require_gpu_and_data
     fail=0
     echo "=== loader tests on CUDA ($(date +%T))"
     (cd "$REPO" && PYTHONPATH="$REPO" "$PY" -m pytest tests/test_loader_cuda.py tests/test_torch_loader.py tests/test_sharding.py -q -p no:cacheprovider -rs \
@@ -93,12 +98,7 @@ case "$STAGE" in
     exit $fail
     ;;
   train)
-    DATA_ROOT="${DATA_ROOT:-$REPO/.gpu_data/flowers102}"
-    "$PY" -c "import sys, torch; print('torch', torch.__version__, '| card:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'); sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device visible" >&2; exit 1; }
-    if [ ! -f "$DATA_ROOT/setid.mat" ]; then
-      echo "no Flowers-102 copy at $DATA_ROOT: run 'python bench/make_gpu_data.py' and carry .gpu_data" >&2
-      exit 1
-    fi
+    require_gpu_and_data
     fail=0
     if has_cuda_kernels; then
       echo "=== the installed tdsa_fast has the CUDA kernels (e.g. from the ops stage): no build"
