@@ -144,13 +144,13 @@ def _config_value(action: argparse.Action, key: str, value, path: Path):
         return None
     if isinstance(value, (list, dict, bool)):
         raise ValueError(f"{where} must be a single value, got {value!r}")
+    if action.type is int and isinstance(value, float):
+        raise ValueError(f"{where} must be an integer, got {value!r}")
     if action.type is not None:
         try:
-            value = action.type(value) if not isinstance(value, float) or action.type is float else value
+            value = action.type(value)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from None
-        if action.type is int and not isinstance(value, int):
-            raise ValueError(f"{where} must be an integer, got {value!r}")
     else:
         value = str(value)
     if action.choices is not None and value not in action.choices:

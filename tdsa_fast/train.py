@@ -243,7 +243,8 @@ class Progress:
     best_epoch: int = 0
     test_acc: float = float("nan")
     batches_done: int = 0  # of the current epoch
-    sums: Optional[torch.Tensor] = None  # float64 [4]: loss, ce, correct, seen (all ranks)
+    sums: Optional[torch.Tensor] = None  # float64 [3] on the device: this process's loss, ce, correct
+    seen: int = 0  # this process's real images of the epoch so far
     skipped: int = 0
     seconds: float = 0.0
     train_seconds: float = 0.0  # of the whole run (training epochs only)
@@ -252,13 +253,14 @@ class Progress:
     def state(self) -> dict:
         return dict(completed_epochs=self.completed_epochs, global_step=self.global_step, best_acc=self.best_acc,
                     best_epoch=self.best_epoch, test_acc=self.test_acc, batches_done=self.batches_done,
-                    sums=None if self.sums is None else self.sums.detach().cpu(), skipped=self.skipped,
+                    sums=None if self.sums is None else self.sums.detach().cpu(), seen=self.seen, skipped=self.skipped,
                     seconds=self.seconds, train_seconds=self.train_seconds)
 
     @classmethod
     def from_state(cls, state: dict) -> "Progress":
         return cls(**{k: state[k] for k in ("completed_epochs", "global_step", "best_acc", "best_epoch", "test_acc",
-                                            "batches_done", "sums", "skipped", "seconds", "train_seconds")})
+                                            "batches_done", "sums", "seen", "skipped", "seconds",
+                                            "train_seconds")})
 
 
 @dataclass
@@ -360,14 +362,14 @@ def train_one_epoch(t: Training, epoch: int) -> Optional[dict]:
     cfg, p, procs, device = t.cfg, t.progress, t.procs, t.device
     t.net.train()
     if p.sums is None or p.batches_done == 0:
-        p.sums = torch.zeros(4, dtype=torch.float64, device=device)
-        p.skipped, p.seconds = 0, 0.0
+        p.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        p.seen, p.skipped, p.seconds = 0, 0, 0.0
     steps = len(t.train_loader)
     t.train_loader.set_epoch(epoch, start_batch=p.batches_done)
     generator = torch.Generator(device=device)
     start = time.perf_counter()
     seconds_before, first_batch = p.seconds, p.batches_done
-    window_start, window_sums = start, p.sums.clone()
+    window_start, window_seen = start, _epoch_totals(p, procs)[3]
     for k, batch in enumerate(t.train_loader, p.batches_done + 1):
         stop = t.stop.requested is not None or (cfg["max_steps"] and p.global_step >= cfg["max_steps"])
         n = batch.num_real
@@ -393,34 +395,38 @@ def train_one_epoch(t: Training, epoch: int) -> Optional[dict]:
         t.scaler.scale(loss * weight).backward()
         t.scaler.step(t.optimizer)
         t.scaler.update()
-        if n:
+        if n:  # summed on the device: no host read here
             p.sums += torch.stack([loss.detach().double() * n, ce.detach().double() * n,
-                                   (scores.detach().argmax(1) == labels).sum().double(),
-                                   torch.tensor(float(n), dtype=torch.float64, device=device)])
+                                   (scores.detach().argmax(1) == labels).sum().double()])
+            p.seen += n
         if k % cfg["log_interval"] == 0 or k == steps:
-            sums = procs.all_reduce_sum(p.sums.clone())
-            window = (sums - procs.all_reduce_sum(window_sums.clone())).tolist()
-            loss_sum, _, correct, seen = sums.tolist()
+            loss_sum, _, correct, seen = _epoch_totals(p, procs)
             now = time.perf_counter()
+            rate = (seen - window_seen) / max(now - window_start, 1e-9)
             step_time = (now - start) / (k - first_batch)
             remaining = (steps - k) + steps * (cfg["epochs"] - epoch)
             if procs.is_main:
                 t.log(f"epoch {epoch}/{cfg['epochs']} step {k}/{steps} loss {loss_sum / max(seen, 1):.4f} "
                       f"acc {correct / max(seen, 1):.4f} lr {t.optimizer.param_groups[0]['lr']:.4g} "
-                      f"{window[3] / max(now - window_start, 1e-9):.1f} img/s "
+                      f"{rate:.1f} img/s "
                       f"eta epoch {_duration(step_time * (steps - k))} run {_duration(step_time * remaining)}")
                 t.report.step(p.global_step, {"train/loss": loss_sum / max(seen, 1),
                                               "train/acc": correct / max(seen, 1),
                                               "lr": t.optimizer.param_groups[0]["lr"],
-                                              "images_per_s": window[3] / max(now - window_start, 1e-9)})
-            window_start, window_sums = now, p.sums.clone()
-    loss_sum, ce_sum, correct, seen = procs.all_reduce_sum(p.sums.clone()).tolist()
+                                              "images_per_s": rate})
+            window_start, window_seen = now, seen
+    loss_sum, ce_sum, correct, seen = _epoch_totals(p, procs)
     if seen and not math.isfinite(loss_sum):
         raise FloatingPointError(f"epoch {epoch}: the training loss is not finite ({loss_sum}); lower --lr")
     p.seconds = seconds_before + time.perf_counter() - start
     return dict(train_loss=loss_sum / max(seen, 1), train_ce=ce_sum / max(seen, 1),
                 train_acc=correct / max(seen, 1), images_per_s=seen / max(p.seconds, 1e-9),
                 epoch_seconds=p.seconds, skipped_images=p.skipped)
+
+
+def _epoch_totals(p: Progress, procs: Processes) -> list[float]:
+    """[loss sum, ce sum, correct, images] of the epoch so far over all processes (one host read)."""
+    return procs.all_reduce_sum(torch.cat([p.sums, p.sums.new_tensor([p.seen])])).tolist()
 
 
 def _duration(seconds: float) -> str:
