@@ -33,7 +33,7 @@ import yaml
 from torch import nn
 
 from tdsa_fast import checkpoint
-from tdsa_fast.config import model_widths, parse_config, resume_config, small_input
+from tdsa_fast.config import build_parser, model_widths, parse_config, resume_config, small_input
 from tdsa_fast.data.datasets import SampleList, load_split
 from tdsa_fast.data.images import BadImageError
 from tdsa_fast.data.loading import build_loader, dali_available
@@ -440,9 +440,12 @@ def run(cfg: dict, log=print, resume_from: Optional[dict] = None) -> dict:
     results dict (``stopped`` set when the run stopped early with a checkpoint).
     ``resume_from``: a checkpoint of this run to continue (``cfg`` is then its config)."""
     procs, device = setup(cfg["device"])
+    deterministic, benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     try:
         return _run(cfg, log if procs.is_main else (lambda *a, **k: None), resume_from, procs, device)
-    finally:
+    finally:  # process-wide switches go back as they were (run() may be called from a program)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark = benchmark
         procs.shutdown()
 
 
@@ -518,8 +521,6 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
 
 def config_file_view(saved_cfg: dict) -> dict:
     """The saved config as a ``--config`` file: the trainer's options only (no run facts)."""
-    from tdsa_fast.config import build_parser
-
     options = {a.dest for a in build_parser()._actions} - {"help", "config", "resume"}
     return {k: v for k, v in saved_cfg.items() if k in options}
 
@@ -608,16 +609,12 @@ def prepare_resume(given: dict, explicit: set[str]) -> tuple[dict, dict]:
                          f"{ckpt['config'].get('epochs')} epochs; nothing to resume")
     cfg = resume_config(ckpt["config"], given, explicit)
     cfg["output"] = str(folder)
-    from tdsa_fast.config import build_parser
-
     for key, value in vars(build_parser().parse_args([])).items():  # options added since the run started
         cfg.setdefault(key, value)
     return cfg, ckpt
 
 
 def main(argv=None) -> int:
-    from tdsa_fast.config import build_parser
-
     try:
         cfg, explicit = parse_config(argv)
         ckpt = None
