@@ -74,6 +74,7 @@ def _accumulate(cfg: dict, weights) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_two_gloo_processes_equal_one_process_accumulating_their_micro_batches(data_root, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -97,6 +97,7 @@ _NO_DALI = pytest.mark.skipif(not dali_available() and not os.environ.get("CI"),
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a trainer that hangs fails the test instead of blocking the suite
 @pytest.mark.parametrize("sig, loader", [(signal.SIGTERM, "torch"), (signal.SIGINT, "torch"),
                                          pytest.param(signal.SIGTERM, "dali", marks=_NO_DALI)])
 def test_signal_mid_epoch_then_resume_equals_an_uninterrupted_run(sig, loader, data_root, uninterrupted, tmp_path):
