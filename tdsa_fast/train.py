@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -251,16 +251,14 @@ class Progress:
     stopped: Optional[str] = None
 
     def state(self) -> dict:
-        return dict(completed_epochs=self.completed_epochs, global_step=self.global_step, best_acc=self.best_acc,
-                    best_epoch=self.best_epoch, test_acc=self.test_acc, batches_done=self.batches_done,
-                    sums=None if self.sums is None else self.sums.detach().cpu(), seen=self.seen, skipped=self.skipped,
-                    seconds=self.seconds, train_seconds=self.train_seconds)
+        """The checkpoint's ``progress`` entry (every field but ``stopped``; sums on the CPU)."""
+        state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "stopped"}
+        state["sums"] = None if self.sums is None else self.sums.detach().cpu()
+        return state
 
     @classmethod
     def from_state(cls, state: dict) -> "Progress":
-        return cls(**{k: state[k] for k in ("completed_epochs", "global_step", "best_acc", "best_epoch", "test_acc",
-                                            "batches_done", "sums", "seen", "skipped", "seconds",
-                                            "train_seconds")})
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name != "stopped"})
 
 
 @dataclass
