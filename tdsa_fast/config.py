@@ -14,7 +14,7 @@ import yaml
 
 from tdsa_fast.data.datasets import DATASETS
 from tdsa_fast.data.loading import LOADERS
-from tdsa_fast.losses import BASELINES
+from tdsa_fast.losses import BASELINES, baseline_options
 from tdsa_fast.models import MODELS
 from tdsa_fast.objective import LOSS_NAMES
 
@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="paper: μ(L_dis − λ L_div); code: μ L_dis + β(1 − L_div/n) per level")
     lo.add_argument("--beta", type=float, default=15.0, help="β of the code form")
     lo.add_argument("--cnum-high", type=int, default=3, help="channels per class at the high level")
+    lo.add_argument("--loss-arg", dest="loss_args", action="append", type=loss_arg, default=None,
+                    metavar="KEY=VALUE",
+                    help="a hyper-parameter of a baseline loss (repeat for several), e.g. --loss arcface "
+                    "--loss-arg margin=0.3 --loss-arg scale=30; unset ones keep their paper's default. "
+                    + "Options: " + "; ".join(f"{n}: " + ", ".join(f"{k}={v}" for k, v in baseline_options(n).items())
+                                              for n in BASELINES))
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=None)
@@ -128,6 +134,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def loss_arg(text: str) -> tuple[str, int | float | None]:
+    """``KEY=VALUE`` of ``--loss-arg``: (key, int, float or None for ``null``/``none``)."""
+    key, sep, value = str(text).partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if value.lower() in ("null", "none"):
+        return key, None
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"{key}: expected a number (or null), got {value!r}")
+
+
+def loss_args_dict(value) -> dict:
+    """``--loss-arg``'s value (a list of (key, value) pairs, a mapping, or None) as a dict;
+    a key given twice is an error."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    out = {}
+    for key, v in value:
+        if key in out:
+            raise ValueError(f"--loss-arg {key} is given twice")
+        out[key] = v
+    return out
+
+
 def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return {a.dest: a for a in parser._actions if a.dest != "help"}
 
@@ -142,6 +179,15 @@ def _config_value(action: argparse.Action, key: str, value, path: Path):
         return value
     if value is None:
         return None
+    if action.dest == "loss_args":  # a mapping (margin: 0.3) or a list of "KEY=VALUE"
+        try:
+            if isinstance(value, dict):
+                return [loss_arg(f"{k}={'null' if v is None else v}") for k, v in value.items()]
+            if isinstance(value, list):
+                return [loss_arg(item) for item in value]
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"{where}: {e}") from None
+        raise ValueError(f"{where} must be a mapping of a baseline loss's options, got {value!r}")
     if isinstance(value, (list, dict, bool)):
         raise ValueError(f"{where} must be a single value, got {value!r}")
     if action.type is int and isinstance(value, float):
@@ -236,6 +282,8 @@ def resume_config(saved: dict, given: dict, explicit: set[str]) -> dict:
             cfg[key] = given[key]
         elif key == "output":
             continue  # checked against the checkpoint's folder by the trainer
+        elif key == "loss_args" and loss_args_dict(given[key]) == (saved.get(key) or {}):
+            continue
         elif given[key] != saved.get(key):
             raise ValueError(f"--{key.replace('_', '-')} {given[key]} conflicts with the resumed run's saved "
                              f"value {saved.get(key)!r}: a resumed run keeps its config (only "
@@ -261,8 +309,6 @@ def resolve(args: argparse.Namespace) -> dict:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
     if cfg["stem"] != "auto" and cfg["model"] != "resnet18":
         raise ValueError(f"--stem applies to resnet18 only, not to --model {cfg['model']}")
-    if cfg["torch_decode"] != "pil" and cfg["loader"] == "dali":
-        raise ValueError("--torch-decode applies to --loader torch; DALI decodes on the training device itself")
     if cfg["eval_subset"] < 0:
         raise ValueError(f"--eval-subset must be >= 0, got {cfg['eval_subset']}")
     if cfg["workers"] < 0:
@@ -274,6 +320,16 @@ def resolve(args: argparse.Namespace) -> dict:
     if cfg["amp_dtype"] is not None and not cfg["amp"]:
         raise ValueError("--amp-dtype needs --amp")
     cfg["amp_dtype"] = (cfg["amp_dtype"] or "bfloat16") if cfg["amp"] else None
+    cfg["loss_args"] = loss_args_dict(cfg["loss_args"])
+    if cfg["loss_args"]:
+        if cfg["loss"] not in BASELINES:
+            raise ValueError(f"--loss-arg applies to the baseline losses ({', '.join(BASELINES)}), not to "
+                             f"--loss {cfg['loss']} (its weights are --mu, --lam, --div-form, --beta, --cnum-high)")
+        valid = baseline_options(cfg["loss"])
+        unknown = sorted(set(cfg["loss_args"]) - set(valid))
+        if unknown:
+            raise ValueError(f"--loss-arg {', '.join(unknown)}: not an option of --loss {cfg['loss']}; its options: "
+                             + ", ".join(f"{k} (default {v})" for k, v in valid.items()))
     return cfg
 
 

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import yaml
 
-from tdsa_fast.config import build_parser
+from tdsa_fast.config import build_parser, loss_arg, loss_args_dict, parse_config
 
 __all__ = ["Spec", "RunPlan", "load_spec", "plan_runs", "run_grid", "write_tables", "main"]
 
@@ -138,6 +138,8 @@ def load_spec(path) -> Spec:
 
 def _value_tag(key: str, value) -> str:
     """A run name's part for one grid value: bare for dataset/model/loss/upsample, else key=value."""
+    if isinstance(value, dict):  # loss_args: margin=0.3,scale=30
+        value = ",".join(f"{k}={v}" for k, v in value.items())
     text = str(value).replace("/", "_").replace(" ", "")
     return text if key in ("dataset", "model", "loss", "upsample") else f"{key.replace('_', '-')}={text}"
 
@@ -158,7 +160,18 @@ def plan_runs(spec: Spec) -> list[RunPlan]:
             raise ValueError(f"{spec.path}: two runs share the name {name!r}")
         names.add(name)
         runs.append(RunPlan(name, options, spec.output / name))
+        _check_options(spec, runs[-1])
     return runs
+
+
+def _check_options(spec: Spec, run: RunPlan) -> None:
+    """The trainer's own checks of ``run``'s options, so a bad grid fails before its first run."""
+    try:
+        parse_config(trainer_argv(run.options, run.folder))
+    except SystemExit:  # argparse has printed why
+        raise ValueError(f"{spec.path}: the trainer refuses the options of run {run.name!r} (see above)") from None
+    except ValueError as e:
+        raise ValueError(f"{spec.path}: run {run.name!r}: {e}") from None
 
 
 def trainer_argv(options: dict, output: Path) -> list[str]:
@@ -170,9 +183,22 @@ def trainer_argv(options: dict, output: Path) -> list[str]:
         if isinstance(actions[key], argparse._StoreTrueAction):
             if value:
                 argv.append(flag)
+        elif isinstance(actions[key], argparse._StoreFalseAction):  # tensorboard: false -> --no-tensorboard
+            if value is False:
+                argv.append(flag)
+        elif key == "loss_args":  # {margin: 0.3} -> --loss-arg margin=0.3
+            for k, v in loss_args_dict(_loss_arg_pairs(value)).items():
+                argv += [flag, f"{k}={'null' if v is None else v}"]
         elif value is not None:
             argv += [flag, str(value)]
     return argv + ["--output", str(output)]
+
+
+def _loss_arg_pairs(value):
+    """A spec's ``loss_args``: a mapping, or a list of ``KEY=VALUE`` strings."""
+    if isinstance(value, list):
+        return [loss_arg(item) for item in value]
+    return value
 
 
 def run_state(folder: Path) -> str:

@@ -22,7 +22,8 @@ class TrainingObjective(nn.Module):
     ``focal``: focal loss on the logits; ``center``: CE + λ·center loss on the embedding.
     ``asoftmax``, ``coco``, ``lgm``, ``lmcl``, ``arcface``, ``circle``: a loss with its own class
     weights on ``out.embedding`` (the model's last Linear is then unused); these need
-    ``num_classes`` (and ``embedding_dim``, the model's head width). The objective owns those
+    ``num_classes`` (and ``embedding_dim``, the model's head width). ``loss_args``: a baseline's
+    hyper-parameters over its paper's defaults (:func:`tdsa_fast.losses.baseline_options`). The objective owns those
     parameters and buffers: give them to the optimiser and save its ``state_dict``.
 
     The returned ``ce`` is the cross-entropy of ``predict(out)`` (for logging; for the margin
@@ -32,7 +33,8 @@ class TrainingObjective(nn.Module):
 
     def __init__(self, loss: str, *, num_classes: int | None = None, embedding_dim: int = HEAD_HIDDEN,
                  cnum_high: int = 3, mu: float = 1.5, lam: float = 10.0, div_form: str = "paper",
-                 beta: float = 15.0, upsample: str = "nearest", backend: str = "auto"):
+                 beta: float = 15.0, upsample: str = "nearest", backend: str = "auto",
+                 loss_args: dict | None = None):
         super().__init__()
         self.loss = loss
         self.term = None  # the MC / TDSA term
@@ -47,9 +49,11 @@ class TrainingObjective(nn.Module):
         elif loss in BASELINES:
             if loss != "focal" and num_classes is None:
                 raise ValueError(f"loss {loss!r} owns per-class state and needs num_classes")
-            self.baseline = build_baseline(loss, num_classes, embedding_dim)
+            self.baseline = build_baseline(loss, num_classes, embedding_dim, **(loss_args or {}))
         else:
             raise ValueError(f"loss must be one of {', '.join(LOSS_NAMES)}; got {loss!r}")
+        if loss_args and self.baseline is None:
+            raise ValueError(f"loss_args {loss_args} apply to the baseline losses only, not to {loss!r}")
 
     @property
     def owns_class_weights(self) -> bool:

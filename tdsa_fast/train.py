@@ -138,8 +138,9 @@ def check_run_options(cfg: dict, device: torch.device, procs: Processes) -> None
     if cfg.get("sync_bn") and (device.type != "cuda" or not procs.enabled):
         raise ValueError("--sync-bn needs several processes on CUDA (torchrun with NCCL); BatchNorm statistics "
                          "stay per process on the CPU")
-    if cfg.get("torch_decode") == "device" and resolve_loader(cfg["loader"]) == "dali":
-        raise ValueError("--torch-decode applies to --loader torch")
+    if cfg.get("torch_decode") == "device" and resolve_loader(cfg["loader"]) == "dali":  # after auto's choice
+        raise ValueError("--torch-decode applies to --loader torch; DALI decodes on the training device itself"
+                         + (" (--loader auto chose DALI, which is installed)" if cfg["loader"] == "auto" else ""))
 
 
 def default_output(cfg: dict) -> Path:
@@ -171,7 +172,8 @@ def build_network(cfg: dict, num_classes: int) -> nn.Module:
 def build_objective(cfg: dict, num_classes: int) -> TrainingObjective:
     """The objective of the resolved config ``cfg`` (it owns the parameters of the baseline losses)."""
     return TrainingObjective(cfg["loss"], num_classes=num_classes, cnum_high=cfg["cnum_high"], mu=cfg["mu"],
-                             lam=cfg["lam"], div_form=cfg["div_form"], beta=cfg["beta"], upsample=cfg["upsample"])
+                             lam=cfg["lam"], div_form=cfg["div_form"], beta=cfg["beta"], upsample=cfg["upsample"],
+                             loss_args=cfg.get("loss_args") or {})
 
 
 def build_optimizer(cfg: dict, model: nn.Module, objective: nn.Module):
@@ -459,9 +461,6 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg["seed"])
     resuming = resume_from is not None
-    out = procs.from_main(lambda: str(prepare_output(default_output(cfg), resuming=resuming)))
-    out = Path(out)
-
     train_set, test_set = load_splits(cfg)
     num_classes = train_set.num_classes
     if resuming and cfg.get("num_classes") not in (None, num_classes):
@@ -470,7 +469,8 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
     model = build_network(cfg, num_classes).to(device)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    objective = build_objective(cfg, num_classes).to(device)
+    objective = build_objective(cfg, num_classes).to(device)  # a bad loss option fails here, before the folder
+    out = Path(procs.from_main(lambda: str(prepare_output(default_output(cfg), resuming=resuming))))
     optimizer, scheduler = build_optimizer(cfg, model, objective)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(cfg, device) == torch.float16)
     net = wrap_for_training(cfg, model, objective, device, procs)

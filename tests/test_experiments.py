@@ -17,7 +17,7 @@ import yaml
 
 from tdsa_fast import checkpoint
 from tdsa_fast import experiments as ex
-from tdsa_fast.config import build_parser
+from tdsa_fast.config import build_parser, resolve
 from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
 
 TINY = SyntheticSpec(num_classes=4, train_per_class=8, test_per_class=8, image_size=64, seed=1)
@@ -46,6 +46,9 @@ def write_spec(folder: Path, **spec) -> Path:
     (dict(grid={"loss": ["ce"]}), "'output' (the folder of the runs) is required"),
     (dict(output="o", table="IX"), "table must be one of"),
     (dict(output="o", grid={"dataset": ["cub"]}), "no data_roots entry for dataset 'cub'"),
+    (dict(output="o", base={"loss": "arcface", "loss_args": {"margn": 1}}),
+     "run 'run': --loss-arg margn: not an option of --loss arcface"),
+    (dict(output="o", grid={"lr": [0.1, -1.0]}), "run 'lr=-1.0': --lr must be positive"),
 ])
 def test_bad_specs_are_refused_with_the_reason(tmp_path, spec, fragment):
     path = write_spec(tmp_path, **spec)
@@ -74,6 +77,17 @@ def test_grid_order_names_and_trainer_arguments(tmp_path):
     args = build_parser().parse_args(argv)
     assert (args.loss, args.xi, args.model, args.img_size, args.channels_last) == ("tdsa", 3, "resnet18", 64, True)
     assert args.data_root == str((tmp_path / "data").resolve()) and args.output == str(runs[3].folder)
+
+
+def test_baseline_options_and_switched_off_flags_become_trainer_arguments(tmp_path):
+    path = write_spec(tmp_path, output="runs", base={"loss": "lmcl", "tensorboard": False},
+                      grid={"loss_args": [{"margin": 0.2, "scale": 30}, {"margin": 0.4}]})
+    runs = ex.plan_runs(ex.load_spec(path))
+    assert [r.name for r in runs] == ["loss-args=margin=0.2,scale=30", "loss-args=margin=0.4"]
+    argv = ex.trainer_argv(runs[0].options, runs[0].folder)
+    assert "--no-tensorboard" in argv and argv[argv.index("--loss-arg") + 1] == "margin=0.2"
+    cfg = resolve(build_parser().parse_args(argv))
+    assert cfg["loss_args"] == {"margin": 0.2, "scale": 30} and cfg["tensorboard"] is False
 
 
 def test_paper_numbers_are_paired_by_table_method_backbone_and_dataset():
@@ -168,13 +182,13 @@ def test_interrupted_grid_continues_where_it_stopped(tmp_path, tiny_root):
 @pytest.mark.slow
 def test_a_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, tiny_root):
     path = write_spec(tmp_path, output="runs", data_roots={"cub": str(tiny_root)},
-                      base={k: v for k, v in dict(FAST, dataset="cub").items() if k != "lr"},
-                      grid={"lr": [-1.0, 0.02]})
+                      base=dict(FAST, dataset="cub", device="cpu"),
+                      grid={"sync_bn": [True, False]})  # passes the option checks, fails on the CPU
     spec = ex.load_spec(path)
     bad, good = ex.plan_runs(spec)
     p = _runner(path)
     assert p.returncode == 1, p.stdout + p.stderr
-    assert ex.run_state(bad.folder) == "failed" and "--lr must be positive" in (bad.folder / "FAILED").read_text()
+    assert ex.run_state(bad.folder) == "failed" and "--sync-bn needs several processes on CUDA" in (bad.folder / "FAILED").read_text()
     assert ex.run_state(good.folder) == "done"
     p = _runner(path)
     assert p.returncode == 1 and "failed earlier" in p.stdout and "--retry-failed" in p.stdout, p.stdout

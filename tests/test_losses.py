@@ -16,7 +16,7 @@ from tdsa_fast.config import build_parser, resolve
 from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
 from tdsa_fast.evaluate import evaluate_checkpoint
 from tdsa_fast.losses import (BASELINES, ArcFaceLoss, ASoftmaxLoss, CenterLoss, CircleLoss, COCOLoss, CosFaceLoss,
-                              FocalLoss, LGMLoss, build_baseline)
+                              FocalLoss, LGMLoss, baseline_options, build_baseline)
 from tdsa_fast.models import ModelOutput
 from tdsa_fast.objective import TrainingObjective
 from tdsa_fast.train import run
@@ -392,6 +392,47 @@ def test_objective_argument_errors():
     obj = TrainingObjective("lmcl", num_classes=S, embedding_dim=D)
     with pytest.raises(ValueError, match="embedding"):
         obj(ModelOutput(torch.randn(B, S), torch.zeros(1), torch.zeros(1)), torch.zeros(B, dtype=torch.long))
+
+
+def _changed(default):
+    """A value other than ``default`` inside every option's range."""
+    if default is None:  # COCO's scale: derived from p unless given
+        return 7.0
+    return default - 2 if isinstance(default, int) else default / 2
+
+
+def _inputs(name):
+    """The arguments of baseline ``name``'s forward on the tiny input."""
+    x, y = _data()
+    logits = torch.randn(B, S, generator=torch.Generator().manual_seed(1))
+    return {"focal": (logits, y), "center": (logits, x, y)}.get(name, (x, y))
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_each_baseline_option_reaches_the_loss_and_changes_its_value(name):
+    default = build_baseline(name, S, D)
+    for key, value in baseline_options(name).items():
+        if name == "asoftmax":  # λ = max(lambda_min, base·(1 + gamma·it)^-power) at step it: mid-anneal or annealed
+            default.iteration.fill_(10 ** 6 if key == "lambda_min" else 100)
+        assert value is None or getattr(default, key) == value, key
+        loss = build_baseline(name, S, D, **{key: _changed(value)})
+        assert getattr(loss, key) == _changed(value), key
+        if (name, key) == ("center", "alpha"):  # the centres' update rate: acts on the buffer, not the value
+            continue
+        loss.load_state_dict(default.state_dict())
+        assert not torch.allclose(loss(*_inputs(name)), default(*_inputs(name))), f"{name}.{key} leaves the loss as it was"
+
+
+def test_baseline_options_are_checked_by_name_and_range():
+    with pytest.raises(ValueError, match=r"loss 'arcface' has no option 'margn'; its options: scale \(default 64.0\)"):
+        build_baseline("arcface", S, D, margn=0.3)
+    with pytest.raises(ValueError, match="margin must lie in"):
+        build_baseline("lmcl", S, D, margin=5.0)
+    with pytest.raises(ValueError, match="loss_args .* apply to the baseline losses only"):
+        TrainingObjective("tdsa", loss_args={"margin": 0.3})
+    obj = TrainingObjective("arcface", num_classes=S, embedding_dim=D, loss_args={"margin": 0.3, "scale": 30})
+    assert obj.baseline.margin == 0.3 and obj.baseline.impl.margin == pytest.approx(0.3)  # PML keeps radians
+    assert obj.baseline.impl.scale == 30
 
 
 # ------------------------------------------------------------------------------------------------

@@ -243,6 +243,9 @@ def test_conflicting_or_bad_run_flags_are_refused_before_training(extra, message
 @pytest.mark.parametrize("extra, message", [
     (["--amp", "--amp-dtype", "float16", "--device", "cpu"], "--amp-dtype float16 is CUDA-only"),
     (["--sync-bn", "--device", "cpu"], "--sync-bn needs several processes on CUDA"),
+    (["--loader", "dali", "--torch-decode", "device"], "--torch-decode applies to --loader torch"),
+    pytest.param(["--loader", "auto", "--torch-decode", "device"], "--loader auto chose DALI",
+                 marks=pytest.mark.skipif(not dali_available(), reason="DALI is not installed: auto picks torch")),
 ])
 def test_flags_the_device_rules_out_are_refused_before_training(extra, message, tmp_path):
     root = _folder_dataset(tmp_path / "data")
@@ -303,6 +306,8 @@ def test_config_file_sets_defaults_that_the_command_line_overrides(tmp_path):
     ("loss: [ce\n", "is not valid YAML"),
     ("resume: somewhere\n", "unknown key 'resume'"),
     ("dataset: imagenet\n", "dataset must be one of"),
+    ("loss_args: 3\n", "loss_args must be a mapping of a baseline loss's options"),
+    ("loss_args: {margin: wide}\n", "loss_args: margin: expected a number (or null), got 'wide'"),
 ])
 def test_bad_config_files_are_refused_with_the_reason(text, message, tmp_path):
     path = tmp_path / "c.yaml"
@@ -311,6 +316,71 @@ def test_bad_config_files_are_refused_with_the_reason(text, message, tmp_path):
                        text=True)
     assert p.returncode == 2 and message in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_baseline_loss_options_from_the_command_line_and_a_config_file_reach_the_loss(tmp_path):
+    from tdsa_fast.config import parse_config
+    from tdsa_fast.train import build_objective
+    cfg = _cfg(FAST + ["--data-root", str(tmp_path), "--loss", "arcface", "--loss-arg", "margin=0.3",
+                       "--loss-arg", "scale=30"])
+    assert cfg["loss_args"] == {"margin": 0.3, "scale": 30}
+    loss = build_objective(cfg, 5).baseline
+    assert (loss.margin, loss.scale) == (0.3, 30.0)
+    assert _cfg(FAST + ["--data-root", str(tmp_path), "--loss", "arcface"])["loss_args"] == {}
+    for text in ("loss: coco\nloss_args: {p: 0.9, scale: null}\n", "loss: coco\nloss-args: [p=0.9, scale=none]\n"):
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+        cfg, _ = parse_config(["--config", str(path), "--data-root", str(tmp_path)])
+        assert cfg["loss_args"] == {"p": 0.9, "scale": None}
+        assert build_objective(cfg, 5).baseline.p == 0.9
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--loss", "arcface", "--loss-arg", "margn=0.3"],
+     "--loss-arg margn: not an option of --loss arcface; its options: scale (default 64.0), margin (default 0.5)"),
+    (["--loss", "tdsa", "--loss-arg", "margin=0.3"], "--loss-arg applies to the baseline losses"),
+    (["--loss", "focal", "--loss-arg", "gamma=1", "--loss-arg", "gamma=3"], "--loss-arg gamma is given twice"),
+])
+def test_bad_baseline_loss_options_are_refused(extra, message, tmp_path):
+    with pytest.raises(ValueError) as err:
+        _cfg(FAST + ["--data-root", str(tmp_path)] + extra)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["margin", "margin=", "margin=wide"])
+def test_malformed_loss_arg_is_an_argument_error(value, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(FAST + ["--loss-arg", value])
+    assert "--loss-arg" in capsys.readouterr().err
+
+
+def test_a_baseline_option_out_of_range_fails_before_the_run_folder_is_made(tmp_path):
+    root = _folder_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="margin must lie in"):
+        run(_cfg(FAST + ["--data-root", str(root), "--output", str(out), "--loss", "lmcl", "--loss-arg", "margin=5"]),
+            log=lambda *_: None)
+    assert not out.exists()
+
+
+def test_a_run_with_baseline_options_saves_them_and_evaluate_rebuilds_the_loss(tmp_path):
+    root = _folder_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    results = run(_cfg(FAST + ["--data-root", str(root), "--output", str(out), "--loss", "lmcl",
+                               "--loss-arg", "scale=16"]), log=lambda *_: None)
+    assert json.loads((out / "config.json").read_text())["loss_args"] == {"scale": 16}
+    assert "loss_args:\n  scale: 16" in (out / "config.yaml").read_text()
+    ev = evaluate_checkpoint(out / "last.pt", loader="torch")
+    assert ev["accuracy"] == pytest.approx(results["final_test_acc"], abs=1e-9)
+
+
+def test_resume_accepts_the_same_baseline_options_and_refuses_others():
+    from tdsa_fast.config import resume_config
+    saved = {"loss": "lmcl", "loss_args": {"scale": 16}, "lr": 0.1}
+    same = resume_config(saved, {"loss_args": [("scale", 16)], "resume": "r"}, {"loss_args", "resume"})
+    assert same["loss_args"] == {"scale": 16}
+    with pytest.raises(ValueError, match="conflicts with the resumed run's saved value"):
+        resume_config(saved, {"loss_args": [("scale", 32)], "resume": "r"}, {"loss_args", "resume"})
 
 
 def test_config_file_never_runs_code(tmp_path):

@@ -22,6 +22,8 @@ pytorch-metric-learning (see :mod:`.additive_margin`); the others are written he
 """
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 from .additive_margin import ArcFaceLoss, CosFaceLoss
@@ -34,7 +36,8 @@ from .lgm import LGMLoss
 from .sphereface import ASoftmaxLoss
 
 __all__ = ["ArcFaceLoss", "ASoftmaxLoss", "CenterLoss", "CircleLoss", "ClassWeightLoss", "COCOLoss",
-           "CosFaceLoss", "FocalLoss", "LGMLoss", "CLASS_WEIGHT_LOSSES", "BASELINES", "build_baseline"]
+           "CosFaceLoss", "FocalLoss", "LGMLoss", "CLASS_WEIGHT_LOSSES", "BASELINES", "baseline_options",
+           "build_baseline"]
 
 CLASS_WEIGHT_LOSSES = {
     "asoftmax": ASoftmaxLoss,
@@ -47,12 +50,32 @@ CLASS_WEIGHT_LOSSES = {
 BASELINES = ("center", "asoftmax", "focal", "coco", "lgm", "lmcl", "arcface", "circle")
 
 
-def build_baseline(name: str, num_classes: int, embedding_dim: int) -> nn.Module:
-    """The loss ``name`` (one of :data:`BASELINES`) with its paper's default hyper-parameters."""
+def _baseline_class(name: str) -> type[nn.Module]:
+    classes = dict(CLASS_WEIGHT_LOSSES, focal=FocalLoss, center=CenterLoss)
+    if name not in classes:
+        raise ValueError(f"unknown baseline loss {name!r}; valid choices: {', '.join(BASELINES)}")
+    return classes[name]
+
+
+def baseline_options(name: str) -> dict:
+    """The hyper-parameters of baseline ``name`` that a caller may set, with their defaults
+    (the keyword arguments of its class besides ``num_classes`` and ``embedding_dim``)."""
+    params = inspect.signature(_baseline_class(name).__init__).parameters.values()
+    return {p.name: p.default for p in params if p.name not in ("self", "num_classes", "embedding_dim")}
+
+
+def build_baseline(name: str, num_classes: int, embedding_dim: int, **options) -> nn.Module:
+    """The loss ``name`` (one of :data:`BASELINES`) with its paper's default hyper-parameters,
+    ``options`` (keys of :func:`baseline_options`) put over them.
+
+    Raises:
+        ValueError: an unknown loss or option, or an option value out of its range.
+    """
+    cls = _baseline_class(name)
+    unknown = sorted(set(options) - set(baseline_options(name)))
+    if unknown:
+        valid = ", ".join(f"{k} (default {v})" for k, v in baseline_options(name).items())
+        raise ValueError(f"loss {name!r} has no option {', '.join(map(repr, unknown))}; its options: {valid}")
     if name == "focal":
-        return FocalLoss()
-    if name == "center":
-        return CenterLoss(num_classes, embedding_dim)
-    if name in CLASS_WEIGHT_LOSSES:
-        return CLASS_WEIGHT_LOSSES[name](num_classes, embedding_dim)
-    raise ValueError(f"unknown baseline loss {name!r}; valid choices: {', '.join(BASELINES)}")
+        return cls(**options)
+    return cls(num_classes, embedding_dim, **options)
