@@ -16,6 +16,10 @@ A spec (YAML, read with ``yaml.safe_load``; relative paths are relative to the s
       loss: [ce, mc, tdsa-noattn, tdsa]
       seed: [0]
 
+``base`` and ``grid`` values are as in a ``--config`` file (``loss_args: {margin: 0.3}`` for a
+baseline's hyper-parameters); every run's options pass the trainer's checks before the first
+run starts.
+
 Each run trains in a subprocess (``python -m tdsa_fast.train``) into
 ``output/<name>`` (the name lists the grid values), logging to ``train.log`` there.
 
