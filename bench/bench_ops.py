@@ -178,27 +178,26 @@ def _sync(device: str):
         torch.cuda.synchronize()
 
 
+def _timed(setup, run, device: str) -> float:
+    """Seconds of one run(*setup()) (setup not timed): CUDA events on a GPU, else the wall clock."""
+    args = setup()
+    _sync(device)
+    if device.startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run(*args)
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    run(*args)
+    return time.perf_counter() - t0
+
+
 def time_phase(setup, run, device: str, rounds: int, warmup: int = 2) -> float:
     """Median seconds of run(*setup()) (setup not timed)."""
-    times = []
-    for i in range(warmup + rounds):
-        args = setup()
-        _sync(device)
-        if device.startswith("cuda"):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run(*args)
-            end.record()
-            torch.cuda.synchronize()
-            dt = start.elapsed_time(end) / 1e3
-        else:
-            t0 = time.perf_counter()
-            run(*args)
-            dt = time.perf_counter() - t0
-        del args
-        if i >= warmup:
-            times.append(dt)
-    return statistics.median(times)
+    times = [_timed(setup, run, device) for _ in range(warmup + rounds)]
+    return statistics.median(times[warmup:])
 
 
 def peak_memory(case: str, impl: str, x: dict) -> int:
@@ -235,20 +234,7 @@ def time_interleaved(calls: dict, device: str, rounds: int, warmup: int = 2) -> 
     times: dict = {k: [] for k in calls}
     for i in range(warmup + rounds):
         for name, (setup, run) in calls.items():
-            args = setup()
-            _sync(device)
-            if device.startswith("cuda"):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                run(*args)
-                end.record()
-                torch.cuda.synchronize()
-                dt = start.elapsed_time(end) / 1e3
-            else:
-                t0 = time.perf_counter()
-                run(*args)
-                dt = time.perf_counter() - t0
-            del args
+            dt = _timed(setup, run, device)
             if i >= warmup:
                 times[name].append(dt)
     return {k: statistics.median(v) for k, v in times.items()}
