@@ -150,6 +150,21 @@ def loss_arg(text: str) -> tuple[str, int | float | None]:
     raise argparse.ArgumentTypeError(f"{key}: expected a number (or null), got {value!r}")
 
 
+def loss_arg_pairs(value) -> list[tuple]:
+    """A config file's or an experiment spec's ``loss_args`` -- a mapping (``{margin: 0.3}``) or a
+    list of ``"KEY=VALUE"`` -- as ``--loss-arg`` would parse it.
+
+    Raises:
+        argparse.ArgumentTypeError: a value that is not a number or null.
+        TypeError: neither a mapping nor a list.
+    """
+    if isinstance(value, dict):
+        return [loss_arg(f"{k}={'null' if v is None else v}") for k, v in value.items()]
+    if isinstance(value, list):
+        return [loss_arg(item) for item in value]
+    raise TypeError(f"a mapping of a baseline loss's options, got {value!r}")
+
+
 def loss_args_dict(value) -> dict:
     """``--loss-arg``'s value (a list of (key, value) pairs, a mapping, or None) as a dict;
     a key given twice is an error."""
@@ -179,15 +194,13 @@ def _config_value(action: argparse.Action, key: str, value, path: Path):
         return value
     if value is None:
         return None
-    if action.dest == "loss_args":  # a mapping (margin: 0.3) or a list of "KEY=VALUE"
+    if action.dest == "loss_args":
         try:
-            if isinstance(value, dict):
-                return [loss_arg(f"{k}={'null' if v is None else v}") for k, v in value.items()]
-            if isinstance(value, list):
-                return [loss_arg(item) for item in value]
+            return loss_arg_pairs(value)
         except argparse.ArgumentTypeError as e:
             raise ValueError(f"{where}: {e}") from None
-        raise ValueError(f"{where} must be a mapping of a baseline loss's options, got {value!r}")
+        except TypeError as e:
+            raise ValueError(f"{where} must be {e}") from None
     if isinstance(value, (list, dict, bool)):
         raise ValueError(f"{where} must be a single value, got {value!r}")
     if action.type is int and isinstance(value, float):

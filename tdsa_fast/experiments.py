@@ -56,7 +56,7 @@ from pathlib import Path
 
 import yaml
 
-from tdsa_fast.config import build_parser, loss_arg, loss_args_dict, parse_config
+from tdsa_fast.config import build_parser, loss_arg_pairs, loss_args_dict, parse_config
 
 __all__ = ["Spec", "RunPlan", "load_spec", "plan_runs", "run_grid", "write_tables", "main"]
 
@@ -191,18 +191,11 @@ def trainer_argv(options: dict, output: Path) -> list[str]:
             if value is False:
                 argv.append(flag)
         elif key == "loss_args":  # {margin: 0.3} -> --loss-arg margin=0.3
-            for k, v in loss_args_dict(_loss_arg_pairs(value)).items():
+            for k, v in loss_args_dict(loss_arg_pairs(value)).items():
                 argv += [flag, f"{k}={'null' if v is None else v}"]
         elif value is not None:
             argv += [flag, str(value)]
     return argv + ["--output", str(output)]
-
-
-def _loss_arg_pairs(value):
-    """A spec's ``loss_args``: a mapping, or a list of ``KEY=VALUE`` strings."""
-    if isinstance(value, list):
-        return [loss_arg(item) for item in value]
-    return value
 
 
 def run_state(folder: Path) -> str:

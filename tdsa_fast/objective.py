@@ -22,9 +22,9 @@ class TrainingObjective(nn.Module):
     ``focal``: focal loss on the logits; ``center``: CE + λ·center loss on the embedding.
     ``asoftmax``, ``coco``, ``lgm``, ``lmcl``, ``arcface``, ``circle``: a loss with its own class
     weights on ``out.embedding`` (the model's last Linear is then unused); these need
-    ``num_classes`` (and ``embedding_dim``, the model's head width). ``loss_args``: a baseline's
-    hyper-parameters over its paper's defaults (:func:`tdsa_fast.losses.baseline_options`). The objective owns those
-    parameters and buffers: give them to the optimiser and save its ``state_dict``.
+    ``num_classes`` (and ``embedding_dim``, the model's head width). The objective owns those
+    parameters and buffers: give them to the optimiser and save its ``state_dict``. ``loss_args``:
+    a baseline's hyper-parameters over its paper's defaults (:func:`tdsa_fast.losses.baseline_options`).
 
     The returned ``ce`` is the cross-entropy of ``predict(out)`` (for logging; for the margin
     losses it is not part of the total and carries no gradient). ``predict`` gives the scores
