@@ -24,7 +24,7 @@ Each run trains in a subprocess (``python -m tdsa_fast.train``) into
 ``output/<name>`` (the name lists the grid values), logging to ``train.log`` there.
 
 Resuming: a run whose folder holds ``results.json`` is finished and skipped, so the grid
-can be stopped at any point (Ctrl-C) and the same command continues where it stopped. A
+can be stopped at any point (Ctrl-C, or SIGTERM to the runner) and the same command continues where it stopped. A
 run that was interrupted mid-training (Ctrl-C or SIGTERM: the trainer saves a checkpoint
 at the step it is in) continues from that step with ``python -m tdsa_fast.train --resume``;
 one that cannot (no checkpoint, or the spec now gives it other options) is started again
@@ -457,6 +457,12 @@ def write_tables(spec: Spec) -> Path:
     return path
 
 
+def _interrupt(signum, frame):
+    """SIGTERM to the runner: the path of Ctrl-C (its trainer is asked to save and stop; the
+    runner is not left to die with the trainer running on unsupervised)."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tdsa_fast.experiments", description=__doc__.split("\n\n")[0])
     p.add_argument("spec", help="a YAML spec (see experiments/*.yaml)")
@@ -473,6 +479,7 @@ def main(argv=None) -> int:
     if a.tables_only:
         print(write_tables(spec).read_text())
         return 0
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill RUNNER` stops the grid as Ctrl-C does
     try:
         failed = run_grid(spec, retry_failed=a.retry_failed, dry_run=a.dry_run)
     except ValueError as e:

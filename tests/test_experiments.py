@@ -180,6 +180,24 @@ def test_interrupted_grid_continues_where_it_stopped(tmp_path, tiny_root):
 
 
 @pytest.mark.slow
+def test_sigterm_to_the_runner_alone_stops_its_trainer_with_a_checkpoint(tmp_path, tiny_root):
+    path = write_spec(tmp_path, output="runs", data_roots={"cub": str(tiny_root)},
+                      base=dict(FAST, dataset="cub", epochs=12), grid={"loss": ["ce"]})
+    (run,) = ex.plan_runs(ex.load_spec(path))
+    proc = subprocess.Popen([sys.executable, "-m", "tdsa_fast.experiments", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (run.folder / "metrics.csv").exists() or len((run.folder / "metrics.csv").read_text().splitlines()) < 2:
+        assert proc.poll() is None and time.time() < deadline, "the run did not get going"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # the runner only, as `kill RUNNER` does
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "continues where the grid stopped" in out, out
+    assert "stopped (SIGTERM)" in (run.folder / "train.log").read_text()  # the trainer saved and exited
+    assert ex.run_state(run.folder) == "partial" and (run.folder / "last.pt").exists()
+
+
+@pytest.mark.slow
 def test_a_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, tiny_root):
     path = write_spec(tmp_path, output="runs", data_roots={"cub": str(tiny_root)},
                       base=dict(FAST, dataset="cub", device="cpu"),
