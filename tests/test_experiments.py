@@ -106,6 +106,17 @@ def _runner(spec_path, *extra, **kw):
                           capture_output=True, text=True, **kw)
 
 
+def _start_runner_until(path, run, rows: int) -> subprocess.Popen:
+    """The runner on spec ``path`` in its own session, once ``run``'s metrics.csv has ``rows`` lines."""
+    proc = subprocess.Popen([sys.executable, "-m", "tdsa_fast.experiments", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (run.folder / "metrics.csv").exists() or len((run.folder / "metrics.csv").read_text().splitlines()) < rows:
+        assert proc.poll() is None and time.time() < deadline, f"{run.name} did not get going"
+        time.sleep(0.2)
+    return proc
+
+
 @pytest.mark.slow
 def test_tiny_grid_trains_skips_finished_runs_and_writes_the_table(tmp_path, tiny_root):
     path = write_spec(tmp_path, table="III", output="runs", data_roots={"cub": str(tiny_root)},
@@ -140,12 +151,7 @@ def test_interrupted_grid_continues_where_it_stopped(tmp_path, tiny_root):
                           base=dict(FAST, dataset="cub", epochs=epochs), grid={"loss": ["ce", "tdsa"]})
 
     def interrupt(path, run):
-        proc = subprocess.Popen([sys.executable, "-m", "tdsa_fast.experiments", str(path)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        deadline = time.time() + 120
-        while not (run.folder / "metrics.csv").exists() or len((run.folder / "metrics.csv").read_text().splitlines()) < 3:
-            assert proc.poll() is None and time.time() < deadline, "the first run did not get going"
-            time.sleep(0.2)
+        proc = _start_runner_until(path, run, rows=3)
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the runner and its trainer
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode != 0 and "continues where the grid stopped" in out, out
@@ -184,12 +190,7 @@ def test_sigterm_to_the_runner_alone_stops_its_trainer_with_a_checkpoint(tmp_pat
     path = write_spec(tmp_path, output="runs", data_roots={"cub": str(tiny_root)},
                       base=dict(FAST, dataset="cub", epochs=12), grid={"loss": ["ce"]})
     (run,) = ex.plan_runs(ex.load_spec(path))
-    proc = subprocess.Popen([sys.executable, "-m", "tdsa_fast.experiments", str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while not (run.folder / "metrics.csv").exists() or len((run.folder / "metrics.csv").read_text().splitlines()) < 2:
-        assert proc.poll() is None and time.time() < deadline, "the run did not get going"
-        time.sleep(0.2)
+    proc = _start_runner_until(path, run, rows=2)
     proc.send_signal(signal.SIGTERM)  # the runner only, as `kill RUNNER` does
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "continues where the grid stopped" in out, out
