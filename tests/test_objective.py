@@ -1,0 +1,134 @@
+"""The training objective as the paper writes it, against the code that computes it.
+
+Eq. 9 (``CE(logits) + mu * L``, with eq. 1 per level and eq. 8 for TDSA) and the released
+code's form (``CE(logits) + sum over levels of alpha * L_dis + beta * (1 - L_div / n)``) are
+written out here from the loop-by-loop transcriptions of eqs. 3, 5 and 7
+(``transcription.py``) and ``F.cross_entropy``, and compared, values and gradients, with
+:class:`TrainingObjective`, the loss modules and the functional losses, on both backends.
+Weights other than the defaults (mu, lam, beta) make a swapped or dropped weight visible.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tdsa_fast import _backend
+from tdsa_fast import functional as TF
+from tdsa_fast.models import ModelOutput
+from tdsa_fast.nn import MCLoss, TDSALoss
+from tdsa_fast.objective import TrainingObjective
+from transcription import eq3_g, eq5_h, eq7_gate
+
+F64 = torch.float64
+S, CNUM_HIGH, XI = 3, 3, 2  # classes, high-level channels per class, middle/high ratio
+CNUM_LOW = CNUM_HIGH * XI
+MU, LAM, BETA = 0.7, 3.0, 11.0
+
+BACKENDS = ["reference", pytest.param("fused", marks=pytest.mark.skipif(
+    not _backend.fused_available("cpu"), reason="tdsa_fast._C is not built (pip install -e . builds it)"))]
+
+
+def _inputs(seed: int = 0):
+    """Post-ReLU-like maps (middle 4x5 above high 2x3), logits, targets, and masks: a
+    per-sample one for the middle level, a shared one for the high level."""
+    gen = torch.Generator().manual_seed(seed)
+    b = 2
+    low = torch.rand(b, S * CNUM_LOW, 4, 5, generator=gen, dtype=F64)
+    high = torch.rand(b, S * CNUM_HIGH, 2, 3, generator=gen, dtype=F64) * 2
+    logits = torch.randn(b, S, generator=gen, dtype=F64)
+    target = torch.tensor([2, 0])
+    mask_low = TF.channel_mask(b, S, CNUM_LOW, shared=False, generator=gen).to(F64)
+    mask_high = TF.channel_mask(1, S, CNUM_HIGH, generator=gen).to(F64)
+    return low, high, logits, target, (mask_low, mask_high)
+
+
+def _level(feat, mask, cnum, target, div_form):
+    """One level's MC objective from eqs. 3-6: eq. 1 (paper) or the released code's form."""
+    dis = F.cross_entropy(eq3_g(feat, mask, cnum), target)
+    div = eq5_h(feat, cnum).mean()
+    if div_form == "paper":
+        return dis - LAM * div
+    return MU * dis + BETA * (1 - div / cnum)
+
+
+def _written_out(loss, low, high, logits, target, masks, div_form, mode):
+    """The whole objective of ``loss`` (mc, tdsa, tdsa-noattn) from the equations."""
+    mask_low, mask_high = masks
+    levels = _level(high, mask_high, CNUM_HIGH, target, div_form)
+    if loss != "mc":
+        middle = eq7_gate(low, high, mode) if loss == "tdsa" else low
+        levels = levels + _level(middle, mask_low, CNUM_LOW, target, div_form)
+    return F.cross_entropy(logits, target) + (MU * levels if div_form == "paper" else levels)
+
+
+def _grads(total, tensors):
+    """d total / d each tensor; zeros where the total does not use it."""
+    grads = torch.autograd.grad(total, tensors, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("div_form", ["paper", "code"])
+@pytest.mark.parametrize("loss,mode", [("mc", "nearest"), ("tdsa-noattn", "nearest"), ("tdsa", "nearest"),
+                                       ("tdsa", "bilinear")])
+def test_training_objective_is_eq_9(loss, mode, div_form, backend):
+    low, high, logits, target, masks = _inputs()
+    leaves = [t.clone().requires_grad_() for t in (low, high, logits)]
+    expected = _written_out(loss, *leaves, target, masks, div_form, mode)
+    want = _grads(expected, leaves)
+
+    objective = TrainingObjective(loss, mu=MU, lam=LAM, beta=BETA, div_form=div_form, upsample=mode,
+                                  cnum_high=CNUM_HIGH, backend=backend)
+    leaves = [t.clone().requires_grad_() for t in (low, high, logits)]
+    out = ModelOutput(logits=leaves[2], middle=leaves[0], high=leaves[1])
+    total, ce = objective(out, target, masks=masks if loss != "mc" else masks[1:])
+    got = _grads(total, leaves)
+
+    # the classifier's CE is computed in float32 (as under autocast); the MC/TDSA part in float64
+    ce64 = F.cross_entropy(logits, target)
+    assert torch.allclose(ce.double(), ce64, rtol=1e-6)
+    assert torch.allclose(total - ce, expected - ce64, rtol=1e-10, atol=1e-10), (total.item(), expected.item())
+    for name, g, w, rtol in zip(("middle", "high", "logits"), got, want, (1e-8, 1e-8, 1e-6)):
+        assert torch.allclose(g.double(), w, rtol=rtol, atol=1e-10), f"d total / d {name}"
+    if loss == "mc":
+        assert not got[0].any(), "MC-Loss must leave the middle level alone"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("div_form", ["paper", "code"])
+def test_functional_losses_and_modules_are_eq_1_and_eq_8(div_form, backend):
+    """The unweighted sums (``TF.mc_loss``: eq. 1; ``TF.tdsa_loss``: eq. 8) and the modules,
+    which weight them by mu in the paper form only (alpha = mu is inside the code form)."""
+    low, high, _, target, (mask_low, mask_high) = _inputs(1)
+    form = dict(div_form=div_form, lam=LAM, alpha=MU, beta=BETA, backend=backend)
+    mc_high = _level(high, mask_high, CNUM_HIGH, target, div_form)
+    weight = MU if div_form == "paper" else 1.0
+    for attention in (True, False):
+        middle = eq7_gate(low, high, "nearest") if attention else low
+        eq8 = mc_high + _level(middle, mask_low, CNUM_LOW, target, div_form)
+        got = TF.tdsa_loss(low, high, target, cnum_high=CNUM_HIGH, masks=(mask_low, mask_high),
+                           attention=attention, **form)
+        assert torch.allclose(got, eq8, rtol=1e-10), (attention, got.item(), eq8.item())
+        module = TDSALoss(CNUM_HIGH, mu=MU, lam=LAM, div_form=div_form, beta=BETA, attention=attention,
+                          backend=backend)
+        assert torch.allclose(module(low, high, target, (mask_low, mask_high)), weight * eq8, rtol=1e-10)
+    assert torch.allclose(TF.mc_loss(high, target, CNUM_HIGH, mask=mask_high, **form), mc_high, rtol=1e-10)
+    module = MCLoss(CNUM_HIGH, mu=MU, lam=LAM, div_form=div_form, beta=BETA, backend=backend)
+    assert torch.allclose(module(high, target, mask_high), weight * mc_high, rtol=1e-10)
+
+
+def test_the_two_forms_differ_and_the_defaults_are_the_papers():
+    """Default weights: the paper's mu = 1.5, lam = 10 (and beta = 15 for the code form)."""
+    low, high, logits, target, masks = _inputs(2)
+    out = ModelOutput(logits=logits, middle=low, high=high)
+    paper = TrainingObjective("tdsa", cnum_high=CNUM_HIGH)(out, target, masks=masks)[0]
+    code = TrainingObjective("tdsa", cnum_high=CNUM_HIGH, div_form="code")(out, target, masks=masks)[0]
+    ce = F.cross_entropy(logits, target)
+    gated = eq7_gate(low, high, "nearest")
+    terms = [(eq3_g(high, masks[1], CNUM_HIGH), eq5_h(high, CNUM_HIGH), CNUM_HIGH),
+             (eq3_g(gated, masks[0], CNUM_LOW), eq5_h(gated, CNUM_LOW), CNUM_LOW)]
+    want_paper = ce + 1.5 * sum(F.cross_entropy(g, target) - 10.0 * h.mean() for g, h, _ in terms)
+    want_code = ce + sum(1.5 * F.cross_entropy(g, target) + 15.0 * (1 - h.mean() / n) for g, h, n in terms)
+    assert torch.allclose(paper, want_paper, rtol=1e-6) and torch.allclose(code, want_code, rtol=1e-6)
+    assert not torch.allclose(paper, code)
