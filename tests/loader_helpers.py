@@ -1,6 +1,6 @@
 """Shared helpers of the loader tests (test_torch_loader, test_dali_loader,
-test_dali_bad_data): tiny generated images, bad files, draining a loader, the DALI
-skip-or-fail rule.  Images are made by the tests themselves in tmp_path."""
+test_dali_bad_data): tiny generated images, bad files, draining a loader, a resumed
+epoch, the DALI skip-or-fail rule.  Images are made by the tests themselves in tmp_path."""
 from __future__ import annotations
 
 import io
@@ -193,3 +193,26 @@ def by_index(ep: Epoch) -> tuple[torch.Tensor, torch.Tensor]:
     idx = ep.indices[ep.real]
     order = torch.argsort(idx)
     return idx[order], ep.images[ep.real][order]
+
+
+def check_start_batch_resumes_the_epoch(make, samples, img_size: int) -> None:
+    """``set_epoch(e, start_batch=k)`` (a resumed run) on loaders built by ``make(samples,
+    **args)``: batches k.. of epoch e exactly as an uninterrupted epoch yields them,
+    augmentation and shuffle included; ``len`` stays the epoch's."""
+    args = dict(img_size=img_size, train=True, recipe="released", batch_size=4, seed=5)
+    with make(samples, **args) as full, make(samples, **args) as part:
+        full.set_epoch(2)
+        whole = list(full)
+        part.set_epoch(2, start_batch=3)
+        rest = list(part)
+        assert len(part) == len(whole)
+        with pytest.raises(ValueError, match="start_batch must be an int in"):
+            part.set_epoch(2, start_batch=len(whole) + 1)
+    assert len(rest) == len(whole) - 3
+    for a, b in zip(rest, whole[3:]):
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.images, b.images) and a.num_real == b.num_real
+    # no augmentation, shuffled: the test transform on the training order
+    with make(samples, **dict(args, train=False, shuffle=True)) as plain:
+        plain.set_epoch(2)
+        order = torch.cat([b.indices for b in plain])
+    assert torch.equal(order, torch.cat([b.indices for b in whole])), "shuffle=True ignores the epoch's order"

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from loader_helpers import (
+    check_start_batch_resumes_the_epoch,
     EPS_LEVELS,
     FLOWERS_REAL,
     IN_CI,
@@ -297,25 +298,7 @@ def test_real_test_split_borders_within_one_level(test_split_comparison):
         f"border pixels differ by up to {test_split_comparison['ring']:.0f} grey levels")
 
 
-@pytest.mark.parametrize("kind", ["dali", "torch"])
-def test_epoch_started_mid_way_yields_the_rest_of_the_same_epoch(jpegs, kind):
+def test_epoch_started_mid_way_yields_the_rest_of_the_same_epoch(jpegs):
     """``set_epoch(e, start_batch=k)`` (a resumed run): batches k.. of epoch e, as an
-    uninterrupted epoch yields them, augmentation and shuffle included."""
-    args = dict(img_size=S, train=True, recipe="released", batch_size=4, seed=5)
-    make = DaliImageLoader if kind == "dali" else TorchImageLoader
-    with make(jpegs, **args) as full, make(jpegs, **args) as part:
-        full.set_epoch(2)
-        whole = list(full)
-        part.set_epoch(2, start_batch=3)
-        rest = list(part)
-        assert len(part) == len(whole)  # len stays the epoch's
-        with pytest.raises(ValueError, match="start_batch must be an int in"):
-            part.set_epoch(2, start_batch=len(whole) + 1)
-    assert len(rest) == len(whole) - 3
-    for a, b in zip(rest, whole[3:]):
-        assert torch.equal(a.indices, b.indices) and torch.equal(a.images, b.images) and a.num_real == b.num_real
-    # no augmentation, shuffled: the test transform on the training order
-    with make(jpegs, **dict(args, train=False, shuffle=True)) as plain:
-        plain.set_epoch(2)
-        order = torch.cat([b.indices for b in plain])
-    assert torch.equal(order, torch.cat([b.indices for b in whole])), "shuffle=True ignores the epoch's order"
+    uninterrupted epoch yields them (the torch loader's case is in test_torch_loader.py)."""
+    check_start_batch_resumes_the_epoch(DaliImageLoader, jpegs, S)

@@ -394,9 +394,12 @@ def test_requires_grad_on_and_off(device):
     assert all(torch.equal(a, b) for a, b in zip(off, on))
     (gl,) = torch.autograd.grad(on[0].sum() + on[1].sum(), low)
     assert gl.shape == low.shape and torch.isfinite(gl).all()
-    # only g used: grad_h is materialised as zeros
-    g, _ = fused_mc(low.detach().requires_grad_(), maskl, cl)
+    # only g used: the backward gets no grad_h (materialised as zeros) and must give g's gradient alone
+    a, b = low.detach().requires_grad_(), low.detach().requires_grad_()
+    g, _ = fused_mc(a, maskl, cl)
     g.sum().backward()
+    reference.mc_terms(b, maskl, cl)[0].sum().backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7)
 
 
 # ---- ties, zeros, non-finite values -------------------------------------------------------
@@ -406,7 +409,9 @@ def test_ties_send_the_gradient_to_the_lowest_index(device, dtype):
     # all channels equal everywhere; and post-ReLU maps with many exact zeros
     equal = torch.randn(2, 1, 4, 5, dtype=F64).expand(2, 9, 4, 5).contiguous()
     relu = torch.randn(2, 9, 4, 5, dtype=F64, generator=torch.Generator().manual_seed(9)).clamp_min(0)
-    relu[:, 3:6] = relu[:, 0:3]  # duplicated channels across the groups' members
+    # duplicated members inside a group (adjacent: 1, 2; apart: 3, 5), kept by every mask but the last
+    relu[:, 2] = relu[:, 1]
+    relu[:, 5] = relu[:, 3]
     for feat in (equal, relu):
         feat = feat.to(device).to(dtype)
         for mask in (torch.ones(1, 9), torch.tensor([[0.0, 1, 1, 1, 0, 1, 1, 1, 0]]), torch.zeros(1, 9)):

@@ -1,15 +1,21 @@
 """The reference backend against direct transcriptions of eqs. 3, 5 and 7 (values and gradients),
-plus the mask, tie and range properties of DESIGN §1."""
+plus the mask, tie and range properties of DESIGN §1; the last few properties (gate composition,
+mask dtypes, layouts, non-finite inputs) on the fused CPU kernels too."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from tdsa_fast import _backend
 from tdsa_fast import functional as TF
 from tdsa_fast import reference
 from transcription import eq3_g, eq5_h, eq7_gate
 
 F64 = torch.float64
+# The last tests state properties both backends must have: the reference always, the fused
+# CPU kernels when the extension is built.
+BACKENDS = ["reference", pytest.param("fused", marks=pytest.mark.skipif(
+    not _backend.fused_available("cpu"), reason="tdsa_fast._C is not built (pip install -e . builds it)"))]
 
 
 def _grads(fn, inputs, weights):
@@ -141,39 +147,43 @@ def test_reduced_precision_matches_float32_reference(dtype):
     assert TF.topdown_gate(low, high, backend="reference").dtype == dtype
 
 
-def test_tdsa_terms_is_mc_terms_of_the_gate():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tdsa_terms_is_mc_terms_of_the_gate(backend):
     gen = torch.Generator().manual_seed(5)
     low, high = torch.rand((2, 18, 6, 6), generator=gen), torch.rand((2, 6, 3, 3), generator=gen)
     mask = TF.channel_mask(2, 2, 9, shared=False, generator=gen)
     for mode in ("nearest", "bilinear", "bicubic"):
-        a = TF.tdsa_terms(low, high, mask, 9, mode=mode)
-        b = TF.mc_terms(TF.topdown_gate(low, high, mode=mode), mask, 9)
+        a = TF.tdsa_terms(low, high, mask, 9, mode=mode, backend=backend)
+        b = TF.mc_terms(TF.topdown_gate(low, high, mode=mode, backend=backend), mask, 9, backend=backend)
         assert all(torch.allclose(x, y, rtol=1e-6, atol=1e-7) for x, y in zip(a, b))
 
 
-def test_bool_and_half_masks_are_cast():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bool_and_half_masks_are_cast(backend):
     gen = torch.Generator().manual_seed(1)
     feat = torch.randn((2, 6, 3, 3), generator=gen)
     mask = TF.channel_mask(1, 2, 3, generator=gen)
-    ref = TF.mc_terms(feat, mask, 3)
+    ref = TF.mc_terms(feat, mask, 3, backend=backend)
     for m in (mask.bool(), mask.half(), mask.double()):
-        out = TF.mc_terms(feat, m, 3)
+        out = TF.mc_terms(feat, m, 3, backend=backend)
         assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
 
 
-def test_non_contiguous_and_channels_last_inputs():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_and_channels_last_inputs(backend):
     gen = torch.Generator().manual_seed(2)
     base = torch.randn((2, 9, 5, 6), generator=gen)
     mask = TF.channel_mask(2, 3, 3, shared=False, generator=gen)
-    ref = TF.mc_terms(base, mask, 3)
+    ref = TF.mc_terms(base, mask, 3, backend=backend)
     for feat in (base.to(memory_format=torch.channels_last), base.transpose(2, 3).contiguous().transpose(2, 3)):
-        out = TF.mc_terms(feat, mask, 3)
+        out = TF.mc_terms(feat, mask, 3, backend=backend)
         assert torch.allclose(out[0], ref[0]) and torch.allclose(out[1], ref[1])
 
 
-def test_non_finite_inputs_propagate_where_expected():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_inputs_propagate_where_expected(backend):
     feat = torch.randn(1, 6, 3, 3)
     feat[0, 4, 1, 1] = float("nan")
-    g, h = TF.mc_terms(feat, torch.ones(1, 6), 3)
+    g, h = TF.mc_terms(feat, torch.ones(1, 6), 3, backend=backend)
     assert torch.isfinite(g[0, 0]) and torch.isfinite(h[0, 0])
     assert torch.isnan(g[0, 1]) and torch.isnan(h[0, 1])

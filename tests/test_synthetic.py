@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from tdsa_fast.data import synthetic as syn
+from tdsa_fast.data.datasets import load_split
 from tdsa_fast.data.synthetic import (SyntheticSpec, class_codes, dataset_dir, default_cache_dir,
                                       ensure_default_dataset, render_sample, sample_rng)
 
@@ -88,10 +89,6 @@ def test_images_decode_at_stored_size(small_root):
 
 
 def test_read_by_cub_parser(small_root):
-    try:
-        from tdsa_fast.data.datasets import load_split
-    except ImportError as e:  # written in parallel by someone else
-        pytest.skip(f"tdsa_fast.data.datasets.load_split not available yet: {e}")
     train = load_split("cub", small_root, "train")
     test = load_split("cub", small_root, "test")
     assert (len(train), len(test)) == (12, 8)
@@ -99,11 +96,7 @@ def test_read_by_cub_parser(small_root):
     assert sorted(l for _, l in train.samples) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert train.class_names[0].startswith("001.")
     assert all(os.path.isfile(p) for p, _ in train.samples + test.samples)
-    try:
-        default = load_split("default", small_root, "train")
-    except ValueError:  # "default" not registered in this version of the parser
-        return
-    assert default.samples == train.samples
+    assert load_split("default", small_root, "train").samples == train.samples
 
 
 # ------------------------------------------------------------------------- determinism

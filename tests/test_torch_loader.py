@@ -10,6 +10,7 @@ from PIL import Image
 
 from loader_helpers import (
     EPS_LEVELS,
+    check_start_batch_resumes_the_epoch,
     by_index,
     drain,
     levels,
@@ -252,3 +253,9 @@ def test_build_loader_bad_arguments(jpegs):
         build_loader([], loader="torch", img_size=S, train=False, batch_size=4)
     with pytest.raises(ValueError, match="decode"):  # the torch loader only (or: DALI not installed)
         build_loader(jpegs, loader="dali", img_size=S, train=False, batch_size=4, decode="device")
+
+
+def test_epoch_started_mid_way_yields_the_rest_of_the_same_epoch(jpegs):
+    """``set_epoch(e, start_batch=k)`` (a resumed run) on the torch loader (DALI's case is in
+    test_dali_loader.py, which is skipped where DALI is missing)."""
+    check_start_batch_resumes_the_epoch(TorchImageLoader, jpegs, S)

@@ -78,21 +78,19 @@ def test_tdsa_puts_gradient_on_both_levels_and_through_the_gate():
     assert out.middle.grad.abs().sum() > 0, "no gradient on the middle level"
     assert out.high.grad.abs().sum() > 0, "no gradient on the high level"
 
-    # the gate's share of the high level's gradient: the middle term alone still reaches `high`
-    high = out.high.detach().requires_grad_(True)
-    middle = out.middle.detach()
+    # the high level's gradient: its own MC term, plus (with the gate only) the middle term's
     from tdsa_fast import functional as TF
-    g, h = TF.tdsa_terms(middle, high, masks[0], 9)
-    (TF.mc_objective(g, h, y, 9)).backward()
-    assert high.grad.abs().sum() > 0, "the gate's gradient does not reach the high level"
-    # the w/o-attention ablation: the middle term leaves the high level alone
-    high2 = out.high.detach().requires_grad_(True)
-    term_noattn = TrainingObjective("tdsa-noattn").term
-    full = term_noattn(middle, high2, y, masks=masks)
-    high_only = 1.5 * TF.mc_loss(high2, y, 3, mask=masks[1])
-    (gh,) = torch.autograd.grad(full, high2)
-    (gh_ref,) = torch.autograd.grad(high_only, high2)
-    assert torch.allclose(gh, gh_ref), "without the gate the middle term must not reach the high level"
+    middle = out.middle.detach()
+
+    def grad_high(loss_of_high):
+        high = out.high.detach().requires_grad_(True)
+        return torch.autograd.grad(loss_of_high(high), high)[0]
+
+    own = grad_high(lambda h: 1.5 * TF.mc_loss(h, y, 3, mask=masks[1]))
+    gated = grad_high(lambda h: term(middle, h, y, masks=masks))
+    ungated = grad_high(lambda h: TrainingObjective("tdsa-noattn").term(middle, h, y, masks=masks))
+    assert (gated - own).abs().sum() > 1e-3 * own.abs().sum(), "the gate's gradient does not reach the high level"
+    assert torch.allclose(ungated, own), "without the gate the middle term must not reach the high level"
 
 
 def test_unknown_dataset_and_model_list_the_valid_ones():
