@@ -49,6 +49,11 @@ def _cuda_build() -> bool:
 def test_cuda_kernels_are_registered_when_the_build_had_cuda():
     info = _info()
     if not info["cuda"]:
+        home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+        if (os.environ.get("CI") and torch.version.cuda and os.path.exists(os.path.join(home, "bin", "nvcc"))
+                and not os.environ.get("TDSA_FAST_CPU_ONLY")):
+            pytest.fail(f"CI builds with nvcc at {home} and a CUDA torch, but the build has no CUDA kernels "
+                        f"(build_info: {info}): the CUDA sources were dropped", pytrace=False)
         pytest.skip(f"this build has no CUDA kernels (build_info: {info})")
     for op in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"tdsa_fast::{op}", "CUDA"), op
