@@ -1,5 +1,6 @@
-// CPU implementations of the tdsa_fast ops: argument checks, output allocation, the
-// interpolation tables, and at::parallel_for over the (sample, class) groups.
+// CPU implementations of the tdsa_fast ops: the CPU policy of the shared wrappers
+// (op_wrappers.h: checks, allocation), the interpolation tables, and at::parallel_for over
+// the groups.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/Version.h>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "../op_common.h"
+#include "../op_wrappers.h"
 #include "cpu_kernels.h"
 
 namespace tdsa_fast {
@@ -119,141 +121,41 @@ void with_tables(at::ScalarType dtype, bool gated, int mode, int64_t Hh, int64_t
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> terms_forward(const at::Tensor& x, const at::Tensor& mask, int64_t cnum,
-                                                 const at::Tensor* high, int mode) {
-  const auto acc = acc_dtype(x.scalar_type());
-  const int64_t B = x.size(0), S = x.size(1) / cnum;
-  at::Tensor g = at::empty({B, S}, x.options().dtype(acc));
-  at::Tensor h = at::empty({B, S}, x.options().dtype(acc));
-  if (B * S == 0) return {g, h};
-  const at::Tensor m = mask.to(acc).contiguous();
-  TermsParams p = terms_params(x, m, cnum);
-  if (high != nullptr) set_gate(p, *high, mode);
-  p.g = g.data_ptr();
-  p.h = h.data_ptr();
-  const auto dtype = x.scalar_type();
-  with_tables(dtype, p.gated, mode, p.Hh, p.Wh, p.H, p.W, [&](const cpu::GateTables& tb) {
-    for_groups(B * S, 4 * cnum * p.H * p.W, [&](int64_t begin, int64_t end) {
-      kernels().terms_forward(dtype, p, tb, begin, end);
-    });
-  });
-  return {g, h};
-}
+// The CPU policy of OpWrappers: no device switch; the kernels run over the (sample, class)
+// groups (terms) or (sample, high channel) groups (gate) on torch's intra-op pool.
+struct CpuDevice {
+  struct Guard {
+    explicit Guard(const at::Device&) {}
+  };
 
-void terms_backward(const at::Tensor& grad_g, const at::Tensor& grad_h, const at::Tensor& x, const at::Tensor& mask,
-                    int64_t cnum, const at::Tensor* high, int mode, at::Tensor& grad_x, at::Tensor* grad_high) {
-  const auto acc = acc_dtype(x.scalar_type());
-  const int64_t B = x.size(0), S = x.size(1) / cnum;
-  if (B * S == 0) return;
-  const at::Tensor m = mask.to(acc).contiguous();
-  const at::Tensor gg = grad_g.to(acc).contiguous();
-  const at::Tensor gh = grad_h.to(acc).contiguous();
-  TermsParams p = terms_params(x, m, cnum);
-  if (high != nullptr) {
-    set_gate(p, *high, mode);
-    p.grad_high = grad_high->data_ptr();
-    fill_strides(p.ghs, *grad_high);
+  static void check_device(const at::Tensor&, const char*) {}  // the CPU dispatch key says so
+
+  static void run_terms(at::ScalarType dtype, const TermsParams& p, bool backward, const at::Tensor&) {
+    with_tables(dtype, p.gated, p.mode, p.Hh, p.Wh, p.H, p.W, [&](const cpu::GateTables& tb) {
+      for_groups(p.B * p.S, (backward ? 8 : 4) * p.cnum * p.H * p.W, [&](int64_t begin, int64_t end) {
+        if (backward) {
+          kernels().terms_backward(dtype, p, tb, begin, end);
+        } else {
+          kernels().terms_forward(dtype, p, tb, begin, end);
+        }
+      });
+    });
   }
-  p.grad_g = gg.data_ptr();
-  p.grad_h = gh.data_ptr();
-  p.grad_x = grad_x.data_ptr();
-  fill_strides(p.gxs, grad_x);
-  const auto dtype = x.scalar_type();
-  with_tables(dtype, p.gated, mode, p.Hh, p.Wh, p.H, p.W, [&](const cpu::GateTables& tb) {
-    for_groups(B * S, 8 * cnum * p.H * p.W, [&](int64_t begin, int64_t end) {
-      kernels().terms_backward(dtype, p, tb, begin, end);
+
+  static void run_gate(at::ScalarType dtype, const GateParams& p, bool backward, const at::Tensor&) {
+    with_tables(dtype, true, p.mode, p.Hh, p.Wh, p.H, p.W, [&](const cpu::GateTables& tb) {
+      for_groups(p.B * p.Ch, (backward ? 4 : 2) * p.xi * p.H * p.W, [&](int64_t begin, int64_t end) {
+        if (backward) {
+          kernels().gate_backward(dtype, p, tb, begin, end);
+        } else {
+          kernels().gate_forward(dtype, p, tb, begin, end);
+        }
+      });
     });
-  });
-}
+  }
+};
 
-// ---- the ops ---------------------------------------------------------------------------
-
-std::tuple<at::Tensor, at::Tensor> mc_terms_cpu(const at::Tensor& feat, const at::Tensor& mask, int64_t cnum) {
-  check_map(feat, "feat");
-  check_cnum(feat, cnum, "cnum");
-  check_mask(mask, feat, "mask");
-  return terms_forward(feat, mask, cnum, nullptr, 0);
-}
-
-at::Tensor mc_terms_backward_cpu(const at::Tensor& grad_g, const at::Tensor& grad_h, const at::Tensor& feat,
-                                 const at::Tensor& mask, int64_t cnum) {
-  check_map(feat, "feat");
-  const int64_t S = check_cnum(feat, cnum, "cnum");
-  check_mask(mask, feat, "mask");
-  check_grad_terms(grad_g, grad_h, feat, S);
-  at::Tensor grad_feat = at::empty_like(feat);
-  terms_backward(grad_g, grad_h, feat, mask, cnum, nullptr, 0, grad_feat, nullptr);
-  return grad_feat;
-}
-
-at::Tensor topdown_gate_cpu(const at::Tensor& low, const at::Tensor& high, c10::string_view mode) {
-  check_gate_pair(low, high);
-  const int md = parse_mode(std::string_view(mode.data(), mode.size()));
-  at::Tensor out = at::empty_like(low);
-  if (out.numel() == 0) return out;
-  GateParams p = gate_params(low, high, md);
-  p.out = out.data_ptr();
-  fill_strides(p.os, out);
-  const auto dtype = low.scalar_type();
-  with_tables(dtype, true, md, p.Hh, p.Wh, p.H, p.W, [&](const cpu::GateTables& tb) {
-    for_groups(p.B * p.Ch, 2 * p.xi * p.H * p.W, [&](int64_t begin, int64_t end) {
-      kernels().gate_forward(dtype, p, tb, begin, end);
-    });
-  });
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> topdown_gate_backward_cpu(const at::Tensor& grad_out, const at::Tensor& low,
-                                                             const at::Tensor& high, c10::string_view mode) {
-  check_gate_pair(low, high);
-  const int md = parse_mode(std::string_view(mode.data(), mode.size()));
-  TORCH_CHECK(grad_out.sizes() == low.sizes(), "tdsa_fast: grad_out must have low's shape ", low.sizes(), ", got ",
-              grad_out.sizes());
-  TORCH_CHECK(grad_out.device() == low.device(), "tdsa_fast: grad_out must be on ", low.device());
-  at::Tensor go = grad_out.scalar_type() == low.scalar_type() ? grad_out : grad_out.to(low.scalar_type());
-  at::Tensor grad_low = at::empty_like(low);
-  at::Tensor grad_high = at::empty_like(high);
-  if (low.numel() == 0) return {grad_low, grad_high.zero_()};
-  GateParams p = gate_params(low, high, md);
-  p.grad_out = go.data_ptr();
-  fill_strides(p.gos, go);
-  p.grad_low = grad_low.data_ptr();
-  fill_strides(p.gls, grad_low);
-  p.grad_high = grad_high.data_ptr();
-  fill_strides(p.ghs, grad_high);
-  const auto dtype = low.scalar_type();
-  with_tables(dtype, true, md, p.Hh, p.Wh, p.H, p.W, [&](const cpu::GateTables& tb) {
-    for_groups(p.B * p.Ch, 4 * p.xi * p.H * p.W, [&](int64_t begin, int64_t end) {
-      kernels().gate_backward(dtype, p, tb, begin, end);
-    });
-  });
-  return {grad_low, grad_high};
-}
-
-std::tuple<at::Tensor, at::Tensor> tdsa_terms_cpu(const at::Tensor& low, const at::Tensor& high,
-                                                  const at::Tensor& mask_low, int64_t cnum_low, c10::string_view mode) {
-  const int64_t xi = check_gate_pair(low, high);
-  check_tdsa_groups(low, cnum_low, xi);
-  check_mask(mask_low, low, "mask_low");
-  const int md = parse_mode(std::string_view(mode.data(), mode.size()));
-  return terms_forward(low, mask_low, cnum_low, &high, md);
-}
-
-std::tuple<at::Tensor, at::Tensor> tdsa_terms_backward_cpu(const at::Tensor& grad_g, const at::Tensor& grad_h,
-                                                           const at::Tensor& low, const at::Tensor& high,
-                                                           const at::Tensor& mask_low, int64_t cnum_low,
-                                                           c10::string_view mode) {
-  const int64_t xi = check_gate_pair(low, high);
-  check_tdsa_groups(low, cnum_low, xi);
-  check_mask(mask_low, low, "mask_low");
-  const int md = parse_mode(std::string_view(mode.data(), mode.size()));
-  check_grad_terms(grad_g, grad_h, low, low.size(1) / cnum_low);
-  at::Tensor grad_low = at::empty_like(low);
-  at::Tensor grad_high = at::empty_like(high);
-  if (low.size(0) == 0 || low.size(1) == 0) return {grad_low, grad_high.zero_()};
-  terms_backward(grad_g, grad_h, low, mask_low, cnum_low, &high, md, grad_low, &grad_high);
-  return {grad_low, grad_high};
-}
+using CpuOps = OpWrappers<CpuDevice>;
 
 }  // namespace
 
@@ -268,12 +170,12 @@ bool cpu_openmp() {
 }
 
 TORCH_LIBRARY_IMPL(tdsa_fast, CPU, m) {
-  m.impl("mc_terms", &mc_terms_cpu);
-  m.impl("mc_terms_backward", &mc_terms_backward_cpu);
-  m.impl("topdown_gate", &topdown_gate_cpu);
-  m.impl("topdown_gate_backward", &topdown_gate_backward_cpu);
-  m.impl("tdsa_terms", &tdsa_terms_cpu);
-  m.impl("tdsa_terms_backward", &tdsa_terms_backward_cpu);
+  m.impl("mc_terms", &CpuOps::mc_terms);
+  m.impl("mc_terms_backward", &CpuOps::mc_terms_backward);
+  m.impl("topdown_gate", &CpuOps::topdown_gate);
+  m.impl("topdown_gate_backward", &CpuOps::topdown_gate_backward);
+  m.impl("tdsa_terms", &CpuOps::tdsa_terms);
+  m.impl("tdsa_terms_backward", &CpuOps::tdsa_terms_backward);
 }
 
 }  // namespace tdsa_fast

@@ -1,7 +1,8 @@
 // The CUDA kernels of csrc/cuda/*.cuh compiled for the CPU and run by the emulation in
 // cuda_emulation.h: a Python module (built by tests/test_ops_cuda.py with
-// torch.utils.cpp_extension.load) whose functions take CPU tensors and launch the kernels
-// exactly as csrc/cuda/*.cu do, with the group scratch in "shared memory" or, with
+// torch.utils.cpp_extension.load) whose functions take CPU tensors, run the ops' host
+// wrappers that the CUDA ops run (op_wrappers.h) and launch the kernels exactly as
+// csrc/cuda/*.cu do, with the group scratch in "shared memory" or, with
 // force_global=True, in a global workspace with a grid smaller than the group count (the
 // large-group fallback, blocks looping over groups). Not part of the package build.
 #include <torch/extension.h>
@@ -13,6 +14,7 @@
 #include <string_view>
 
 #include "../op_common.h"
+#include "../op_wrappers.h"
 #include "cuda_emulation.h"
 #include "../cuda/gate_kernels.cuh"
 #include "../cuda/terms_kernels.cuh"
@@ -56,82 +58,68 @@ void run(Kernel kernel, const Params& p, int64_t groups, int64_t per_group, size
   }
 }
 
+// The emulated-device policy of OpWrappers (csrc/op_wrappers.h): the ops below run the
+// same host wrappers as the CUDA ops, with the kernel launches emulated on the CPU.
+struct EmulatedDevice {
+  struct Guard {
+    explicit Guard(const at::Device&) {}
+  };
+  static inline bool force_global = false;  // set per call by the module's functions
+
+  static void check_device(const at::Tensor&, const char*) {}
+
+  static void run_terms(at::ScalarType dtype, const TermsParams& p, bool bwd, const at::Tensor&) {
+    dispatch(dtype, [&](auto s, auto a) {
+      using scalar_t = decltype(s);
+      using acc_t = decltype(a);
+      const cuda::kernels::TermsLayout Lt(p, bwd);
+      const int64_t groups = p.B * p.S;
+      if (p.gated && bwd) run<acc_t>(cuda::kernels::terms_kernel<scalar_t, acc_t, true, true>, p, groups, Lt.total, 0, force_global);
+      if (p.gated && !bwd) run<acc_t>(cuda::kernels::terms_kernel<scalar_t, acc_t, true, false>, p, groups, Lt.total, 0, force_global);
+      if (!p.gated && bwd) run<acc_t>(cuda::kernels::terms_kernel<scalar_t, acc_t, false, true>, p, groups, Lt.total, 0, force_global);
+      if (!p.gated && !bwd) run<acc_t>(cuda::kernels::terms_kernel<scalar_t, acc_t, false, false>, p, groups, Lt.total, 0, force_global);
+    });
+  }
+
+  static void run_gate(at::ScalarType dtype, const GateParams& p, bool bwd, const at::Tensor&) {
+    dispatch(dtype, [&](auto s, auto a) {
+      using scalar_t = decltype(s);
+      using acc_t = decltype(a);
+      const int64_t per_group = cuda::kernels::gate_scratch(p, bwd);
+      if (bwd) {
+        run<acc_t>(cuda::kernels::gate_kernel<scalar_t, acc_t, true>, p, p.B * p.Ch, per_group, 0, force_global);
+      } else {
+        run<acc_t>(cuda::kernels::gate_kernel<scalar_t, acc_t, false>, p, p.B * p.Ch, per_group, 0, force_global);
+      }
+    });
+  }
+};
+
+using EmulatedOps = OpWrappers<EmulatedDevice>;
+
+// mc_terms / tdsa_terms (with `high`): the forward when grads is empty, else the backward
+// with grads = (grad_g, grad_h).
 std::vector<at::Tensor> terms(const std::vector<at::Tensor>& grads, const at::Tensor& x, const at::Tensor& mask,
                               int64_t cnum, const std::optional<at::Tensor>& high, const std::string& mode,
                               bool force_global) {
-  const bool bwd = !grads.empty();
-  const auto acc = acc_dtype(x.scalar_type());
-  const int64_t B = x.size(0), S = x.size(1) / cnum;
-  const at::Tensor m = mask.to(acc).contiguous();
-  TermsParams p = terms_params(x, m, cnum);
-  const int md = parse_mode(mode);
-  if (high) set_gate(p, *high, md);
-  at::Tensor g = at::empty({B, S}, x.options().dtype(acc)), h = at::empty({B, S}, x.options().dtype(acc));
-  at::Tensor gg, gh, gx, ghigh;
-  if (bwd) {
-    gg = grads[0].to(acc).contiguous();
-    gh = grads[1].to(acc).contiguous();
-    gx = at::empty_like(x);
-    p.grad_g = gg.data_ptr();
-    p.grad_h = gh.data_ptr();
-    p.grad_x = gx.data_ptr();
-    fill_strides(p.gxs, gx);
-    if (high) {
-      ghigh = at::empty_like(*high);
-      p.grad_high = ghigh.data_ptr();
-      fill_strides(p.ghs, ghigh);
-    }
-  } else {
-    p.g = g.data_ptr();
-    p.h = h.data_ptr();
+  EmulatedDevice::force_global = force_global;
+  if (grads.empty()) {
+    auto [g, h] = high ? EmulatedOps::tdsa_terms(x, *high, mask, cnum, mode) : EmulatedOps::mc_terms(x, mask, cnum);
+    return {g, h};
   }
-  dispatch(x.scalar_type(), [&](auto s, auto a) {
-    using scalar_t = decltype(s);
-    using acc_t = decltype(a);
-    const cuda::kernels::TermsLayout Lt(p, bwd);
-    const int64_t groups = B * S;
-    if (p.gated && bwd) run<acc_t>(cuda::kernels::terms_kernel<scalar_t, acc_t, true, true>, p, groups, Lt.total, 0, force_global);
-    if (p.gated && !bwd) run<acc_t>(cuda::kernels::terms_kernel<scalar_t, acc_t, true, false>, p, groups, Lt.total, 0, force_global);
-    if (!p.gated && bwd) run<acc_t>(cuda::kernels::terms_kernel<scalar_t, acc_t, false, true>, p, groups, Lt.total, 0, force_global);
-    if (!p.gated && !bwd) run<acc_t>(cuda::kernels::terms_kernel<scalar_t, acc_t, false, false>, p, groups, Lt.total, 0, force_global);
-  });
-  if (!bwd) return {g, h};
-  if (high) return {gx, ghigh};
-  return {gx};
+  TORCH_CHECK(grads.size() == 2, "grads must be (grad_g, grad_h)");
+  if (!high) return {EmulatedOps::mc_terms_backward(grads[0], grads[1], x, mask, cnum)};
+  auto [gl, gh] = EmulatedOps::tdsa_terms_backward(grads[0], grads[1], x, *high, mask, cnum, mode);
+  return {gl, gh};
 }
 
+// topdown_gate: the forward when grad_out is None, else the backward.
 std::vector<at::Tensor> gate(const std::optional<at::Tensor>& grad_out, const at::Tensor& low, const at::Tensor& high,
                              const std::string& mode, bool force_global) {
-  const bool bwd = grad_out.has_value();
-  GateParams p = gate_params(low, high, parse_mode(mode));
-  at::Tensor out, go, gl, gh;
-  if (bwd) {
-    go = grad_out->to(low.scalar_type());
-    gl = at::empty_like(low);
-    gh = at::empty_like(high);
-    p.grad_out = go.data_ptr();
-    fill_strides(p.gos, go);
-    p.grad_low = gl.data_ptr();
-    fill_strides(p.gls, gl);
-    p.grad_high = gh.data_ptr();
-    fill_strides(p.ghs, gh);
-  } else {
-    out = at::empty_like(low);
-    p.out = out.data_ptr();
-    fill_strides(p.os, out);
-  }
-  dispatch(low.scalar_type(), [&](auto s, auto a) {
-    using scalar_t = decltype(s);
-    using acc_t = decltype(a);
-    const int64_t per_group = cuda::kernels::gate_scratch(p, bwd);
-    if (bwd) {
-      run<acc_t>(cuda::kernels::gate_kernel<scalar_t, acc_t, true>, p, p.B * p.Ch, per_group, 0, force_global);
-    } else {
-      run<acc_t>(cuda::kernels::gate_kernel<scalar_t, acc_t, false>, p, p.B * p.Ch, per_group, 0, force_global);
-    }
-  });
-  if (bwd) return {gl, gh};
-  return {out};
+  EmulatedDevice::force_global = force_global;
+  if (!grad_out) return {EmulatedOps::topdown_gate(low, high, mode)};
+  auto [gl, gh] = EmulatedOps::topdown_gate_backward(*grad_out, low, high, mode);
+  return {gl, gh};
 }
 
 }  // namespace
