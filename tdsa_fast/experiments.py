@@ -169,9 +169,16 @@ def plan_runs(spec: Spec) -> list[RunPlan]:
 
 
 def _check_options(spec: Spec, run: RunPlan) -> None:
-    """The trainer's own checks of ``run``'s options, so a bad grid fails before its first run."""
+    """The trainer's own checks of ``run``'s options, so a bad grid fails before its first run:
+    names, types and choices (its parser), a baseline's option values (by building the loss)
+    and the flag combinations that depend on this machine's device (each run is one process)."""
+    from tdsa_fast.distributed import Processes, pick_device
+    from tdsa_fast.train import build_objective, check_run_options
+
     try:
-        parse_config(trainer_argv(run.options, run.folder))
+        cfg, _ = parse_config(trainer_argv(run.options, run.folder))
+        build_objective(cfg, num_classes=2)
+        check_run_options(cfg, pick_device(cfg["device"]), Processes())
     except SystemExit:  # argparse has printed why
         raise ValueError(f"{spec.path}: the trainer refuses the options of run {run.name!r} (see above)") from None
     except ValueError as e:

@@ -3,7 +3,7 @@ baseline loss, in one process or several (``torchrun --nproc_per_node=N -m tdsa_
 
 The run folder holds
 
-* ``config.json`` (the resolved options) and ``config.yaml`` (the same, loadable with ``--config``);
+* ``config.json`` (the resolved options) and ``config.yaml`` (the same but the folder, loadable with ``--config``);
 * ``metrics.csv`` (one row per epoch), TensorBoard event files under ``tensorboard/``, and at
   the end ``training_curves.png`` and ``summary.json`` (:mod:`tdsa_fast.reporting`);
 * ``last.pt`` (after every epoch, and when a run stops early: SIGTERM, SIGINT, ``--max-steps``)
@@ -518,8 +518,9 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
 
 
 def config_file_view(saved_cfg: dict) -> dict:
-    """The saved config as a ``--config`` file: the trainer's options only (no run facts)."""
-    options = {a.dest for a in build_parser()._actions} - {"help", "config", "resume"}
+    """The saved config as a ``--config`` file: the trainer's options only (no run facts), and
+    not ``output``, so that ``--config RUN/config.yaml`` repeats the run in a new folder."""
+    options = {a.dest for a in build_parser()._actions} - {"help", "config", "resume", "output"}
     return {k: v for k, v in saved_cfg.items() if k in options}
 
 

@@ -49,6 +49,9 @@ def write_spec(folder: Path, **spec) -> Path:
     (dict(output="o", base={"loss": "arcface", "loss_args": {"margn": 1}}),
      "run 'run': --loss-arg margn: not an option of --loss arcface"),
     (dict(output="o", grid={"lr": [0.1, -1.0]}), "run 'lr=-1.0': --lr must be positive"),
+    (dict(output="o", base={"loss": "arcface", "loss_args": {"margin": -1.0}}), "margin must lie in [0.0, "),
+    (dict(output="o", base={"device": "cpu"}, grid={"sync_bn": [False, True]}),
+     "run 'sync-bn=True': --sync-bn needs several processes on CUDA"),
 ])
 def test_bad_specs_are_refused_with_the_reason(tmp_path, spec, fragment):
     path = write_spec(tmp_path, **spec)
@@ -200,14 +203,15 @@ def test_sigterm_to_the_runner_alone_stops_its_trainer_with_a_checkpoint(tmp_pat
 
 @pytest.mark.slow
 def test_a_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, tiny_root):
-    path = write_spec(tmp_path, output="runs", data_roots={"cub": str(tiny_root)},
-                      base=dict(FAST, dataset="cub", device="cpu"),
-                      grid={"sync_bn": [True, False]})  # passes the option checks, fails on the CPU
+    empty = tmp_path / "no_aircraft"  # passes the option checks; the run fails reading its data
+    empty.mkdir()
+    path = write_spec(tmp_path, output="runs", data_roots={"cub": str(tiny_root), "aircraft": str(empty)},
+                      base=dict(FAST, device="cpu"), grid={"dataset": ["aircraft", "cub"]})
     spec = ex.load_spec(path)
     bad, good = ex.plan_runs(spec)
     p = _runner(path)
     assert p.returncode == 1, p.stdout + p.stderr
-    assert ex.run_state(bad.folder) == "failed" and "--sync-bn needs several processes on CUDA" in (bad.folder / "FAILED").read_text()
+    assert ex.run_state(bad.folder) == "failed" and "aircraft: expected file not found" in (bad.folder / "FAILED").read_text()
     assert ex.run_state(good.folder) == "done"
     p = _runner(path)
     assert p.returncode == 1 and "failed earlier" in p.stdout and "--retry-failed" in p.stdout, p.stdout
