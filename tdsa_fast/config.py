@@ -26,6 +26,9 @@ AMP_DTYPES = ("bfloat16", "float16")
 # runs, not what it computes (the data pipeline's rounding aside).
 RESUME_OVERRIDABLE = ("device", "workers", "threads", "log_interval", "loader", "torch_decode", "tensorboard",
                       "max_steps")
+# The least value of the integer options (checked by resolve, and again for what --resume overrides).
+MINIMUMS = dict(epochs=1, batch_size=1, img_size=1, xi=1, cnum_high=1, log_interval=1, eval_every=1,
+                eval_subset=0, workers=0, max_steps=0, threads=1)
 
 PAPER_RECIPE = dict(model="vgg16", epochs=300, batch_size=32, img_size=224, lr=0.1, workers=4, stem="auto")
 # The built-in data: a few minutes on 2 CPU cores (see README "Built-in default data").
@@ -287,7 +290,8 @@ def resume_config(saved: dict, given: dict, explicit: set[str]) -> dict:
     the parsed command line) put over it.
 
     Raises:
-        ValueError: another option given explicitly with a value that differs from the saved one.
+        ValueError: another option given explicitly with a value that differs from the saved
+            one, or an overriding value out of range.
     """
     cfg = dict(saved)
     for key in sorted(explicit - {"resume", "config"}):
@@ -301,8 +305,17 @@ def resume_config(saved: dict, given: dict, explicit: set[str]) -> dict:
             raise ValueError(f"--{key.replace('_', '-')} {given[key]} conflicts with the resumed run's saved "
                              f"value {saved.get(key)!r}: a resumed run keeps its config (only "
                              + ", ".join("--" + k.replace("_", "-") for k in RESUME_OVERRIDABLE) + " may change)")
+    check_minimums(cfg, explicit & set(RESUME_OVERRIDABLE))
     cfg["resume"] = given["resume"]
     return cfg
+
+
+def check_minimums(cfg: dict, keys) -> None:
+    """Raises ValueError for an integer option of ``keys`` below its :data:`MINIMUMS` entry
+    (None, an option's "not given", passes)."""
+    for key in keys:
+        if key in MINIMUMS and cfg.get(key) is not None and cfg[key] < MINIMUMS[key]:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= {MINIMUMS[key]}, got {cfg[key]}")
 
 
 def resolve(args: argparse.Namespace) -> dict:
@@ -316,20 +329,11 @@ def resolve(args: argparse.Namespace) -> dict:
         cfg["stem"] = "auto"
     if cfg["dataset"] not in ("default",) and cfg["data_root"] is None:
         raise ValueError(f"--dataset {cfg['dataset']} needs --data-root: the folder that holds its native files")
-    positive = ("epochs", "batch_size", "img_size", "xi", "cnum_high", "log_interval", "eval_every")
-    for key in positive:
-        if cfg[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
+    check_minimums(cfg, MINIMUMS)
     if cfg["stem"] != "auto" and cfg["model"] != "resnet18":
         raise ValueError(f"--stem applies to resnet18 only, not to --model {cfg['model']}")
-    if cfg["eval_subset"] < 0:
-        raise ValueError(f"--eval-subset must be >= 0, got {cfg['eval_subset']}")
-    if cfg["workers"] < 0:
-        raise ValueError(f"--workers must be >= 0, got {cfg['workers']}")
     if cfg["lr"] <= 0:
         raise ValueError(f"--lr must be positive, got {cfg['lr']}")
-    if cfg["max_steps"] < 0:
-        raise ValueError(f"--max-steps must be >= 0, got {cfg['max_steps']}")
     if cfg["amp_dtype"] is not None and not cfg["amp"]:
         raise ValueError("--amp-dtype needs --amp")
     cfg["amp_dtype"] = (cfg["amp_dtype"] or "bfloat16") if cfg["amp"] else None

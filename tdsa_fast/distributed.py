@@ -41,6 +41,14 @@ class Processes:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def broadcast_buffers(self, modules) -> None:
+        """Rank 0's buffers of ``modules`` (BatchNorm statistics, a loss's state) copied into
+        every process's."""
+        if self.enabled:
+            for module in modules:
+                for buffer in module.buffers():
+                    dist.broadcast(buffer, src=0)
+
     def agree(self, values: list[int]) -> list[int]:
         """The sums of the host integers ``values`` over the processes (the control group)."""
         if not self.enabled:

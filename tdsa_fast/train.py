@@ -245,8 +245,9 @@ class Progress:
     best_epoch: int = 0
     test_acc: float = float("nan")
     batches_done: int = 0  # of the current epoch
-    sums: Optional[torch.Tensor] = None  # float64 [3] on the device: this process's loss, ce, correct
-    seen: int = 0  # this process's real images of the epoch so far
+    # float64 [3] on the device: this process's loss, ce, correct (in a checkpoint: all processes')
+    sums: Optional[torch.Tensor] = None
+    seen: int = 0  # this process's real images of the epoch so far (in a checkpoint: all processes')
     skipped: int = 0
     seconds: float = 0.0
     train_seconds: float = 0.0  # of the whole run (training epochs only)
@@ -311,8 +312,11 @@ class Training:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.progress = Progress.from_state(ckpt["progress"])
-        if self.progress.sums is not None:
+        if self.progress.sums is not None:  # all processes' sums, saved by rank 0
             self.progress.sums = self.progress.sums.to(self.device)
+            if not self.procs.is_main:
+                self.progress.sums.zero_()
+                self.progress.seen = 0
         torch.set_rng_state(ckpt["rng"]["cpu"])
         if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
@@ -424,6 +428,14 @@ def train_one_epoch(t: Training, epoch: int) -> Optional[dict]:
                 epoch_seconds=p.seconds, skipped_images=p.skipped)
 
 
+def _gather_epoch_sums(p: Progress, procs: Processes) -> None:
+    """Before a mid-epoch checkpoint of several processes: the epoch's running sums of all of
+    them, which rank 0 saves (on resume the other processes start theirs from zero)."""
+    if procs.enabled and p.sums is not None:
+        totals = procs.all_reduce_sum(torch.cat([p.sums, p.sums.new_tensor([p.seen])]))
+        p.sums, p.seen = totals[:3].clone(), int(totals[3].item())
+
+
 def _epoch_totals(p: Progress, procs: Processes) -> list[float]:
     """[loss sum, ce sum, correct, images] of the epoch so far over all processes (one host read)."""
     return procs.all_reduce_sum(torch.cat([p.sums, p.sums.new_tensor([p.seen])])).tolist()
@@ -451,6 +463,10 @@ def run(cfg: dict, log=print, resume_from: Optional[dict] = None) -> dict:
 
 def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
     check_run_options(cfg, device, procs)
+    if resume_from is not None and cfg.get("world_size", 1) != procs.world_size:
+        raise ValueError(f"the run was trained by {cfg['world_size']} process(es) and this is {procs.world_size}: "
+                         "resume it with the same number (the shards, the global batch and the position in the "
+                         "epoch depend on it)")
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     if cfg["deterministic"]:
@@ -498,15 +514,19 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
             f"{f' x {procs.world_size} processes' if procs.enabled else ''}, {train_loader.kind} loader"
             f"{', ' + str(amp_dtype(cfg, device)).replace('torch.', '') + ' autocast' if cfg['amp'] else ''}"
             f"{', compiled' if cfg['compile'] else ''}; output {out}{'; ' + where if where else ''}")
-        with stop:
+        with stop:  # the stop's checkpoint too: a repeated SIGTERM while it is written is ignored
             _epochs(t)
+            if t.progress.stopped:
+                _gather_epoch_sums(t.progress, procs)
+                t.save()
         if t.progress.stopped:
-            t.save()
             procs.barrier()
             p = t.progress
+            raise_limit = (" --max-steps N (a larger N, or 0 for none)"
+                           if p.stopped.startswith("--max-steps") else "")
             log(f"stopped ({p.stopped}) at epoch {p.completed_epochs + 1} after batch {p.batches_done} of "
                 f"{len(train_loader)}; checkpoint {out / 'last.pt'}; continue with: python -m tdsa_fast.train "
-                f"--resume {out}")
+                f"--resume {out}{raise_limit}")
             return dict(stopped=p.stopped, epoch=p.completed_epochs + 1, batches_done=p.batches_done,
                         global_step=p.global_step, output=str(out))
         return _finish(t, test_set)
@@ -532,6 +552,9 @@ def _epochs(t: Training) -> None:
         row = train_one_epoch(t, epoch)
         if row is None:
             return
+        # every process evaluates, and rank 0 saves, the same model: rank 0's BatchNorm statistics
+        # (and loss state), where each process had updated its own with its last batch
+        t.procs.broadcast_buffers([t.model, t.objective])
         t.scheduler.step()
         if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:
             correct, total = evaluate(t.model, t.test_loader, t.device, evaluate_on, t.objective, t.procs)
@@ -545,15 +568,16 @@ def _epochs(t: Training) -> None:
         if improved:
             p.best_acc, p.best_epoch = p.test_acc, epoch
         t.report.epoch(row)
-        t.save()
-        if improved:
+        if improved:  # best.pt first: a crash between the two writes leaves last.pt's best_acc true
             t.save("best.pt")
+        t.save()
         skipped = f", {row['skipped_images']} unreadable images skipped" if row["skipped_images"] else ""
         t.log(f"epoch {epoch}/{cfg['epochs']} done in {row['epoch_seconds']:.1f}s: train loss "
               f"{row['train_loss']:.4f} acc {row['train_acc']:.4f}, test acc {p.test_acc:.4f} "
               f"(best {p.best_acc:.4f} @ {p.best_epoch}){skipped}")
-        if t.stop.requested is not None and epoch < cfg["epochs"]:
-            p.stopped = t.stop.requested
+        # agreed, like the in-epoch vote: a process stopping alone would leave the others in a collective
+        if t.procs.agree([int(t.stop.requested is not None)])[0] and epoch < cfg["epochs"]:
+            p.stopped = t.stop.requested or "another process"
             return
 
 

@@ -1,11 +1,12 @@
 """Distributed training on the CPU: ``torchrun`` starts 2 gloo processes, and the weights after
 an epoch equal those of one process that accumulates the gradients of the same per-rank
 micro-batches, in the same order, with the same masks (seeded by step and rank) and no
-augmentation. The epoch ends with a padded batch (27 images over 2 ranks), so the loss
+augmentation; and a 2-process run stopped mid-epoch resumes to the uninterrupted one. The epoch ends with a padded batch (27 images over 2 ranks), so the loss
 weighting of the padding is checked too. BatchNorm statistics stay per micro-batch (the
 running buffers are not compared: DDP broadcasts rank 0's)."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ from tdsa_fast import checkpoint
 from tdsa_fast.config import build_parser, resolve
 from tdsa_fast.data.sharding import step_seed
 from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
+from tdsa_fast.evaluate import evaluate_checkpoint
 from tdsa_fast.train import (TrainingModule, build_loaders, build_network, build_objective, build_optimizer,
                              load_splits)
 
@@ -75,17 +77,28 @@ def _accumulate(cfg: dict, weights) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_two_gloo_processes_equal_one_process_accumulating_their_micro_batches(data_root, tmp_path):
-    out = tmp_path / "ddp"
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-                        "-m", "tdsa_fast.train", *ARGS, "--data-root", str(data_root), "--output", str(out)],
-                       capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+                        "-m", "tdsa_fast.train", *args], capture_output=True, text=True, env=env, cwd=REPO,
+                       timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert f"x {WORLD} processes" in p.stdout, p.stdout[-2000:]
+    return p
+
+
+@pytest.fixture(scope="module")
+def ddp_run(data_root, tmp_path_factory):
+    """An uninterrupted 2-process run: (its folder, its stdout)."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    return out, _torchrun(*ARGS, "--data-root", str(data_root), "--output", str(out)).stdout
+
+
+def test_two_gloo_processes_equal_one_process_accumulating_their_micro_batches(data_root, ddp_run):
+    out, stdout = ddp_run
+    assert f"x {WORLD} processes" in stdout, stdout[-2000:]
     # rank 0 alone logs and writes
-    assert p.stdout.count("final test accuracy") == 1, p.stdout[-2000:]
+    assert stdout.count("final test accuracy") == 1, stdout[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == WORLD
     # evaluation over the shards counts every test image once (15 over 2 ranks: one padded)
@@ -106,3 +119,25 @@ def test_two_gloo_processes_equal_one_process_accumulating_their_micro_batches(d
     wrong_diff = max((ddp[k] - v).abs().max().item() for k, v in wrong.items())
     print(f"DDP vs accumulation: {diffs[worst]:.3g} ({worst}); with a wrong last-step weighting: {wrong_diff:.3g}")
     assert wrong_diff > 10 * tol, f"a wrong weighting differs by only {wrong_diff:.3g}"
+
+    # every process evaluated the model rank 0 saved (rank 0's BatchNorm statistics are copied
+    # to all before the evaluation): one process evaluating last.pt counts the same
+    assert evaluate_checkpoint(out / "last.pt")["accuracy"] == pytest.approx(results["final_test_acc"], abs=1e-12)
+
+
+def test_two_processes_stopped_mid_epoch_resume_to_the_same_run(data_root, ddp_run, tmp_path):
+    """Stopped after 2 of the epoch's 4 steps and resumed by 2 processes: the same weights and
+    the same epoch metrics as the uninterrupted run (the running sums of both processes are in
+    rank 0's checkpoint)."""
+    whole, _ = ddp_run
+    out = tmp_path / "run"
+    p = _torchrun(*ARGS, "--data-root", str(data_root), "--output", str(out), "--max-steps", "2")
+    assert "stopped (--max-steps 2) at epoch 1 after batch 2" in p.stdout, p.stdout[-2000:]
+    _torchrun("--resume", str(out), "--max-steps", "0")
+    a, b = checkpoint.load(whole / "last.pt")["model"], checkpoint.load(out / "last.pt")["model"]
+    worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    assert worst < 1e-6, f"resumed weights differ by {worst:.3g}"
+    rows_a = list(csv.DictReader((whole / "metrics.csv").open()))
+    rows_b = list(csv.DictReader((out / "metrics.csv").open()))
+    for field in ("train_loss", "train_ce", "train_acc", "test_acc"):
+        assert float(rows_b[0][field]) == pytest.approx(float(rows_a[0][field]), rel=1e-5, abs=1e-7), field

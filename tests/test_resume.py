@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +135,7 @@ def test_max_steps_stops_with_a_checkpoint_and_resume_continues(data_root, tmp_p
     base = ARGS + ["--loader", "torch", "--data-root", str(data_root), "--output", str(out)]
     p = _train(*base, "--epochs", "2", "--max-steps", "5")
     assert "stopped (--max-steps 5) at epoch 1 after batch 5" in p.stdout, p.stdout[-2000:]
+    assert f"--resume {out} --max-steps N (a larger N, or 0 for none)" in p.stdout, p.stdout[-2000:]
     assert not (out / "results.json").exists()
     # the config is kept: a different lr is refused, before any training
     p = _train("--resume", str(out), "--lr", "0.5", check=False)
@@ -142,6 +144,16 @@ def test_max_steps_stops_with_a_checkpoint_and_resume_continues(data_root, tmp_p
     assert p.returncode == 2 and "--config and --resume conflict" in p.stderr, p.stderr
     p = _train("--resume", str(out), "--output", str(tmp_path / "elsewhere"), check=False)
     assert p.returncode == 2 and "continues in its own folder" in p.stderr, p.stderr
+    p = _train("--resume", str(out), "--log-interval", "0", check=False)  # an override is range-checked too
+    assert p.returncode == 2 and "--log-interval must be >= 1, got 0" in p.stderr, p.stderr
+    # another process count is refused: shards, global batch and position depend on it
+    other = tmp_path / "copy"
+    shutil.copytree(out, other)
+    ckpt = checkpoint.load(other / "last.pt")
+    ckpt["config"]["world_size"] = 2
+    checkpoint.save_atomic(ckpt, other / "last.pt")
+    p = _train("--resume", str(other), check=False)
+    assert p.returncode == 2 and "trained by 2 process(es) and this is 1" in p.stderr, p.stderr
     # --max-steps may change: 0 lifts the limit
     p = _train("--resume", str(out), "--max-steps", "0")
     assert "resuming at epoch 1 batch 5" in p.stdout and (out / "results.json").is_file()
