@@ -432,8 +432,8 @@ def _gather_epoch_sums(p: Progress, procs: Processes) -> None:
     """Before a mid-epoch checkpoint of several processes: the epoch's running sums of all of
     them, which rank 0 saves (on resume the other processes start theirs from zero)."""
     if procs.enabled and p.sums is not None:
-        totals = procs.all_reduce_sum(torch.cat([p.sums, p.sums.new_tensor([p.seen])]))
-        p.sums, p.seen = totals[:3].clone(), int(totals[3].item())
+        *sums, seen = _epoch_totals(p, procs)
+        p.sums, p.seen = p.sums.new_tensor(sums), int(seen)
 
 
 def _epoch_totals(p: Progress, procs: Processes) -> list[float]:
@@ -463,8 +463,9 @@ def run(cfg: dict, log=print, resume_from: Optional[dict] = None) -> dict:
 
 def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
     check_run_options(cfg, device, procs)
-    if resume_from is not None and cfg.get("world_size", 1) != procs.world_size:
-        raise ValueError(f"the run was trained by {cfg['world_size']} process(es) and this is {procs.world_size}: "
+    trained_by = cfg.get("world_size", 1)
+    if resume_from is not None and trained_by != procs.world_size:
+        raise ValueError(f"the run was trained by {trained_by} process(es) and this is {procs.world_size}: "
                          "resume it with the same number (the shards, the global batch and the position in the "
                          "epoch depend on it)")
     if cfg["threads"]:
