@@ -9,7 +9,11 @@
 * ``torch-device`` our fallback decoding with ``torchvision.io.decode_jpeg`` on the device
                    (nvJPEG; CUDA only by default);
 * ``dali``         the DALI pipeline with ``workers`` threads (CPU decode with
-                   ``device_id=None``, or ``mixed`` on CUDA).
+                   ``device_id=None`` and the project's fused ``tdsa_resample_window``
+                   operator, or ``mixed`` decode and DALI's GPU resize on CUDA);
+* ``dali-resize``  the CPU DALI pipeline with DALI's own resize and crop_mirror_normalize
+                   instead of the fused operator (the fallback when the plugin cannot be
+                   built; CPU only).
 
 Real Flowers-102 training split (2,040 images; official ``trnid`` + ``valid``), training
 transforms of the released recipe, 224 x 224 output, batch 32.  Each loader is started and
@@ -18,7 +22,8 @@ each run one full epoch of every loader in turn (interleaved, so machine noise h
 alike), and the table gives the median images/s and the ratios against ``released``.
 
     python bench/bench_data.py [--device cpu|cuda] [--workers 2] [--rounds 3]
-        [--data-root ../shared/data/flowers102] [--loaders released torch dali] [--json out.json]
+        [--data-root ../shared/data/flowers102] [--loaders released torch dali dali-resize]
+        [--json out.json]
 
 CI smoke (every loader runs on a few generated images):
 ``python -m pytest bench/bench_data.py --bench-smoke --benchmark-disable -q``.
@@ -45,7 +50,7 @@ from tdsa_fast.data.datasets import load_split  # noqa: E402
 from tdsa_fast.data.images import released_recipe_loader  # noqa: E402
 from tdsa_fast.data.loading import build_loader, dali_available  # noqa: E402
 
-KINDS = ("released", "torch", "torch-device", "dali")
+KINDS = ("released", "torch", "torch-device", "dali", "dali-resize")
 
 
 def make_loader(kind: str, samples, *, device: torch.device, workers: int, batch: int, img_size: int):
@@ -53,6 +58,8 @@ def make_loader(kind: str, samples, *, device: torch.device, workers: int, batch
         return released_recipe_loader(samples, img_size=img_size, train=True, batch_size=batch, workers=workers,
                                       pin_memory=device.type == "cuda")
     extra = {"decode": "device"} if kind == "torch-device" else {}
+    if kind.startswith("dali") and device.type == "cpu":
+        extra = {"fused_resize": kind == "dali"}  # "dali": the plugin, or an error when it is missing
     return build_loader(samples, loader="torch" if kind.startswith("torch") else "dali", img_size=img_size,
                         train=True, batch_size=batch, workers=workers, device=device, **extra)
 
@@ -125,15 +132,17 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "flowers102"))
     ap.add_argument("--loaders", nargs="+", choices=KINDS, default=None,
-                    help="default: released, torch, dali (+ torch-device on CUDA); dali only when installed")
+                    help="default: released, torch, dali, dali-resize (CPU) / torch-device (CUDA); dali only "
+                         "when installed")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the main process (default: workers)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     torch.set_num_threads(a.threads or max(1, a.workers))
     kinds = a.loaders or [k for k in KINDS if (k != "torch-device" or device.type == "cuda")
-                          and (k != "dali" or dali_available())]
-    if "dali" in kinds and not dali_available():
+                          and (k != "dali-resize" or device.type == "cpu")
+                          and (not k.startswith("dali") or dali_available())]
+    if any(k.startswith("dali") for k in kinds) and not dali_available():
         print("DALI is not installed: pip install '.[dali]'", file=sys.stderr)
         return 2
     root = Path(a.data_root)
@@ -170,7 +179,7 @@ def _smoke_samples(tmp_path, n=12):
 
 
 def _smoke_kinds():
-    return [k for k in KINDS if k != "dali" or dali_available()]
+    return [k for k in KINDS if not k.startswith("dali") or dali_available()]
 
 
 if "pytest" in sys.modules:

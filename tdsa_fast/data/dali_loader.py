@@ -7,9 +7,14 @@ and feeds their bytes, with the augmentation drawn by
 
     decode (``device="mixed"``: nvJPEG on CUDA; ``"cpu"`` with ``device_id=None``; EXIF
     orientation not applied, as PIL)
-    -> resize to ``s x s`` (linear, antialiased; for ``rrc`` the crop window's ROI)
-    -> released recipe: slice the crop window, zero fill outside
-    -> ``crop_mirror_normalize`` (flip, ``(x - 127.5) / 127.5``, CHW or HWC, fp32/fp16)
+    -> resize to ``s x s`` (bilinear, antialiased; for ``rrc`` the crop window's box)
+    -> released recipe: the shifted ``s x s`` window, zero fill outside
+    -> flip, ``(x - 127.5) / 127.5``, CHW or HWC, fp32/fp16
+
+On the CPU the three steps after decoding are one pass of the project's DALI operator
+``tdsa_resample_window`` (:mod:`tdsa_fast.data.dali_plugin`: Pillow's bilinear arithmetic,
+so the same pixels as the PyTorch fallback up to the decoders' rounding); on the GPU, or
+when the plugin cannot be built, they are DALI's ``resize`` and ``crop_mirror_normalize``.
 
 The pipeline keeps ``prefetch`` batches in flight, so decoding overlaps the training step.
 
@@ -41,7 +46,7 @@ log = logging.getLogger(__name__)
 
 # The pipeline's inputs: (DALI type name, ndim) per sample.
 _FEED_TYPES = {"encoded": ("UINT8", 1), "roi_start": ("FLOAT", 1), "roi_end": ("FLOAT", 1), "size": ("FLOAT", 1),
-               "pad_pos": ("FLOAT", 1), "mirror": ("INT32", 0)}
+               "pad_pos": ("FLOAT", 1), "mirror": ("INT32", 0), "window": ("FLOAT", 1)}
 
 
 class _Fed(NamedTuple):
@@ -74,13 +79,27 @@ def _header_size(data: bytes, path: str) -> tuple[int, int]:
         raise BadImageError.for_file(path, reason) from None
 
 
+def _plugin_window(aug, recipe: str) -> np.ndarray:
+    """The ``tdsa_resample_window`` parameters of one image: source box (x0, y0, x1, y1;
+    x1 = 0: the whole image), the window's corner (top, left) and the flip."""
+    box, corner = (0.0, 0.0, 0.0, 0.0), (0.0, 0.0)
+    if aug.box is not None and recipe == "rrc":
+        top, left, h, w = aug.box
+        box = (left, top, left + w, top + h)
+    elif aug.box is not None:
+        corner = (aug.box[0], aug.box[1])
+    return np.array([*box, *corner, 1.0 if aug.flip else 0.0], dtype=np.float32)
+
+
 class DaliImageLoader(ImageLoader):
     """The DALI loader; arguments as :class:`~tdsa_fast.data.loading.ImageLoader`
-    (``workers``: DALI CPU threads, at least 1), plus ``prefetch`` (batches in flight)."""
+    (``workers``: DALI CPU threads, at least 1), plus ``prefetch`` (batches in flight) and
+    ``fused_resize`` (the CPU pipeline's ``tdsa_resample_window`` operator: None uses it
+    when the plugin builds, True requires it, False uses DALI's resize; never on CUDA)."""
 
     kind = "dali"
 
-    def __init__(self, samples, *, prefetch: int = 2, **kwargs):
+    def __init__(self, samples, *, prefetch: int = 2, fused_resize: Optional[bool] = None, **kwargs):
         super().__init__(samples, **kwargs)
         self.prefetch = int(prefetch)
         self.known_bad: set[int] = set()
@@ -89,6 +108,17 @@ class DaliImageLoader(ImageLoader):
             self._device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
         else:
             self._device_id = None
+        if fused_resize and self._device_id is not None:
+            raise ValueError("fused_resize is the CPU pipeline's operator; the GPU pipeline resizes on the GPU")
+        if self._device_id is not None or fused_resize is False:
+            self.fused_resize = False
+        else:
+            from tdsa_fast.data import dali_plugin
+
+            self.fused_resize = dali_plugin.load()
+            if fused_resize and not self.fused_resize:
+                raise RuntimeError("fused_resize=True but the tdsa_fast DALI plugin is not available: "
+                                   + (dali_plugin.why_not_loaded() or "TDSA_FAST_DALI_PLUGIN=0"))
 
     # -- the pipeline ------------------------------------------------------------------
     def _build_pipeline(self):
@@ -101,7 +131,7 @@ class DaliImageLoader(ImageLoader):
                          dtype=out_dtype)
 
         @pipeline_def(batch_size=self.batch_size, num_threads=max(1, self.workers), device_id=self._device_id,
-                      prefetch_queue_depth=self.prefetch, seed=0)
+                      prefetch_queue_depth=self.prefetch, seed=0, exec_dynamic=True)
         def pipeline():
             names = self._feed_names()
             inputs = fn.external_source(source=self._next_feed, num_outputs=len(names),
@@ -112,6 +142,9 @@ class DaliImageLoader(ImageLoader):
             # the "mixed" (nvJPEG) decoder upsample chroma as libjpeg-turbo (PIL, DALI CPU) does
             img = fn.decoders.image(feed["encoded"], device="mixed" if gpu else "cpu", output_type=types.RGB,
                                     adjust_orientation=False, jpeg_fancy_upsampling=True)
+            if self.fused_resize:
+                return fn.tdsa_resample_window(img, feed["window"], size=s, half=out_dtype == types.FLOAT16,
+                                               channels_last=self.channels_last, mean=127.5, std=127.5)
             if train and rrc:
                 img = fn.resize(img, size=[s, s], roi_start=feed["roi_start"], roi_end=feed["roi_end"],
                                 roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True)
@@ -166,7 +199,10 @@ class DaliImageLoader(ImageLoader):
         if not kept:
             return fed, None
         feed = {"encoded": blobs}
-        if self.train:
+        if self.fused_resize:
+            augs = [self.augment(i, *(sizes[n] if sizes else (None, None))) for n, i in enumerate(kept)]
+            feed["window"] = [_plugin_window(a, self.recipe) for a in augs]
+        elif self.train:
             augs = [self.augment(i, *(sizes[n] if sizes else (None, None))) for n, i in enumerate(kept)]
             feed["mirror"] = [np.array(a.flip, dtype=np.int32) for a in augs]
             if self.recipe == "rrc":
@@ -179,6 +215,8 @@ class DaliImageLoader(ImageLoader):
         return fed, feed
 
     def _feed_names(self) -> tuple[str, ...]:
+        if self.fused_resize:
+            return ("encoded", "window")
         if not self.train:
             return ("encoded",)
         if self.recipe == "rrc":
@@ -253,6 +291,14 @@ class DaliImageLoader(ImageLoader):
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         dense = images.as_tensor()
+        if self._device_id is None:
+            # Zero-copy: with DALI's dynamic executor (the default since DALI 2.0) an output
+            # buffer is reference-counted and not reused while the tensor holds it.  Copying
+            # 19 MB per 224 px batch cost the CPU pipeline about a quarter of its throughput.
+            out = torch.from_dlpack(dense)
+            if self.channels_last:
+                out = out.permute(0, 3, 1, 2)
+            return out.to(self.dtype)
         storage_dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
         out = torch.empty(dense.shape(), dtype=storage_dtype, device=self.device)
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None

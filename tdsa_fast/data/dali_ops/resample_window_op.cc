@@ -1,0 +1,118 @@
+// DALI CPU operator TdsaResampleWindow (fn.tdsa_resample_window): the CPU pipeline's resize,
+// crop window, flip and normalisation in one pass per sample, with Pillow's bilinear resize
+// arithmetic (pil_resample.h).  A DALI plugin, built and loaded at run time by
+// tdsa_fast/data/dali_plugin.py; DALI's own resize and crop_mirror_normalize are used when it
+// is not available and on the GPU.
+//
+// Inputs:  0  decoded images, uint8 HWC, 3 channels (any size per sample)
+//          1  float32 [7] per sample: box_x0, box_y0, box_x1, box_y1 (the source box in pixels;
+//             box_x1 <= 0 means the whole image), top, left (the window's corner in the
+//             resized image), mirror (0 or 1)
+// Output:  [3, size, size] (or [size, size, 3] with channels_last), float32 or float16.
+#include <vector>
+
+#include "dali/core/float16.h"
+#include "dali/pipeline/data/views.h"
+#include "dali/pipeline/operator/operator.h"
+
+#include "pil_resample.h"
+
+namespace tdsa_dali {
+
+class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
+ public:
+  explicit ResampleWindow(const ::dali::OpSpec& spec)
+      : ::dali::Operator<::dali::CPUBackend>(spec),
+        size_(spec.GetArgument<int>("size")),
+        half_(spec.GetArgument<bool>("half")),
+        channels_last_(spec.GetArgument<bool>("channels_last")),
+        mean_(spec.GetArgument<float>("mean")),
+        std_(spec.GetArgument<float>("std")) {
+    DALI_ENFORCE(size_ > 0, "size must be positive");
+    DALI_ENFORCE(std_ != 0.0f, "std must not be zero");
+  }
+
+ protected:
+  bool SetupImpl(std::vector<::dali::OutputDesc>& output_desc, const ::dali::Workspace& ws) override {
+    const auto& images = ws.Input<::dali::CPUBackend>(0);
+    const auto& params = ws.Input<::dali::CPUBackend>(1);
+    const int n = images.num_samples();
+    DALI_ENFORCE(images.type() == DALI_UINT8, "images must be uint8");
+    DALI_ENFORCE(params.type() == DALI_FLOAT, "params must be float32");
+    DALI_ENFORCE(params.num_samples() == n, "one params row per image");
+    for (int i = 0; i < n; ++i) {
+      const auto shape = images.tensor_shape(i);
+      DALI_ENFORCE(shape.size() == 3 && shape[2] == 3,
+                   ::dali::make_string("image ", i, " is not HWC with 3 channels: ", shape));
+      DALI_ENFORCE(params.tensor_shape(i).num_elements() == 7,
+                   ::dali::make_string("params of sample ", i, " must hold 7 values"));
+    }
+    output_desc.resize(1);
+    output_desc[0].type = half_ ? DALI_FLOAT16 : DALI_FLOAT;
+    if (channels_last_) {
+      output_desc[0].shape = ::dali::uniform_list_shape(n, {size_, size_, 3});
+    } else {
+      output_desc[0].shape = ::dali::uniform_list_shape(n, {3, size_, size_});
+    }
+    return true;
+  }
+
+  void RunImpl(::dali::Workspace& ws) override {
+    const auto& images = ws.Input<::dali::CPUBackend>(0);
+    const auto& params = ws.Input<::dali::CPUBackend>(1);
+    auto& output = ws.Output<::dali::CPUBackend>(0);
+    output.SetLayout(channels_last_ ? "HWC" : "CHW");
+    auto& pool = ws.GetThreadPool();
+    const int n = images.num_samples();
+    for (int i = 0; i < n; ++i) {
+      pool.AddWork([&, i](int) {
+        thread_local Scratch scratch;  // the pool's threads live as long as the pipeline
+        const auto shape = images.tensor_shape(i);
+        const int height = static_cast<int>(shape[0]), width = static_cast<int>(shape[1]);
+        const float* p = params.tensor<float>(i);
+        WindowSpec spec;
+        spec.size = size_;
+        const bool whole = p[2] <= 0.0f;
+        spec.box_x0 = whole ? 0.0 : p[0];
+        spec.box_y0 = whole ? 0.0 : p[1];
+        spec.box_x1 = whole ? width : p[2];
+        spec.box_y1 = whole ? height : p[3];
+        spec.top = static_cast<int>(p[4]);
+        spec.left = static_cast<int>(p[5]);
+        spec.mirror = p[6] != 0.0f;
+        spec.mean = mean_;
+        spec.std = std_;
+        spec.channels_last = channels_last_;
+        const uint8_t* in = images.tensor<uint8_t>(i);
+        if (half_) {
+          resample_window(in, height, width, int64_t{width} * 3, spec,
+                          output.mutable_tensor<::dali::float16>(i), scratch);
+        } else {
+          resample_window(in, height, width, int64_t{width} * 3, spec, output.mutable_tensor<float>(i),
+                          scratch);
+        }
+      }, images.tensor_shape(i).num_elements());
+    }
+    pool.RunAll();
+  }
+
+ private:
+  int size_;
+  bool half_, channels_last_;
+  float mean_, std_;
+};
+
+}  // namespace tdsa_dali
+
+DALI_REGISTER_OPERATOR(TdsaResampleWindow, ::tdsa_dali::ResampleWindow, ::dali::CPU);
+
+DALI_SCHEMA(TdsaResampleWindow)
+    .DocStr("Pillow's bilinear resize of a source box to size x size, a size x size window of it "
+            "(zero outside), horizontal flip and (v - mean) / std, in one pass (tdsa_fast).")
+    .NumInput(2)
+    .NumOutput(1)
+    .AddArg("size", "Output height and width.", DALI_INT32)
+    .AddOptionalArg("half", "float16 output instead of float32.", false)
+    .AddOptionalArg("channels_last", "HWC output instead of CHW.", false)
+    .AddOptionalArg("mean", "Subtracted from every 0..255 value.", 127.5f)
+    .AddOptionalArg("std", "Divides every value after the mean is subtracted.", 127.5f);
