@@ -283,7 +283,7 @@ def test_build_failure_falls_back_to_dali_resize(tmp_path):
             (r,) = list(t)
         print("LEVELS", float((b.images - r.images).abs().max()) * 127.5)
         """
-    done = _python(code, {"CXX": "/nonexistent/c++", "TDSA_FAST_CACHE_DIR": str(tmp_path / "cache")}, tmp_path)
+    done = _python(code, {"CXX": "/nonexistent/c++", "TDSA_FAST_CACHE": str(tmp_path / "cache")}, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
     assert "no C++ compiler" in lines["WHY"], done.stdout
@@ -308,7 +308,7 @@ def test_compiled_once_by_concurrent_processes(tmp_path):
         from tdsa_fast.data import dali_plugin
         print(dali_plugin.load(), dali_plugin.library_path().stat().st_mtime_ns)
         """
-    env = {**os.environ, "TDSA_FAST_CACHE_DIR": str(tmp_path / "cache"),
+    env = {**os.environ, "TDSA_FAST_CACHE": str(tmp_path / "cache"),
            "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path) for _ in range(2)]

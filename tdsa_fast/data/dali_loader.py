@@ -199,11 +199,11 @@ class DaliImageLoader(ImageLoader):
         if not kept:
             return fed, None
         feed = {"encoded": blobs}
-        if self.fused_resize:
+        if self.fused_resize or self.train:
             augs = [self.augment(i, *(sizes[n] if sizes else (None, None))) for n, i in enumerate(kept)]
+        if self.fused_resize:
             feed["window"] = [_plugin_window(a, self.recipe) for a in augs]
         elif self.train:
-            augs = [self.augment(i, *(sizes[n] if sizes else (None, None))) for n, i in enumerate(kept)]
             feed["mirror"] = [np.array(a.flip, dtype=np.int32) for a in augs]
             if self.recipe == "rrc":
                 feed["roi_start"] = [np.array([a.box[0], a.box[1]], dtype=np.float32) for a in augs]
@@ -292,8 +292,8 @@ class DaliImageLoader(ImageLoader):
 
         dense = images.as_tensor()
         if self._device_id is None:
-            # Zero-copy: with DALI's dynamic executor (the default since DALI 2.0) an output
-            # buffer is reference-counted and not reused while the tensor holds it.  Copying
+            # Zero-copy: with DALI's dynamic executor (exec_dynamic, DALI 2.4's default) an
+            # output buffer is reference-counted and not reused while the tensor holds it.  Copying
             # 19 MB per 224 px batch cost the CPU pipeline about a quarter of its throughput.
             out = torch.from_dlpack(dense)
             if self.channels_last:

@@ -5,8 +5,9 @@ image; bench/RESULTS.md).  The plugin (sources in ``dali_ops/``) does the resize
 released recipe's window crop, the flip and the normalisation in one pass per sample with
 Pillow's fixed-point bilinear arithmetic.  It is a shared library linked against the
 installed DALI, so it is compiled here, at run time, for that DALI: the first CPU DALI
-pipeline of a machine compiles it (about 10 s) into ``$TDSA_FAST_CACHE_DIR`` (default
-``~/.cache/tdsa_fast``), keyed by the DALI version, the compiler and the sources; later
+pipeline of a machine compiles it (about 10 s) into the project's cache folder
+(``$TDSA_FAST_CACHE``, default ``~/.cache/tdsa_fast``, as for the built-in data), keyed
+by the DALI version, the compiler and the sources; later
 pipelines and processes load the cached library.  A file lock makes concurrent processes
 (torchrun ranks) wait for one build.
 
@@ -48,14 +49,6 @@ def enabled() -> bool:
     return os.environ.get("TDSA_FAST_DALI_PLUGIN", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _cache_root() -> Path:
-    root = os.environ.get("TDSA_FAST_CACHE_DIR")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "tdsa_fast"
-
-
 def _cuda_include() -> Optional[str]:
     homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
     for home in homes:
@@ -89,7 +82,9 @@ def library_path() -> Path:
     digest.update(os.environ.get("CXX", "c++").encode())
     for name in _SOURCE_FILES:
         digest.update((SOURCES / name).read_bytes())
-    return _cache_root() / f"dali_plugin-{nvidia.dali.__version__}-{digest.hexdigest()[:16]}" / _LIBRARY
+    from tdsa_fast.data.synthetic import default_cache_dir
+
+    return default_cache_dir() / f"dali_plugin-{nvidia.dali.__version__}-{digest.hexdigest()[:16]}" / _LIBRARY
 
 
 def build() -> Path:
