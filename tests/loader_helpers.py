@@ -37,6 +37,19 @@ def dali_import_error() -> str | None:
     return None
 
 
+def require_dali_plugin() -> None:
+    """Skips the calling test when the project's DALI plugin (tdsa_fast.data.dali_plugin)
+    cannot be built or loaded here, or fails it under CI.  DALI must be importable."""
+    from tdsa_fast.data import dali_plugin
+
+    if dali_plugin.load():
+        return
+    msg = f"the tdsa_fast DALI plugin is not available: {dali_plugin.why_not_loaded() or 'turned off'}"
+    if IN_CI:
+        pytest.fail(f"{msg}. CI is set, so the plugin must be tested", pytrace=False)
+    pytest.skip(msg)
+
+
 def require_dali() -> None:
     """Skips the calling test when DALI is missing, or fails it under CI."""
     err = dali_import_error()

@@ -27,6 +27,7 @@ from loader_helpers import (
     levels,
     make_jpegs,
     reference_test_image,
+    require_dali_plugin,
     save_jpeg,
 )
 
@@ -38,7 +39,6 @@ if _DALI_ERROR is not None:
         pytest.fail(f"{_MSG}. CI is set, so these tests must not be skipped", pytrace=False)
     pytest.skip(_MSG, allow_module_level=True)
 
-from tdsa_fast.data import dali_plugin  # noqa: E402
 from tdsa_fast.data.dali_loader import DaliImageLoader  # noqa: E402
 from tdsa_fast.data.loading import build_loader  # noqa: E402
 from tdsa_fast.data.torch_loader import TorchImageLoader  # noqa: E402
@@ -58,15 +58,6 @@ RESIZE_PATHS = [True, False]
 RESIZE_IDS = ["fused", "dali_resize"]
 
 
-def require_plugin():
-    """Skips (fails under CI) when the project's DALI plugin cannot be built here."""
-    if not dali_plugin.load():
-        msg = f"the tdsa_fast DALI plugin is not available: {dali_plugin.why_not_loaded() or 'turned off'}"
-        if IN_CI:
-            pytest.fail(f"{msg}. CI is set, so the fused path must be tested", pytrace=False)
-        pytest.skip(msg)
-
-
 @pytest.fixture(scope="module")
 def jpegs(tmp_path_factory):
     return make_jpegs(tmp_path_factory.mktemp("jpegs"), N, seed=2)
@@ -78,7 +69,7 @@ def both(samples, fused_resize=None, **kwargs):
     args = dict(img_size=S, train=False, batch_size=4, seed=3)
     args.update(kwargs)
     if fused_resize:
-        require_plugin()
+        require_dali_plugin()
     return (DaliImageLoader(samples, fused_resize=fused_resize, **args),
             TorchImageLoader(samples, **{**args, "workers": 0}))
 
@@ -116,7 +107,7 @@ def test_parity_with_torch_loader(jpegs, train, recipe, fused):
 
 
 def test_build_loader_auto_picks_dali(jpegs):
-    require_plugin()
+    require_dali_plugin()
     with build_loader(jpegs, img_size=S, train=False, batch_size=5) as L:
         assert isinstance(L, DaliImageLoader) and L.kind == "dali"
         assert L.fused_resize, "the CPU pipeline does not use the plugin although it loads"
@@ -159,7 +150,7 @@ def test_kept_batches_are_not_overwritten(jpegs, fused):
     """The CPU pipeline hands its output buffers to torch without a copy: batches kept by the
     caller must stay as they were while DALI produces the following ones."""
     if fused:
-        require_plugin()
+        require_dali_plugin()
     args = dict(img_size=S, train=True, batch_size=1, seed=4, prefetch=2, fused_resize=fused)
     with DaliImageLoader(jpegs, **args) as d:
         d.set_epoch(5)
@@ -290,7 +281,7 @@ def _ring(x: torch.Tensor) -> torch.Tensor:
 def test_downscaled_borders_match_pil(tmp_path, fused):
     """A noisy 200x160 image downscaled to 32 px: every pixel within one grey level of PIL's."""
     if fused:
-        require_plugin()
+        require_dali_plugin()
     a = np.random.default_rng(0).integers(0, 256, (160, 200, 3), dtype=np.uint8)
     path = str(save_jpeg(tmp_path / "noise.jpg", a, quality=95))
     with DaliImageLoader([(path, 0)], img_size=32, train=False, batch_size=1, fused_resize=fused) as d:
@@ -306,7 +297,7 @@ def test_split_comparison(flowers, request):
     """The whole test split (6149 images, 64 px) through both loaders, batch by batch."""
     fused = request.param
     if fused:
-        require_plugin()
+        require_dali_plugin()
     samples = flowers["test"].samples
     assert len(samples) == 6149
     args = dict(img_size=64, train=False, batch_size=128)

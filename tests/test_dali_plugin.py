@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loader_helpers import IN_CI, dali_import_error, save_jpeg
+from loader_helpers import IN_CI, dali_import_error, require_dali_plugin, save_jpeg
 
 _DALI_ERROR = dali_import_error()
 if _DALI_ERROR is not None:
@@ -43,11 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module", autouse=True)
 def plugin():
-    if not dali_plugin.load():
-        msg = f"the tdsa_fast DALI plugin did not build: {dali_plugin.why_not_loaded() or 'turned off'}"
-        if IN_CI:
-            pytest.fail(f"{msg}. CI is set, so it must be tested", pytrace=False)
-        pytest.skip(msg)
+    require_dali_plugin()
 
 
 # ---------------------------------------------------------------------------------------
