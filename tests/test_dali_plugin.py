@@ -277,14 +277,18 @@ def test_build_failure_falls_back_to_dali_resize(tmp_path):
             (b,) = list(d)
         with TorchImageLoader([({path!r}, 0)], img_size=16, train=False, batch_size=1, workers=0) as t:
             (r,) = list(t)
-        print("LEVELS", float((b.images - r.images).abs().max()) * 127.5)
+        diff = (b.images - r.images).abs() * 127.5
+        print("INTERIOR", float(diff[..., 1:-1, 1:-1].max()))
+        print("BORDER", float(diff.max()))
         """
     done = _python(code, {"CXX": "/nonexistent/c++", "TDSA_FAST_CACHE": str(tmp_path / "cache")}, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
     assert "no C++ compiler" in lines["WHY"], done.stdout
     assert "not available" in lines["REFUSED"] and "no C++ compiler" in lines["REFUSED"], done.stdout
-    assert float(lines["LEVELS"]) <= 1.001 + 24, done.stdout  # DALI's resize: borders may differ (BORDER_REASON)
+    # DALI's resize: within a grey level inside; its border handling differs from PIL's on
+    # the outermost pixels of shrunk images (test_dali_loader.BORDER_REASON, BORDER_LEVELS)
+    assert float(lines["INTERIOR"]) <= 1.001 and float(lines["BORDER"]) <= 24, done.stdout
     assert "DALI plugin is not available" in done.stderr, "the fallback was not logged"
 
 
