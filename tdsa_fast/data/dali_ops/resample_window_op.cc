@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "dali/core/float16.h"
-#include "dali/pipeline/data/views.h"
 #include "dali/pipeline/operator/operator.h"
 
 #include "pil_resample.h"
