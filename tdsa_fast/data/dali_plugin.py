@@ -25,7 +25,9 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -102,12 +104,15 @@ def build() -> Path:
         os.close(fd)
         try:
             command = _compile_command(Path(tmp))
-            log.info("compiling the tdsa_fast DALI plugin (once per DALI version): %s", path)
+            print(f"[tdsa_fast] compiling the DALI plugin (once per DALI version, about 10 s) into {path.parent} ...",
+                  file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 tail = (done.stderr or done.stdout).strip()[-2000:]
                 raise PluginBuildError(f"compiling {SOURCES / 'resample_window_op.cc'} failed:\n{tail}")
             os.replace(tmp, path)  # atomic: a half-written library is never seen
+            print(f"[tdsa_fast] done in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
