@@ -7,10 +7,10 @@
 // 22-bit fixed point, a horizontal pass into an 8-bit image, then a vertical pass, each
 // rounding half up and clipping to 0..255.  Pillow's Resample.c as published runs the passes
 // in this order; the Pillow 13.0 this project was measured with runs the vertical pass first
-// for some sizes (images taller than the output, and not much wider than half their height
-// plus the output size), and there the two differ by at most one grey level where the
-// intermediate rounding differs (tests/test_dali_plugin.py checks both).  Only the rows and columns the
-// window keeps are computed.
+// for some sizes (measured at a 224 px output: images taller than 224 and narrower than about
+// (height + 224) / 2), and there the two differ by at most one grey level where the
+// intermediate rounding differs (tests/test_dali_plugin.py checks both).  Only the rows and
+// columns the window keeps are computed.
 #pragma once
 
 #include <algorithm>
