@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["load", "library_path", "PluginBuildError"]
+from tdsa_fast.data.synthetic import default_cache_dir
+
+__all__ = ["PluginBuildError", "build", "enabled", "library_path", "load", "why_not_loaded"]
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,6 @@ def library_path() -> Path:
     digest.update(os.environ.get("CXX", "c++").encode())
     for name in _SOURCE_FILES:
         digest.update((SOURCES / name).read_bytes())
-    from tdsa_fast.data.synthetic import default_cache_dir
-
     return default_cache_dir() / f"dali_plugin-{nvidia.dali.__version__}-{digest.hexdigest()[:16]}" / _LIBRARY
 
 
