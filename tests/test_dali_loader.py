@@ -20,24 +20,17 @@ from loader_helpers import (
     check_start_batch_resumes_the_epoch,
     EPS_LEVELS,
     FLOWERS_REAL,
-    IN_CI,
     by_index,
-    dali_import_error,
     drain,
     levels,
     make_jpegs,
     reference_test_image,
+    require_dali,
     require_dali_plugin,
     save_jpeg,
 )
 
-_DALI_ERROR = dali_import_error()
-if _DALI_ERROR is not None:
-    _MSG = (f"NVIDIA DALI is not importable ({_DALI_ERROR}); install it with `pip install nvidia-dali-cuda130` "
-            "to run the DALI loader tests")
-    if IN_CI:
-        pytest.fail(f"{_MSG}. CI is set, so these tests must not be skipped", pytrace=False)
-    pytest.skip(_MSG, allow_module_level=True)
+require_dali()
 
 from tdsa_fast.data.dali_loader import DaliImageLoader  # noqa: E402
 from tdsa_fast.data.loading import build_loader  # noqa: E402

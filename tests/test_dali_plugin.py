@@ -15,7 +15,6 @@ DALI missing: skipped, except under CI (CI set), where it fails; so does a plugi
 not build under CI."""
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -25,14 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loader_helpers import IN_CI, dali_import_error, require_dali_plugin, save_jpeg
+from loader_helpers import require_dali, require_dali_plugin, save_jpeg
 
-_DALI_ERROR = dali_import_error()
-if _DALI_ERROR is not None:
-    _MSG = f"NVIDIA DALI is not importable ({_DALI_ERROR}); install it to run the DALI plugin tests"
-    if IN_CI:
-        pytest.fail(f"{_MSG}. CI is set, so these tests must not be skipped", pytrace=False)
-    pytest.skip(_MSG, allow_module_level=True)
+require_dali()
 
 from nvidia.dali import fn, pipeline_def, types  # noqa: E402
 
