@@ -75,8 +75,6 @@ def _accumulate(cfg: dict, weights) -> dict:
     return {k: v.detach() for k, v in model.named_parameters()}
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
@@ -94,6 +92,8 @@ def ddp_run(data_root, tmp_path_factory):
     return out, _torchrun(*ARGS, "--data-root", str(data_root), "--output", str(out)).stdout
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_two_gloo_processes_equal_one_process_accumulating_their_micro_batches(data_root, ddp_run):
     out, stdout = ddp_run
     assert f"x {WORLD} processes" in stdout, stdout[-2000:]
@@ -125,6 +125,8 @@ def test_two_gloo_processes_equal_one_process_accumulating_their_micro_batches(d
     assert evaluate_checkpoint(out / "last.pt")["accuracy"] == pytest.approx(results["final_test_acc"], abs=1e-12)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_two_processes_stopped_mid_epoch_resume_to_the_same_run(data_root, ddp_run, tmp_path):
     """Stopped after 2 of the epoch's 4 steps and resumed by 2 processes: the same weights and
     the same epoch metrics as the uninterrupted run (the running sums of both processes are in
