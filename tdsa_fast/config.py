@@ -14,6 +14,7 @@ import yaml
 
 from tdsa_fast.data.datasets import DATASETS
 from tdsa_fast.data.loading import LOADERS
+from tdsa_fast.functional import RELEASED_BETA
 from tdsa_fast.losses import BASELINES, baseline_options
 from tdsa_fast.models import MODELS
 from tdsa_fast.objective import LOSS_NAMES
@@ -80,9 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--upsample", default="nearest", choices=UPSAMPLE, help="upsampling of the top-down gate")
     lo.add_argument("--mu", type=float, default=1.5, help="weight μ of the MC/TDSA term (α in the code form)")
     lo.add_argument("--lam", type=float, default=10.0, help="λ on the diversity term (paper form)")
-    lo.add_argument("--div-form", default="paper", choices=("paper", "code"),
-                    help="paper: μ(L_dis − λ L_div); code: μ L_dis + β(1 − L_div/n) per level")
-    lo.add_argument("--beta", type=float, default=15.0, help="β of the code form")
+    lo.add_argument("--div-form", default="code", choices=("code", "paper"),
+                    help="code (the released code's, which produced the paper's tables; docs/method.md): "
+                         "μ L_dis + β(1 − L_div/n) per level; paper (eq. 1 as written): μ(L_dis − λ L_div)")
+    lo.add_argument("--beta", type=float, default=None,
+                    help="β of the code form on every level (default: the released code's, "
+                         + ", ".join(f"{k} {v:g}" for k, v in RELEASED_BETA.items()) + ")")
+    lo.add_argument("--beta-middle", type=float, default=None,
+                    help="β of the middle level alone (tdsa, tdsa-noattn; default: --beta)")
+    lo.add_argument("--lam-middle", type=float, default=None,
+                    help="λ of the middle level alone (tdsa, tdsa-noattn; default: --lam)")
     lo.add_argument("--cnum-high", type=int, default=3, help="channels per class at the high level")
     lo.add_argument("--loss-arg", dest="loss_args", action="append", type=loss_arg, default=None,
                     metavar="KEY=VALUE",
@@ -294,6 +302,8 @@ def resume_config(saved: dict, given: dict, explicit: set[str]) -> dict:
             one, or an overriding value out of range.
     """
     cfg = dict(saved)
+    for dest, action in _actions(build_parser()).items():  # options newer than the run: their defaults
+        cfg.setdefault(dest, action.default)
     for key in sorted(explicit - {"resume", "config"}):
         if key in RESUME_OVERRIDABLE:
             cfg[key] = given[key]
@@ -337,6 +347,7 @@ def resolve(args: argparse.Namespace) -> dict:
     if cfg["amp_dtype"] is not None and not cfg["amp"]:
         raise ValueError("--amp-dtype needs --amp")
     cfg["amp_dtype"] = (cfg["amp_dtype"] or "bfloat16") if cfg["amp"] else None
+    resolve_loss_weights(cfg)
     cfg["loss_args"] = loss_args_dict(cfg["loss_args"])
     if cfg["loss_args"]:
         if cfg["loss"] not in BASELINES:
@@ -348,6 +359,17 @@ def resolve(args: argparse.Namespace) -> dict:
             raise ValueError(f"--loss-arg {', '.join(unknown)}: not an option of --loss {cfg['loss']}; its options: "
                              + ", ".join(f"{k} (default {v})" for k, v in valid.items()))
     return cfg
+
+
+def resolve_loss_weights(cfg: dict) -> None:
+    """The released code's β of the loss where ``--beta`` is not given; ``--beta-middle`` and
+    ``--lam-middle`` only for the losses with a middle level."""
+    if cfg.get("beta") is None:
+        cfg["beta"] = RELEASED_BETA.get(cfg["loss"])
+    for key in ("beta_middle", "lam_middle"):
+        if cfg.get(key) is not None and cfg["loss"] not in ("tdsa", "tdsa-noattn"):
+            raise ValueError(f"--{key.replace('_', '-')} weights the middle level of tdsa and tdsa-noattn; "
+                             f"--loss {cfg['loss']} has none")
 
 
 def model_widths(loss: str, xi: int, cnum_high: int) -> tuple[int | None, int | None]:

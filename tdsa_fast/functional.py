@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from tdsa_fast import _checks, reference
 from tdsa_fast._backend import resolve
 
+# β of the code form in the released scripts: the MC-Loss code's 20, the TDSA code's 15 (on
+# both of its levels; its "w/o attention" ablation is the same script without the gate).
+RELEASED_BETA = {"mc": 20.0, "tdsa": 15.0, "tdsa-noattn": 15.0}
+
 __all__ = [
+    "RELEASED_BETA",
     "channel_mask",
     "mc_terms",
     "topdown_gate",
@@ -128,18 +133,19 @@ def mc_objective(
     target: torch.Tensor,
     cnum: int,
     *,
-    div_form: str = "paper",
+    div_form: str = "code",
     lam: float = 10.0,
     alpha: float = 1.5,
     beta: float = 15.0,
 ) -> torch.Tensor:
     """One level's MC objective from its terms (g, h: [B, S]; target: [B]).
 
-    ``div_form="paper"`` (eq. 1): ``CE(g, y) - lam * mean(h)``; the paper then weights it
-    by mu in the total (eq. 9).
-    ``div_form="code"`` (the released code): ``alpha * CE(g, y) + beta * (1 - mean(h) / cnum)``;
-    alpha plays mu's part, so the total adds it unweighted. The gradient weight on mean(h)
-    is ``beta / cnum`` here against ``mu * lam`` in the paper form: different objectives.
+    ``div_form="code"`` (the released code, the default: ``docs/method.md`` says why):
+    ``alpha * CE(g, y) + beta * (1 - mean(h) / cnum)``; alpha plays mu's part, so the total
+    adds it unweighted.
+    ``div_form="paper"`` (eq. 1 as written): ``CE(g, y) - lam * mean(h)``; the paper then
+    weights it by mu in the total (eq. 9). The gradient weight on mean(h) is ``beta / cnum``
+    in the code form against ``mu * lam`` in the paper form: different objectives.
     """
     _checks.choice("div_form", div_form, _checks.DIV_FORMS)
     dis = F.cross_entropy(g, target)
@@ -156,12 +162,13 @@ def mc_loss(
     *,
     lam: float = 10.0,
     mask: torch.Tensor | None = None,
-    div_form: str = "paper",
+    div_form: str = "code",
     alpha: float = 1.5,
-    beta: float = 15.0,
+    beta: float = RELEASED_BETA["mc"],
     backend: str = "auto",
 ) -> torch.Tensor:
-    """The MC loss of one grouped feature map (eq. 1 or the released-code form; see :func:`mc_objective`).
+    """The MC loss of one grouped feature map (the released-code form or eq. 1; see :func:`mc_objective`).
+    The default β is the released MC-Loss code's.
 
     feat: [B, S*cnum, H, W]; target: [B] class indices; mask: [B or 1, S*cnum], or None to
     draw a fresh shared mask (on feat's device). Returns a scalar in the accumulation dtype.
@@ -186,9 +193,11 @@ def tdsa_loss(
     mode: str = "nearest",
     masks: tuple[torch.Tensor, torch.Tensor] | None = None,
     attention: bool = True,
-    div_form: str = "paper",
+    div_form: str = "code",
     alpha: float = 1.5,
-    beta: float = 15.0,
+    beta: float = RELEASED_BETA["tdsa"],
+    lam_middle: float | None = None,
+    beta_middle: float | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """The TDSA loss (eq. 8): ``MC(high; cnum_high) + MC(gate(low, high); xi*cnum_high)``.
@@ -196,7 +205,10 @@ def tdsa_loss(
     low: [B, S*xi*cnum_high, H_l, W_l] (middle level); high: [B, S*cnum_high, H_h, W_h];
     target: [B]. ``masks`` = (mask_low [B or 1, C_low], mask_high [B or 1, C_high]) or None to
     draw fresh shared masks. ``attention=False`` drops the gate (the paper's "w/o attention").
-    Gradients of the middle term flow through the gate into ``high``.
+    Gradients of the middle term flow through the gate into ``high``. The default β is the
+    released TDSA code's.
+    ``lam_middle`` / ``beta_middle``: the middle level's λ / β where it differs from the high
+    level's (None: ``lam`` / ``beta`` on both levels).
     Returns a scalar in the accumulation dtype; see :func:`mc_objective` for the two forms.
     """
     s, cnum_low = _checks.high_classes(low, high, cnum_high)
@@ -213,11 +225,13 @@ def tdsa_loss(
     _checks.mask("mask_low", mask_low, "low", low)
     _checks.mask("mask_high", mask_high, "high", high)
     form = dict(div_form=div_form, lam=lam, alpha=alpha, beta=beta)
+    form_middle = dict(form, lam=lam if lam_middle is None else lam_middle,
+                       beta=beta if beta_middle is None else beta_middle)
     g_high, h_high = mc_terms(high, mask_high, cnum_high, backend=backend)
     if attention:
         g_low, h_low = tdsa_terms(low, high, mask_low, cnum_low, mode=mode, backend=backend)
     else:
         g_low, h_low = mc_terms(low, mask_low, cnum_low, backend=backend)
     return mc_objective(g_high, h_high, target, cnum_high, **form) + mc_objective(
-        g_low, h_low, target, cnum_low, **form
+        g_low, h_low, target, cnum_low, **form_middle
     )

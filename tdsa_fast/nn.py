@@ -2,8 +2,13 @@
 
 ``total = CE(logits, y) + loss_module(maps..., y)``, where the module returns
 
-* ``div_form="paper"``: ``mu * L`` with L the paper's objective (eq. 1 per level, eq. 8 summed);
-* ``div_form="code"``: the released code's ``mu * L_dis + beta * (1 - L_div / cnum)`` per level.
+* ``div_form="code"`` (the default): the released code's ``mu * L_dis + beta * (1 - L_div / cnum)``
+  per level, with the released β by default (MCLoss: 20, as the MC-Loss code; TDSALoss: 15, as
+  the TDSA code);
+* ``div_form="paper"``: ``mu * L`` with L the paper's objective as written (eq. 1 per level,
+  eq. 8 summed).
+
+``docs/method.md`` gives the measurements behind the default.
 
 Masks are drawn fresh on every call unless given (one shared mask per batch by default,
 as the released code; ``shared_mask=False`` draws one per sample).
@@ -26,7 +31,6 @@ class _WeightedMC(nn.Module):
 
     def _form(self) -> dict:
         return dict(lam=self.lam, div_form=self.div_form, alpha=self.mu, beta=self.beta, backend=self.backend)
-
     def _weight(self, value: torch.Tensor) -> torch.Tensor:
         return self.mu * value if self.div_form == "paper" else value
 
@@ -42,8 +46,8 @@ class _WeightedMC(nn.Module):
 class MCLoss(_WeightedMC):
     """Mutual-Channel loss on one grouped map. forward(feat [B, S*cnum, H, W], target [B], mask=None) -> scalar."""
 
-    def __init__(self, cnum: int = 3, *, mu: float = 1.5, lam: float = 10.0, div_form: str = "paper",
-                 beta: float = 15.0, shared_mask: bool = True, backend: str = "auto"):
+    def __init__(self, cnum: int = 3, *, mu: float = 1.5, lam: float = 10.0, div_form: str = "code",
+                 beta: float = TF.RELEASED_BETA["mc"], shared_mask: bool = True, backend: str = "auto"):
         super().__init__(mu=mu, lam=lam, div_form=div_form, beta=beta, shared_mask=shared_mask, backend=backend)
         self.cnum = cnum
 
@@ -64,14 +68,25 @@ class TDSALoss(_WeightedMC):
 
     forward(low [B, S*xi*cnum_high, H_l, W_l], high [B, S*cnum_high, H_h, W_h], target [B],
     masks=None) -> scalar. ``attention=False`` is the paper's "w/o attention" ablation.
+    ``lam_middle`` / ``beta_middle``: the middle level's λ / β where it should differ from the
+    high level's (None: ``lam`` / ``beta`` on both).
     """
 
     def __init__(self, cnum_high: int = 3, *, mu: float = 1.5, lam: float = 10.0, mode: str = "nearest",
-                 attention: bool = True, div_form: str = "paper", beta: float = 15.0,
+                 attention: bool = True, div_form: str = "code", beta: float = TF.RELEASED_BETA["tdsa"],
+                 lam_middle: float | None = None, beta_middle: float | None = None,
                  shared_mask: bool = True, backend: str = "auto"):
         super().__init__(mu=mu, lam=lam, div_form=div_form, beta=beta, shared_mask=shared_mask, backend=backend)
         _checks.choice("mode", mode, _checks.UPSAMPLE_MODES)
         self.cnum_high, self.mode, self.attention = cnum_high, mode, attention
+        self.lam_middle = None if lam_middle is None else float(lam_middle)
+        self.beta_middle = None if beta_middle is None else float(beta_middle)
+
+    def _form(self) -> dict:
+        return dict(super()._form(), lam_middle=self.lam_middle, beta_middle=self.beta_middle)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", lam_middle={self.lam_middle}, beta_middle={self.beta_middle}"
 
     def draw_masks(self, low: torch.Tensor, high: torch.Tensor,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tdsa_fast.functional import RELEASED_BETA
 from tdsa_fast.losses import BASELINES, ClassWeightLoss, build_baseline
 from tdsa_fast.models import HEAD_HIDDEN, ModelOutput
 from tdsa_fast.nn import MCLoss, TDSALoss
@@ -25,6 +26,9 @@ class TrainingObjective(nn.Module):
     ``num_classes`` (and ``embedding_dim``, the model's head width). The objective owns those
     parameters and buffers: give them to the optimiser and save its ``state_dict``. ``loss_args``:
     a baseline's hyper-parameters over its paper's defaults (:func:`tdsa_fast.losses.baseline_options`).
+    ``div_form``, ``mu``, ``lam``, ``beta``: the MC/TDSA term's form and weights (:mod:`tdsa_fast.nn`);
+    ``beta=None`` takes the released code's β of the loss (:data:`tdsa_fast.functional.RELEASED_BETA`);
+    ``lam_middle`` / ``beta_middle``: the middle level's own λ / β (TDSA losses only).
 
     The returned ``ce`` is the cross-entropy of ``predict(out)`` (for logging; for the margin
     losses it is not part of the total and carries no gradient). ``predict`` gives the scores
@@ -32,20 +36,26 @@ class TrainingObjective(nn.Module):
     """
 
     def __init__(self, loss: str, *, num_classes: int | None = None, embedding_dim: int = HEAD_HIDDEN,
-                 cnum_high: int = 3, mu: float = 1.5, lam: float = 10.0, div_form: str = "paper",
-                 beta: float = 15.0, upsample: str = "nearest", backend: str = "auto",
-                 loss_args: dict | None = None):
+                 cnum_high: int = 3, mu: float = 1.5, lam: float = 10.0, div_form: str = "code",
+                 beta: float | None = None, lam_middle: float | None = None, beta_middle: float | None = None,
+                 upsample: str = "nearest", backend: str = "auto", loss_args: dict | None = None):
         super().__init__()
         self.loss = loss
         self.term = None  # the MC / TDSA term
         self.baseline = None  # a loss of tdsa_fast.losses
+        if beta is None:
+            beta = RELEASED_BETA.get(loss, RELEASED_BETA["tdsa"])
         form = dict(mu=mu, lam=lam, div_form=div_form, beta=beta, backend=backend)
+        if loss != "tdsa" and loss != "tdsa-noattn" and (lam_middle is not None or beta_middle is not None):
+            raise ValueError(f"lam_middle and beta_middle weight the middle level of the TDSA losses; "
+                             f"loss {loss!r} has none")
         if loss == "ce":
             pass
         elif loss == "mc":
             self.term = MCLoss(cnum_high, **form)
         elif loss in ("tdsa", "tdsa-noattn"):
-            self.term = TDSALoss(cnum_high, mode=upsample, attention=(loss == "tdsa"), **form)
+            self.term = TDSALoss(cnum_high, mode=upsample, attention=(loss == "tdsa"), lam_middle=lam_middle,
+                                 beta_middle=beta_middle, **form)
         elif loss in BASELINES:
             if loss != "focal" and num_classes is None:
                 raise ValueError(f"loss {loss!r} owns per-class state and needs num_classes")

@@ -172,8 +172,9 @@ def build_network(cfg: dict, num_classes: int) -> nn.Module:
 def build_objective(cfg: dict, num_classes: int) -> TrainingObjective:
     """The objective of the resolved config ``cfg`` (it owns the parameters of the baseline losses)."""
     return TrainingObjective(cfg["loss"], num_classes=num_classes, cnum_high=cfg["cnum_high"], mu=cfg["mu"],
-                             lam=cfg["lam"], div_form=cfg["div_form"], beta=cfg["beta"], upsample=cfg["upsample"],
-                             loss_args=cfg.get("loss_args") or {})
+                             lam=cfg["lam"], div_form=cfg["div_form"], beta=cfg["beta"],
+                             lam_middle=cfg.get("lam_middle"), beta_middle=cfg.get("beta_middle"),
+                             upsample=cfg["upsample"], loss_args=cfg.get("loss_args") or {})
 
 
 def build_optimizer(cfg: dict, model: nn.Module, objective: nn.Module):

@@ -118,12 +118,81 @@ def test_functional_losses_and_modules_are_eq_1_and_eq_8(div_form, backend):
     assert torch.allclose(module(high, target, mask_high), weight * mc_high, rtol=1e-10)
 
 
-def test_the_two_forms_differ_and_the_defaults_are_the_papers():
-    """Default weights: the paper's mu = 1.5, lam = 10 (and beta = 15 for the code form)."""
+def _released_form(loss, low, high, logits, target, masks, beta_high, beta_middle, alpha=1.5):
+    """The released code's total: CE + per level alpha * CE(g) + beta * (1 - mean(h) / n)."""
+    mask_low, mask_high = masks
+    total = F.cross_entropy(logits, target) + alpha * F.cross_entropy(eq3_g(high, mask_high, CNUM_HIGH), target) \
+        + beta_high * (1 - eq5_h(high, CNUM_HIGH).mean() / CNUM_HIGH)
+    if loss != "mc":
+        middle = eq7_gate(low, high, "nearest") if loss == "tdsa" else low
+        total = total + alpha * F.cross_entropy(eq3_g(middle, mask_low, CNUM_LOW), target) \
+            + beta_middle * (1 - eq5_h(middle, CNUM_LOW).mean() / CNUM_LOW)
+    return total
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss,beta", [("mc", 20.0), ("tdsa", 15.0), ("tdsa-noattn", 15.0)])
+def test_the_trainers_default_objective_is_the_released_codes(loss, beta, backend):
+    """With no loss options, the trainer's objective is the released code's formula with each
+    script's own beta (MC-Loss 20, TDSA 15) and alpha = 1.5: values and gradients."""
+    from tdsa_fast.config import parse_config
+    from tdsa_fast.train import build_objective
+
+    cfg, _ = parse_config(["--loss", loss])
+    assert (cfg["div_form"], cfg["beta"], cfg["mu"]) == ("code", beta, 1.5)
+    objective = build_objective(dict(cfg, cnum_high=CNUM_HIGH), num_classes=S)
+    objective.term.backend = backend
+    low, high, logits, target, masks = _inputs(2)
+    leaves = [t.clone().requires_grad_() for t in (low, high, logits)]
+    want = _released_form(loss, *leaves, target, masks, beta, beta)
+    want_grads = _grads(want, leaves)
+    leaves = [t.clone().requires_grad_() for t in (low, high, logits)]
+    out = ModelOutput(logits=leaves[2], middle=leaves[0], high=leaves[1])
+    total, _ = objective(out, target, masks=masks if loss != "mc" else masks[1:])
+    assert torch.allclose(total.double(), want, rtol=1e-6), (total.item(), want.item())
+    for name, g, w in zip(("middle", "high", "logits"), _grads(total, leaves), want_grads):
+        assert torch.allclose(g.double(), w, rtol=1e-5, atol=1e-8), f"d total / d {name}"
+    # the modules and the functional losses default to the same
+    module = MCLoss(CNUM_HIGH) if loss == "mc" else TDSALoss(CNUM_HIGH, attention=loss == "tdsa")
+    assert (module.div_form, module.beta) == ("code", beta)
+    fn = TF.mc_loss(high, target, CNUM_HIGH, mask=masks[1]) if loss == "mc" else TF.tdsa_loss(
+        low, high, target, cnum_high=CNUM_HIGH, masks=masks, attention=loss == "tdsa")
+    assert torch.allclose(fn, want.detach() - F.cross_entropy(logits, target), rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("div_form", ["paper", "code"])
+@pytest.mark.parametrize("loss", ["tdsa", "tdsa-noattn"])
+def test_the_middle_levels_own_weights(loss, div_form, backend):
+    """lam_middle / beta_middle weight the middle level only; the high level keeps lam / beta."""
+    low, high, logits, target, masks = _inputs(3)
+    lam_mid, beta_mid = 0.4, 2.5
+    objective = TrainingObjective(loss, mu=MU, lam=LAM, beta=BETA, lam_middle=lam_mid, beta_middle=beta_mid,
+                                  div_form=div_form, cnum_high=CNUM_HIGH, backend=backend)
+    leaves = [t.clone().requires_grad_() for t in (low, high, logits)]
+    total, ce = objective(ModelOutput(logits=leaves[2], middle=leaves[0], high=leaves[1]), target, masks=masks)
+    middle = eq7_gate(low, high, "nearest") if loss == "tdsa" else low
+    dis_h, div_h = F.cross_entropy(eq3_g(high, masks[1], CNUM_HIGH), target), eq5_h(high, CNUM_HIGH).mean()
+    dis_m, div_m = F.cross_entropy(eq3_g(middle, masks[0], CNUM_LOW), target), eq5_h(middle, CNUM_LOW).mean()
+    if div_form == "paper":
+        want = MU * (dis_h - LAM * div_h + dis_m - lam_mid * div_m)
+    else:
+        want = MU * (dis_h + dis_m) + BETA * (1 - div_h / CNUM_HIGH) + beta_mid * (1 - div_m / CNUM_LOW)
+    assert torch.allclose(total - ce, want, rtol=1e-10), (total.item() - ce.item(), want.item())
+    same = TrainingObjective(loss, mu=MU, lam=LAM, beta=BETA, div_form=div_form, cnum_high=CNUM_HIGH,
+                             backend=backend)(ModelOutput(logits=logits, middle=low, high=high), target, masks=masks)[0]
+    assert not torch.allclose(total, same), "the middle level's own weight changed nothing"
+    with pytest.raises(ValueError, match="middle level"):
+        TrainingObjective("mc", beta_middle=1.0)
+
+
+def test_the_two_forms_differ_and_the_default_weights():
+    """Default weights: mu = 1.5, lam = 10 for the paper form; the code form (the default) with
+    beta = 15 for TDSA."""
     low, high, logits, target, masks = _inputs(2)
     out = ModelOutput(logits=logits, middle=low, high=high)
-    paper = TrainingObjective("tdsa", cnum_high=CNUM_HIGH)(out, target, masks=masks)[0]
-    code = TrainingObjective("tdsa", cnum_high=CNUM_HIGH, div_form="code")(out, target, masks=masks)[0]
+    paper = TrainingObjective("tdsa", cnum_high=CNUM_HIGH, div_form="paper")(out, target, masks=masks)[0]
+    code = TrainingObjective("tdsa", cnum_high=CNUM_HIGH)(out, target, masks=masks)[0]
     ce = F.cross_entropy(logits, target)
     gated = eq7_gate(low, high, "nearest")
     terms = [(eq3_g(high, masks[1], CNUM_HIGH), eq5_h(high, CNUM_HIGH), CNUM_HIGH),
@@ -132,3 +201,24 @@ def test_the_two_forms_differ_and_the_defaults_are_the_papers():
     want_code = ce + sum(1.5 * F.cross_entropy(g, target) + 15.0 * (1 - h.mean() / n) for g, h, n in terms)
     assert torch.allclose(paper, want_paper, rtol=1e-6) and torch.allclose(code, want_code, rtol=1e-6)
     assert not torch.allclose(paper, code)
+
+
+def test_the_trainers_loss_weight_options():
+    """--beta defaults per loss; --beta-middle / --lam-middle only where there is a middle level;
+    a run saved before an option existed resumes with that option's default."""
+    from tdsa_fast.config import parse_config, resume_config
+
+    assert parse_config(["--loss", "mc"])[0]["beta"] == 20.0
+    assert parse_config(["--loss", "tdsa", "--beta", "7"])[0]["beta"] == 7.0
+    assert parse_config(["--loss", "tdsa-noattn", "--div-form", "paper"])[0]["div_form"] == "paper"
+    cfg, _ = parse_config(["--loss", "tdsa", "--beta-middle", "2", "--lam-middle", "0.5"])
+    assert (cfg["beta_middle"], cfg["lam_middle"]) == (2.0, 0.5)
+    for loss in ("mc", "ce"):
+        for flag in ("--beta-middle", "--lam-middle"):
+            with pytest.raises(ValueError, match="middle level"):
+                parse_config(["--loss", loss, flag, "1"])
+    saved, _ = parse_config(["--loss", "tdsa", "--div-form", "paper"])
+    old = {k: v for k, v in saved.items() if k not in ("beta_middle", "lam_middle")}
+    given, explicit = parse_config(["--resume", "RUN"])
+    resumed = resume_config(old, given, explicit)
+    assert (resumed["div_form"], resumed["beta_middle"], resumed["lam_middle"]) == ("paper", None, None)

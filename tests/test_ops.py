@@ -535,7 +535,7 @@ def test_torch_compile_fullgraph_cpu():
         g2, h2 = torch.ops.tdsa_fast.tdsa_terms(lo, hi, maskl, 6, "nearest")
         gated = torch.ops.tdsa_fast.topdown_gate(lo, hi, "bilinear")
         return (
-            TF.mc_objective(g1, h1, target, 3)
+            TF.mc_objective(g1, h1, target, 3, div_form="paper")
             + TF.mc_objective(g2, h2, target, 6, div_form="code")
             + gated.square().mean()
         )

@@ -73,7 +73,7 @@ def test_tdsa_puts_gradient_on_both_levels_and_through_the_gate():
     out.middle.retain_grad()
     out.high.retain_grad()
     masks = (torch.ones(1, s * 9), torch.ones(1, s * 3))
-    term = TrainingObjective("tdsa").term
+    term = TrainingObjective("tdsa", div_form="paper").term
     term(out.middle, out.high, y, masks=masks).backward()
     assert out.middle.grad.abs().sum() > 0, "no gradient on the middle level"
     assert out.high.grad.abs().sum() > 0, "no gradient on the high level"
@@ -86,9 +86,9 @@ def test_tdsa_puts_gradient_on_both_levels_and_through_the_gate():
         high = out.high.detach().requires_grad_(True)
         return torch.autograd.grad(loss_of_high(high), high)[0]
 
-    own = grad_high(lambda h: 1.5 * TF.mc_loss(h, y, 3, mask=masks[1]))
+    own = grad_high(lambda h: 1.5 * TF.mc_loss(h, y, 3, mask=masks[1], div_form="paper"))
     gated = grad_high(lambda h: term(middle, h, y, masks=masks))
-    ungated = grad_high(lambda h: TrainingObjective("tdsa-noattn").term(middle, h, y, masks=masks))
+    ungated = grad_high(lambda h: TrainingObjective("tdsa-noattn", div_form="paper").term(middle, h, y, masks=masks))
     assert (gated - own).abs().sum() > 1e-3 * own.abs().sum(), "the gate's gradient does not reach the high level"
     assert torch.allclose(ungated, own), "without the gate the middle term must not reach the high level"
 
