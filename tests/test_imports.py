@@ -1,0 +1,94 @@
+"""The package's import graph: no cycles, and nothing imports the training command.
+
+The graph is read from the source (every ``import`` and ``from ... import`` of a tdsa_fast
+module, at module level or inside a function, since a deferred import is still a
+dependency). ``from tdsa_fast.pkg import name`` depends on ``tdsa_fast.pkg.name`` when that is
+a module, else on ``tdsa_fast.pkg`` (a name its ``__init__`` defines).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tdsa_fast"
+COMMANDS = ("tdsa_fast.train",)  # entry points: python -m ...; nothing may import them
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: the tdsa_fast modules it imports}."""
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                source = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    sub = f"{source}.{alias.name}"
+                    deps.add(sub if sub in modules else source)
+        graph[name] = {d for d in deps if d in modules and d != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_graph_is_read():
+    graph = import_graph()
+    assert "tdsa_fast.functional" in graph["tdsa_fast.nn"]
+    assert "tdsa_fast.models" in graph["tdsa_fast.objective"]
+
+
+def test_the_checker_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    found = cycles(import_graph())
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_nothing_imports_the_training_command():
+    importers = {m: sorted(deps & set(COMMANDS)) for m, deps in import_graph().items() if deps & set(COMMANDS)}
+    assert not importers, f"modules that import a command: {importers}"
