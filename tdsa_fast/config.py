@@ -14,10 +14,9 @@ import yaml
 
 from tdsa_fast.data.datasets import DATASETS
 from tdsa_fast.data.loading import LOADERS
-from tdsa_fast.functional import RELEASED_BETA
+from tdsa_fast.loss_specs import LOSS_NAMES, RELEASED_BETA, loss_spec
 from tdsa_fast.losses import BASELINES, baseline_options
 from tdsa_fast.models import MODELS
-from tdsa_fast.objective import LOSS_NAMES
 
 LOSSES = LOSS_NAMES  # ce, the baselines of the paper's Tables II/III, mc, tdsa, tdsa-noattn
 UPSAMPLE = ("nearest", "bilinear", "bicubic")
@@ -367,21 +366,14 @@ def resolve_loss_weights(cfg: dict) -> None:
     if cfg.get("beta") is None:
         cfg["beta"] = RELEASED_BETA.get(cfg["loss"])
     for key in ("beta_middle", "lam_middle"):
-        if cfg.get(key) is not None and cfg["loss"] not in ("tdsa", "tdsa-noattn"):
+        if cfg.get(key) is not None and not loss_spec(cfg["loss"]).has_middle:
             raise ValueError(f"--{key.replace('_', '-')} weights the middle level of tdsa and tdsa-noattn; "
                              f"--loss {cfg['loss']} has none")
 
 
 def model_widths(loss: str, xi: int, cnum_high: int) -> tuple[int | None, int | None]:
     """(middle_cnum, high_cnum) of the backbone for a loss: grouped levels only where the loss reads them."""
-    if loss in BASELINES:  # the standard widths, as the CE baseline (DESIGN §1)
-        return (None, None)
-    return {
-        "ce": (None, None),
-        "mc": (None, cnum_high),
-        "tdsa": (cnum_high * xi, cnum_high),
-        "tdsa-noattn": (cnum_high * xi, cnum_high),
-    }[loss]
+    return loss_spec(loss).widths(xi, cnum_high)
 
 
 def small_input(cfg: dict) -> bool | None:

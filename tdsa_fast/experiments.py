@@ -57,15 +57,14 @@ from pathlib import Path
 import yaml
 
 from tdsa_fast.config import build_parser, loss_arg_pairs, loss_args_dict, parse_config
+from tdsa_fast.loss_specs import LOSSES
 
 __all__ = ["Spec", "RunPlan", "load_spec", "plan_runs", "run_grid", "write_tables", "main"]
 
 SPEC_KEYS = ("table", "output", "data_roots", "base", "grid", "description")
 TABLES = ("II", "III", "IV", "V", "VI", "VII", "VIII")
 ROW_KEY = {"II": "loss", "III": "loss", "IV": "loss", "V": "xi", "VI": "xi", "VII": "upsample", "VIII": "upsample"}
-METHOD = {"ce": "CE", "center": "Center", "asoftmax": "A-softmax", "focal": "Focal", "coco": "COCO", "lgm": "LGM",
-          "lmcl": "LMCL", "arcface": "ArcFace", "circle": "Circle", "mc": "MC-Loss",
-          "tdsa-noattn": "TDSA w/o attention", "tdsa": "TDSA"}
+METHOD = {name: spec.label for name, spec in LOSSES.items()}  # the row labels of the paper's tables
 BACKBONE = {"vgg16": "VGG16", "resnet18": "ResNet18"}
 DATASET_COLUMN = {"cub": "CUB-200-2011", "aircraft": "FGVC-Aircraft", "cars": "Stanford Cars",
                   "flowers": "Flowers-102"}

@@ -25,10 +25,7 @@ import torch.nn.functional as F
 
 from tdsa_fast import _checks, reference
 from tdsa_fast._backend import resolve
-
-# β of the code form in the released scripts: the MC-Loss code's 20, the TDSA code's 15 (on
-# both of its levels; its "w/o attention" ablation is the same script without the gate).
-RELEASED_BETA = {"mc": 20.0, "tdsa": 15.0, "tdsa-noattn": 15.0}
+from tdsa_fast.loss_specs import RELEASED_BETA  # β of the released scripts' code form
 
 __all__ = [
     "RELEASED_BETA",

@@ -6,13 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdsa_fast.functional import RELEASED_BETA
-from tdsa_fast.losses import BASELINES, ClassWeightLoss, build_baseline
+from tdsa_fast.loss_specs import LOSS_NAMES, RELEASED_BETA, loss_spec
+from tdsa_fast.losses import ClassWeightLoss, build_baseline
 from tdsa_fast.models import HEAD_HIDDEN, ModelOutput
 from tdsa_fast.nn import MCLoss, TDSALoss
 
-LOSS_NAMES = ("ce", "center", "asoftmax", "focal", "coco", "lgm", "lmcl", "arcface", "circle",
-              "mc", "tdsa", "tdsa-noattn")
+__all__ = ["LOSS_NAMES", "TrainingObjective"]
 
 
 class TrainingObjective(nn.Module):
@@ -43,25 +42,22 @@ class TrainingObjective(nn.Module):
         self.loss = loss
         self.term = None  # the MC / TDSA term
         self.baseline = None  # a loss of tdsa_fast.losses
+        spec = loss_spec(loss)
         if beta is None:
             beta = RELEASED_BETA.get(loss, RELEASED_BETA["tdsa"])
         form = dict(mu=mu, lam=lam, div_form=div_form, beta=beta, backend=backend)
-        if loss != "tdsa" and loss != "tdsa-noattn" and (lam_middle is not None or beta_middle is not None):
+        if not spec.has_middle and (lam_middle is not None or beta_middle is not None):
             raise ValueError(f"lam_middle and beta_middle weight the middle level of the TDSA losses; "
                              f"loss {loss!r} has none")
-        if loss == "ce":
-            pass
-        elif loss == "mc":
-            self.term = MCLoss(cnum_high, **form)
-        elif loss in ("tdsa", "tdsa-noattn"):
-            self.term = TDSALoss(cnum_high, mode=upsample, attention=(loss == "tdsa"), lam_middle=lam_middle,
+        if spec.has_middle:
+            self.term = TDSALoss(cnum_high, mode=upsample, attention=spec.gate, lam_middle=lam_middle,
                                  beta_middle=beta_middle, **form)
-        elif loss in BASELINES:
+        elif spec.grouped:
+            self.term = MCLoss(cnum_high, **form)
+        elif spec.baseline:
             if loss != "focal" and num_classes is None:
                 raise ValueError(f"loss {loss!r} owns per-class state and needs num_classes")
             self.baseline = build_baseline(loss, num_classes, embedding_dim, **(loss_args or {}))
-        else:
-            raise ValueError(f"loss must be one of {', '.join(LOSS_NAMES)}; got {loss!r}")
         if loss_args and self.baseline is None:
             raise ValueError(f"loss_args {loss_args} apply to the baseline losses only, not to {loss!r}")
 

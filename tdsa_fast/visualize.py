@@ -49,13 +49,11 @@ import torch
 import torch.nn.functional as F
 
 from tdsa_fast import checkpoint, reference
+from tdsa_fast.loss_specs import LOSSES
 from tdsa_fast.models import ModelOutput
 
-__all__ = ["GROUPED_LOSSES", "ClassMaps", "class_maps", "load_model", "preprocess", "render_fig6", "fig6",
+__all__ = ["ClassMaps", "class_maps", "load_model", "preprocess", "render_fig6", "fig6",
            "read_metrics", "render_curves", "curves", "main"]
-
-# loss -> (middle level grouped by class, high level grouped by class)
-GROUPED_LOSSES = {"tdsa": (True, True), "tdsa-noattn": (True, True), "mc": (False, True)}
 
 
 class ClassMaps(NamedTuple):
@@ -127,7 +125,7 @@ def load_model(path, device: str | torch.device = "cpu"):
     ckpt = checkpoint.load(path)
     cfg = dict(ckpt["config"])
     loss = cfg.get("loss")
-    if loss not in GROUPED_LOSSES:
+    if loss not in LOSSES or not LOSSES[loss].grouped:
         raise ValueError(
             f"{path} was trained with --loss {loss}, whose model keeps the backbone's standard widths: "
             f"no channels grouped by class to visualise. fig6 supports checkpoints of --loss tdsa and "
@@ -235,9 +233,9 @@ def fig6(checkpoint_path, out_path, *, image=None, split: str = "test", index: O
     probs = out.logits.float().softmax(1)[0].cpu()
     predicted = int(probs.argmax())
     cls = predicted if class_index is None else class_index
-    middle_grouped, _ = GROUPED_LOSSES[cfg["loss"]]
+    spec = LOSSES[cfg["loss"]]
     maps = class_maps(ModelOutput(*(t.cpu() if t is not None else None for t in out)), cls, cfg["cnum_high"],
-                      middle_grouped=middle_grouped, gate=cfg["loss"] == "tdsa", mode=cfg.get("upsample", "nearest"))
+                      middle_grouped=spec.has_middle, gate=spec.gate, mode=cfg.get("upsample", "nearest"))
     names = cfg.get("class_names") or []
 
     def name(i):
@@ -245,7 +243,7 @@ def fig6(checkpoint_path, out_path, *, image=None, split: str = "test", index: O
             return str(i)
         return f"{i} ({names[i] if len(names[i]) <= 48 else names[i][:45] + '...'})"
 
-    widths = f"ξ={cfg['xi']}, cnum_high={cfg['cnum_high']}" if middle_grouped else f"cnum_high={cfg['cnum_high']}"
+    widths = f"ξ={cfg['xi']}, cnum_high={cfg['cnum_high']}" if spec.has_middle else f"cnum_high={cfg['cnum_high']}"
     title = (f"{Path(path).name}: {cfg['model']} + {cfg['loss']} ({widths})\n"
              f"class {name(cls)}, p={float(probs[cls]):.2f}\npredicted {name(predicted)}"
              + (f"; true {name(label)}" if label is not None else ""))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tdsa_fast"
 COMMANDS = ("tdsa_fast.train",)  # entry points: python -m ...; nothing may import them
+COMPILED = ("tdsa_fast._C",)  # the extension csrc/ builds: a leaf
 
 
 def _modules() -> dict[str, Path]:
@@ -37,8 +38,9 @@ def import_graph() -> dict[str, set[str]]:
                 source = ".".join(base + ([node.module] if node.module else []))
                 for alias in node.names:
                     sub = f"{source}.{alias.name}"
-                    deps.add(sub if sub in modules else source)
-        graph[name] = {d for d in deps if d in modules and d != name}
+                    deps.add(sub if sub in modules or sub in COMPILED else source)
+        graph[name] = {d for d in deps if (d in modules or d in COMPILED) and d != name}
+    graph.update({name: set() for name in COMPILED})
     return graph
 
 
@@ -92,3 +94,23 @@ def test_no_import_cycles():
 def test_nothing_imports_the_training_command():
     importers = {m: sorted(deps & set(COMMANDS)) for m, deps in import_graph().items() if deps & set(COMMANDS)}
     assert not importers, f"modules that import a command: {importers}"
+
+
+def test_the_loss_table_agrees_with_the_baselines_and_the_objective():
+    """One table of losses: its baselines are tdsa_fast.losses's, and the objective builds the
+    term each entry describes."""
+    from tdsa_fast.loss_specs import LOSSES
+    from tdsa_fast.losses import BASELINES
+    from tdsa_fast.nn import MCLoss, TDSALoss
+    from tdsa_fast.objective import TrainingObjective
+
+    assert {n for n, s in LOSSES.items() if s.baseline} == set(BASELINES)
+    for name, spec in LOSSES.items():
+        objective = TrainingObjective(name, num_classes=3, embedding_dim=8)
+        assert (objective.baseline is not None) == spec.baseline, name
+        if spec.has_middle:
+            assert isinstance(objective.term, TDSALoss) and objective.term.attention == spec.gate, name
+        elif spec.grouped:
+            assert isinstance(objective.term, MCLoss), name
+        else:
+            assert objective.term is None, name
