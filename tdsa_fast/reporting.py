@@ -11,7 +11,7 @@ In the run folder ``out``:
   ``epoch/<field>`` at step ``epoch`` (NaN values, i.e. epochs not evaluated, are left out).
   ``tensorboard --logdir out/tensorboard`` shows the two folders as two runs.
 * ``training_curves.png`` (at the end): test accuracy and training loss per epoch, two
-  panels, the paper's Fig. 5 style (:func:`tdsa_fast.visualize.render_curves`).
+  panels, the paper's Fig. 5 style (:func:`tdsa_fast.plots.render_curves`).
 * ``summary.json`` (at the end): the trainer's summary plus what :meth:`RunReport.finish`
   reads back from ``metrics.csv``; NaN and infinities are written as ``null`` (strict JSON).
 
@@ -39,9 +39,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from tdsa_fast.visualize import read_metrics, render_curves, run_label
+from tdsa_fast.plots import render_curves
 
-__all__ = ["METRIC_FIELDS", "RunReport"]
+__all__ = ["METRIC_FIELDS", "RunReport", "read_metrics", "run_label"]
 
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_ce", "train_acc", "test_acc",
                  "images_per_s", "epoch_seconds", "skipped_images")
@@ -72,6 +72,41 @@ def _read_csv(path: Path) -> tuple[Optional[list[str]], list[list[str]]]:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     return (rows[0], rows[1:]) if rows else (None, [])
+
+
+def read_metrics(run_dir, loss_column: str = "train_loss") -> dict:
+    """Reads ``run_dir/metrics.csv``: ``dict(acc_epochs, test_acc, loss_epochs, train_loss)``
+    (lists; points whose value is nan or missing are left out). ``train_loss`` holds the
+    column ``loss_column`` (``train_loss``: the whole objective; ``train_ce``: its cross-entropy)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no metrics.csv (not a tdsa_fast run folder?)")
+    header, rows = _read_csv(path)
+    if not header or not {"epoch", "test_acc", loss_column} <= set(header):
+        raise ValueError(f"{path}: expected the columns epoch, {loss_column} and test_acc")
+    column = {k: i for i, k in enumerate(header)}
+    acc_e, acc, loss_e, loss = [], [], [], []
+    for row in rows:
+        cell = lambda k: _number(row[column[k]]) if column[k] < len(row) else float("nan")  # noqa: E731
+        e = cell("epoch")
+        if math.isnan(e):
+            continue
+        a, t = cell("test_acc"), cell(loss_column)
+        if not math.isnan(a):
+            acc_e.append(e), acc.append(a)
+        if not math.isnan(t):
+            loss_e.append(e), loss.append(t)
+    return dict(acc_epochs=acc_e, test_acc=acc, loss_epochs=loss_e, train_loss=loss)
+
+
+def run_label(run_dir) -> str:
+    """``loss / model / dataset`` from ``run_dir/config.json`` (the folder's name without one)."""
+    cfg_path = Path(run_dir) / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        return " / ".join(str(cfg[k]) for k in ("loss", "model", "dataset"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return Path(run_dir).name
 
 
 def _write_atomic(path: Path, write) -> None:

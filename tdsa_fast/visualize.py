@@ -36,9 +36,6 @@ Plots use matplotlib's object-oriented API on the Agg canvas (no pyplot, no disp
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import math
 import sys
 import textwrap
 from pathlib import Path
@@ -51,9 +48,11 @@ import torch.nn.functional as F
 from tdsa_fast import checkpoint, reference
 from tdsa_fast.loss_specs import LOSSES
 from tdsa_fast.models import ModelOutput
+from tdsa_fast.plots import render_curves
+from tdsa_fast.reporting import read_metrics, run_label
 
 __all__ = ["ClassMaps", "class_maps", "load_model", "preprocess", "render_fig6", "fig6",
-           "read_metrics", "render_curves", "curves", "main"]
+           "curves", "main"]
 
 
 class ClassMaps(NamedTuple):
@@ -258,71 +257,6 @@ def fig6(checkpoint_path, out_path, *, image=None, split: str = "test", index: O
 # ---------------------------------------------------------------------------------------
 # Fig. 5: curves
 # ---------------------------------------------------------------------------------------
-
-def _float(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def read_metrics(run_dir, loss_column: str = "train_loss") -> dict:
-    """Reads ``run_dir/metrics.csv``: ``dict(acc_epochs, test_acc, loss_epochs, train_loss)``
-    (lists; points whose value is nan or missing are left out). ``train_loss`` holds the
-    column ``loss_column`` (``train_loss``: the whole objective; ``train_ce``: its cross-entropy)."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no metrics.csv (not a tdsa_fast run folder?)")
-    acc_e, acc, loss_e, loss = [], [], [], []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"epoch", "test_acc", loss_column} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: expected the columns epoch, {loss_column} and test_acc")
-        for row in reader:
-            e = _float(row["epoch"])
-            if math.isnan(e):
-                continue
-            a, t = _float(row["test_acc"]), _float(row[loss_column])
-            if not math.isnan(a):
-                acc_e.append(e), acc.append(a)
-            if not math.isnan(t):
-                loss_e.append(e), loss.append(t)
-    return dict(acc_epochs=acc_e, test_acc=acc, loss_epochs=loss_e, train_loss=loss)
-
-
-def run_label(run_dir) -> str:
-    """``loss / model / dataset`` from ``run_dir/config.json`` (the folder's name without one)."""
-    cfg_path = Path(run_dir) / "config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-        return " / ".join(str(cfg[k]) for k in ("loss", "model", "dataset"))
-    except (OSError, ValueError, KeyError, TypeError):
-        return Path(run_dir).name
-
-
-def render_curves(runs: Sequence[tuple[str, dict]], title: str = "", loss_column: str = "train_loss"):
-    """Figure with test accuracy (%) and training loss per epoch; ``runs``: ``(label, read_metrics(...))``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(11, 4.2), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_acc, ax_loss = fig.subplots(1, 2)
-    for label, m in runs:
-        ax_acc.plot(m["acc_epochs"], [100 * a for a in m["test_acc"]], marker=".", label=label)
-        ax_loss.plot(m["loss_epochs"], m["train_loss"], marker=".", label=label)
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
-    what = "training loss" if loss_column == "train_loss" else f"training {loss_column.removeprefix('train_')}"
-    ax_loss.set(xlabel="epoch", ylabel=what, title=what)
-    for ax in (ax_acc, ax_loss):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return fig
-
 
 def curves(run_dirs: Sequence, out_path, *, labels: Optional[Sequence[str]] = None, title: str = "",
            loss_column: str = "train_loss") -> list:

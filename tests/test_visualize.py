@@ -14,7 +14,8 @@ from tdsa_fast.config import build_parser, resolve
 from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
 from tdsa_fast.models import ModelOutput
 from tdsa_fast.train import run
-from tdsa_fast.visualize import class_maps, curves, fig6, main, read_metrics
+from tdsa_fast.reporting import read_metrics
+from tdsa_fast.visualize import class_maps, curves, fig6, main
 
 TINY = SyntheticSpec(num_classes=4, train_per_class=8, test_per_class=8, image_size=64, seed=1)
 
