@@ -8,7 +8,6 @@ import torch
 
 from tdsa_fast import _backend
 from tdsa_fast import functional as TF
-from tdsa_fast import reference
 from transcription import eq3_g, eq5_h, eq7_gate
 
 F64 = torch.float64
