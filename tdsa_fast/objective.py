@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdsa_fast.loss_specs import LOSS_NAMES, RELEASED_BETA, loss_spec
+from tdsa_fast.loss_specs import LOSS_NAMES, loss_spec
 from tdsa_fast.losses import ClassWeightLoss, build_baseline
 from tdsa_fast.models import HEAD_HIDDEN, ModelOutput
 from tdsa_fast.nn import MCLoss, TDSALoss
@@ -26,7 +26,7 @@ class TrainingObjective(nn.Module):
     parameters and buffers: give them to the optimiser and save its ``state_dict``. ``loss_args``:
     a baseline's hyper-parameters over its paper's defaults (:func:`tdsa_fast.losses.baseline_options`).
     ``div_form``, ``mu``, ``lam``, ``beta``: the MC/TDSA term's form and weights (:mod:`tdsa_fast.nn`);
-    ``beta=None`` takes the released code's β of the loss (:data:`tdsa_fast.functional.RELEASED_BETA`);
+    ``beta=None`` takes the released code's β of the loss (:class:`tdsa_fast.loss_specs.LossSpec`);
     ``lam_middle`` / ``beta_middle``: the middle level's own λ / β (TDSA losses only).
 
     The returned ``ce`` is the cross-entropy of ``predict(out)`` (for logging; for the margin
@@ -44,7 +44,7 @@ class TrainingObjective(nn.Module):
         self.baseline = None  # a loss of tdsa_fast.losses
         spec = loss_spec(loss)
         if beta is None:
-            beta = RELEASED_BETA.get(loss, RELEASED_BETA["tdsa"])
+            beta = spec.released_beta
         form = dict(mu=mu, lam=lam, div_form=div_form, beta=beta, backend=backend)
         if not spec.has_middle and (lam_middle is not None or beta_middle is not None):
             raise ValueError(f"lam_middle and beta_middle weight the middle level of the TDSA losses; "

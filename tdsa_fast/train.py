@@ -634,8 +634,6 @@ def prepare_resume(given: dict, explicit: set[str]) -> tuple[dict, dict]:
                          f"{ckpt['config'].get('epochs')} epochs; nothing to resume")
     cfg = resume_config(ckpt["config"], given, explicit)
     cfg["output"] = str(folder)
-    for key, value in vars(build_parser().parse_args([])).items():  # options added since the run started
-        cfg.setdefault(key, value)
     return cfg, ckpt
 
 
