@@ -18,7 +18,10 @@ when the plugin cannot be built, they are DALI's ``resize`` and ``crop_mirror_no
 
 The pipeline keeps ``prefetch`` batches in flight, so decoding overlaps the training step.
 
-Bad data: a missing or empty file is caught before DALI sees it.  When DALI fails on a
+Bad data: a missing or empty file, a header Pillow cannot read, and an image of more than
+:data:`~tdsa_fast.data.images.MAX_IMAGE_PIXELS` pixels are caught before DALI sees them;
+a transparent image is composited onto white by Pillow (as the PyTorch loader does) and fed
+as an RGB PNG.  When DALI fails on a
 batch (corrupt or truncated JPEG, unknown format...), the batch's files are checked one by
 one (PIL, then DALI alone) to name the culprit: it raises :class:`BadImageError` naming the
 file, or with ``skip_bad`` is dropped and counted, the pipeline rebuilt and the epoch
@@ -33,9 +36,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 
-from tdsa_fast.data.images import BadImageError, load_rgb
+from tdsa_fast.data.images import BadImageError, decode_rgb, load_rgb, read_header
 from tdsa_fast.data.loading import Batch, ImageLoader
 from tdsa_fast.data.torch_loader import read_image_bytes
 
@@ -70,13 +72,12 @@ def _window_roi(box, s: int) -> tuple[np.ndarray, ...]:
             np.array([1.0 if top < 0 else 0.0, 1.0 if left < 0 else 0.0], dtype=np.float32))
 
 
-def _header_size(data: bytes, path: str) -> tuple[int, int]:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
-    except Exception as e:
-        reason = f"{type(e).__name__}: {e}"
-        raise BadImageError.for_file(path, reason) from None
+def _as_rgb_png(data: bytes, path: str) -> bytes:
+    """A transparent image decoded (composited onto white) by :func:`decode_rgb`, as the PyTorch
+    loader does, and re-encoded as an RGB PNG (lossless): DALI's decoder would drop the alpha."""
+    buf = io.BytesIO()
+    decode_rgb(data, path).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def _plugin_window(aug, recipe: str) -> np.ndarray:
@@ -182,8 +183,10 @@ class DaliImageLoader(ImageLoader):
                 continue
             try:
                 data = read_image_bytes(path)
-                if self.train and self.recipe == "rrc":
-                    sizes.append(_header_size(data, path))
+                header = read_header(data, path)  # the loaders' one pixel limit, before DALI decodes
+                if header.alpha:
+                    data = _as_rgb_png(data, path)
+                sizes.append((header.width, header.height))
             except BadImageError as e:
                 if not self.skip_bad:
                     raise
@@ -200,7 +203,7 @@ class DaliImageLoader(ImageLoader):
             return fed, None
         feed = {"encoded": blobs}
         if self.fused_resize or self.train:
-            augs = [self.augment(i, *(sizes[n] if sizes else (None, None))) for n, i in enumerate(kept)]
+            augs = [self.augment(i, *sizes[n]) for n, i in enumerate(kept)]
         if self.fused_resize:
             feed["window"] = [_plugin_window(a, self.recipe) for a in augs]
         elif self.train:

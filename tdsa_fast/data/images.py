@@ -19,10 +19,12 @@ path (PyTorch re-creates the exception from its formatted text).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
 import os
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +35,10 @@ from torchvision import transforms as T
 __all__ = [
     "BadImageError",
     "RECIPES",
+    "MAX_IMAGE_PIXELS",
+    "ImageHeader",
+    "read_header",
+    "decode_rgb",
     "load_rgb",
     "train_transform",
     "test_transform",
@@ -52,6 +58,11 @@ _STD = (0.5, 0.5, 0.5)
 #: Colour that transparent pixels are composited onto (white, as most viewers show them).
 _ALPHA_BACKGROUND = (255, 255, 255)
 
+#: The most pixels (width x height) an image may have, in both loaders: Pillow's
+#: decompression-bomb threshold (``Image.MAX_IMAGE_PIXELS``'s default), checked from the
+#: file's header before anything is decoded (a 2 KB JPEG can claim 20000 x 20000 pixels).
+MAX_IMAGE_PIXELS = 89_478_485
+
 
 class BadImageError(RuntimeError):
     """An image file that cannot be decoded.  ``str(err)`` names the file and the reason;
@@ -70,6 +81,67 @@ class BadImageError(RuntimeError):
 
     def __reduce__(self):
         return (type(self), (str(self), self.path, self.reason))
+
+
+def _too_large(path: str, size: str) -> "BadImageError":
+    return BadImageError.for_file(path, f"too large: {size} is more than the limit of {MAX_IMAGE_PIXELS:,} pixels "
+                                        "(checked from the header before decoding: a decompression bomb, a corrupt "
+                                        "header, or an image to downscale first)")
+
+
+def _check_pixels(im: Image.Image, path: str) -> None:
+    width, height = im.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _too_large(path, f"{width} x {height} = {width * height:,} pixels")
+
+
+def has_alpha(im: Image.Image) -> bool:
+    """Whether ``im`` (opened, not necessarily decoded) has transparency: an alpha band, or a
+    palette / grey / RGB image with a ``transparency`` entry."""
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        im.mode in ("P", "L", "RGB") and "transparency" in im.info)
+
+
+class ImageHeader(NamedTuple):
+    """What the loaders read from a file's header before decoding it."""
+
+    width: int
+    height: int
+    alpha: bool  # composited onto white by :func:`decode_rgb`
+
+
+@contextlib.contextmanager
+def _decoding(path: str):
+    """Pillow's errors inside the block as a :class:`BadImageError` naming ``path``."""
+    try:
+        yield
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise _too_large(path, f"its size ({e})") from None
+    except Exception as e:  # PIL and its plugins raise OSError, SyntaxError, ValueError...
+        reason = f"{type(e).__name__}: {e}"
+        raise BadImageError.for_file(path, reason) from None
+
+
+def read_header(data: bytes, path: str) -> ImageHeader:
+    """The header of the encoded image ``data`` (the bytes of file ``path``), without decoding it.
+
+    Raises:
+        BadImageError: not an image Pillow can identify, or more than :data:`MAX_IMAGE_PIXELS` pixels.
+    """
+    with _decoding(path), Image.open(io.BytesIO(data)) as im:
+        _check_pixels(im, path)
+        return ImageHeader(im.width, im.height, has_alpha(im))
+
+
+def decode_rgb(data: bytes, path: str) -> Image.Image:
+    """The encoded image ``data`` (the bytes of file ``path``) decoded to RGB as :func:`load_rgb`
+    does (same limits, same conversions); errors as :func:`read_header`, or a corrupt file."""
+    with _decoding(path), Image.open(io.BytesIO(data)) as im:
+        _check_pixels(im, path)
+        im.load()
+        return _to_rgb(im)
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -93,9 +165,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if mode == "F":
         a = np.clip(np.rint(np.asarray(im, dtype=np.float64)), 0, 255).astype(np.uint8)
         return Image.fromarray(a, mode="L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode in ("P", "L", "RGB") and "transparency" in im.info)
-    if has_alpha:
+    if has_alpha(im):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, _ALPHA_BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -108,18 +178,22 @@ def load_rgb(path) -> Image.Image:
     is not applied, as in torchvision's default loader).
 
     Raises:
-        BadImageError: the file is missing, unreadable, empty, truncated, corrupt or in an
-            unsupported format; the message names the file and the reason.
+        BadImageError: the file is missing, unreadable, empty, truncated, corrupt, in an
+            unsupported format, or larger than :data:`MAX_IMAGE_PIXELS` (checked before
+            decoding); the message names the file and the reason.
     """
     p = os.fspath(path)
     try:
         with Image.open(p) as im:
+            _check_pixels(im, p)
             im.load()  # force the full decode here, so truncation is caught now
             return _to_rgb(im)
     except BadImageError:
         raise
     except MemoryError:
         raise
+    except Image.DecompressionBombError as e:
+        raise _too_large(p, f"its size ({e})") from None
     except FileNotFoundError:
         reason = "file not found"
     except IsADirectoryError:

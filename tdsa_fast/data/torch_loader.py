@@ -14,7 +14,6 @@ Two decode modes:
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import multiprocessing
 import sys
@@ -24,8 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tdsa_fast.data.images import BadImageError, _Loader, _to_rgb, load_rgb
+from tdsa_fast.data.images import BadImageError, _Loader, decode_rgb, load_rgb, read_header
 from tdsa_fast.data.loading import Augment, Batch, ImageLoader, finish_images
+from tdsa_fast.data.worker_signals import ignore_stop_signals
 
 __all__ = ["TorchImageLoader", "apply_augment_pil", "read_image_bytes"]
 
@@ -149,6 +149,7 @@ class _PlanDataset(torch.utils.data.Dataset):
         try:
             if self.decode == "device":
                 data = read_image_bytes(path)
+                read_header(data, path)  # the pixel limit, before decode_jpeg sees the bytes
             else:
                 img = load_rgb(path)
                 aug = draw_augment(epoch=epoch, index=index, width=img.width, height=img.height,
@@ -202,7 +203,8 @@ def _worker_context():
     if "nvidia.dali" not in sys.modules:
         return "fork"
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", __name__])  # no effect once the server runs
+    # no effect once the server runs; the last one makes the server ignore SIGTERM (worker_signals)
+    ctx.set_forkserver_preload(["__main__", __name__, "tdsa_fast.data.forkserver_signals"])
     return ctx
 
 
@@ -226,6 +228,7 @@ class TorchImageLoader(ImageLoader):
             pin_memory=self.device.type == "cuda" and decode == "pil",
             persistent_workers=self.workers > 0,
             multiprocessing_context=_worker_context() if self.workers > 0 else None,
+            worker_init_fn=ignore_stop_signals,  # a stop signal to the process group is the main process's
         )
 
     def _decode_on_device(self, blobs: list[torch.Tensor], indices: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
@@ -262,14 +265,7 @@ class TorchImageLoader(ImageLoader):
         return images, kept
 
     def _decode_one_on_host(self, blob: torch.Tensor, index: int) -> torch.Tensor:
-        path = self.samples[index][0]
-        try:
-            with Image.open(io.BytesIO(blob.numpy().tobytes())) as im:
-                im.load()
-                rgb = _to_rgb(im)
-        except Exception as e:
-            reason = f"{type(e).__name__}: {e}"
-            raise BadImageError.for_file(path, reason) from None
+        rgb = decode_rgb(blob.numpy().tobytes(), self.samples[index][0])
         return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).to(self.device)
 
     def __iter__(self):
