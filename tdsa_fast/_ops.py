@@ -9,8 +9,11 @@ block defines the six ops and whose CPU / CUDA sources register the kernels) and
   ``topdown_gate`` and ``tdsa_terms``: the context saves the op's *inputs* only (no
   intermediate, in particular not the gated middle map), and the backward calls the
   hand-written backward ops, which recompute the per-channel softmax statistics.
-  Masks get no gradient (``None``). Double backward is not supported (the backward ops
-  have no autograd formula of their own).
+  Masks get no gradient (``None``). The backward ops have no autograd formula of their
+  own, so when a backward runs with ``create_graph=True`` (double backward, gradient
+  penalties) it computes the gradients with the reference's formula
+  (:mod:`tdsa_fast.reference`) instead, which is differentiable again: second-order
+  gradients are the reference's, never a silent ``None``.
 
 ``tdsa_fast._backend`` imports this module right after ``tdsa_fast._C``, so everything
 that goes through ``tdsa_fast.functional`` has these registrations.
@@ -32,6 +35,8 @@ g and h are converted to the accumulation dtype and made contiguous.
 from __future__ import annotations
 
 import torch
+
+from tdsa_fast import reference
 
 OPS = (
     "mc_terms",
@@ -64,6 +69,18 @@ def _terms_like(x: torch.Tensor, cnum) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if grad is None else grad
+
+
+def _differentiable_grads(fn, inputs: tuple, needs: tuple, grads: tuple) -> list:
+    """The gradients of ``fn(*inputs)`` (the reference op) for the inputs that ``needs``, with
+    a graph of their own (a backward under ``create_graph=True``); None for the others."""
+    wrt = [x for x, need in zip(inputs, needs) if need]
+    with torch.enable_grad():
+        outs = fn(*inputs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        got = iter(torch.autograd.grad(outs, wrt, [_zeros_if_none(g, o) for g, o in zip(grads, outs)],
+                                       create_graph=True, allow_unused=True))
+    return [next(got) if need else None for need in needs]
 
 
 def _register() -> None:
@@ -102,6 +119,9 @@ def _register() -> None:
 
     def _mc_backward(ctx, grad_g, grad_h):
         feat, mask = ctx.saved_tensors
+        if torch.is_grad_enabled() and ctx.needs_input_grad[0]:  # create_graph=True
+            return (*_differentiable_grads(lambda f: reference.mc_terms(f, mask, ctx.cnum), (feat,), (True,),
+                                           (grad_g, grad_h)), None, None)
         grad_feat = None
         if ctx.needs_input_grad[0]:
             like = feat.new_empty((feat.shape[0], feat.shape[1] // ctx.cnum), dtype=_acc(feat.dtype))
@@ -121,6 +141,9 @@ def _register() -> None:
         low, high = ctx.saved_tensors
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, None
+        if torch.is_grad_enabled():
+            return (*_differentiable_grads(lambda lo, hi: reference.topdown_gate(lo, hi, ctx.mode), (low, high),
+                                           ctx.needs_input_grad[:2], (grad_out,)), None)
         grad_low, grad_high = torch.ops.tdsa_fast.topdown_gate_backward(
             _zeros_if_none(grad_out, low), low, high, ctx.mode
         )
@@ -142,6 +165,10 @@ def _register() -> None:
         low, high, mask_low = ctx.saved_tensors
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, None, None, None
+        if torch.is_grad_enabled():
+            terms = lambda lo, hi: reference.tdsa_terms(lo, hi, mask_low, ctx.cnum_low, ctx.mode)  # noqa: E731
+            return (*_differentiable_grads(terms, (low, high), ctx.needs_input_grad[:2], (grad_g, grad_h)),
+                    None, None, None)
         like = low.new_empty((low.shape[0], low.shape[1] // ctx.cnum_low), dtype=_acc(low.dtype))
         grad_low, grad_high = torch.ops.tdsa_fast.tdsa_terms_backward(
             _zeros_if_none(grad_g, like), _zeros_if_none(grad_h, like), low, high, mask_low, ctx.cnum_low, ctx.mode

@@ -12,12 +12,36 @@ from pathlib import Path
 import torch
 
 
+def _temp_prefix(name: str) -> str:
+    return f".{name}."
+
+
+def remove_stale_temps(folder: str | os.PathLike, name: str = "*") -> list[Path]:
+    """Removes the temporary files (``.NAME.*.tmp``) that a write killed before its rename left
+    in ``folder`` (``name``: of that checkpoint only); returns them. Call it where no other
+    process writes checkpoints into ``folder`` at the same time."""
+    stale = sorted(Path(folder).glob(f"{_temp_prefix(name)}*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:
     """Writes ``obj`` to a temporary file beside ``path``, flushes it, then renames it over
-    ``path``: a crash or kill leaves either the old file or the new one, never half of one."""
+    ``path``: a crash or kill leaves either the old file or the new one, never half of one.
+    A temporary file of ``path`` left by an earlier killed write is removed first. The file
+    gets the mode an ordinary new file gets (0666 less the umask), like the run's other files."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's files are 0600
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()

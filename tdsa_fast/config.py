@@ -8,6 +8,7 @@ data gets a small CPU-sized recipe, the real datasets get the paper's recipe
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import yaml
@@ -29,6 +30,7 @@ RESUME_OVERRIDABLE = ("device", "workers", "threads", "log_interval", "loader", 
 # The least value of the integer options (checked by resolve, and again for what --resume overrides).
 MINIMUMS = dict(epochs=1, batch_size=1, img_size=1, xi=1, cnum_high=1, log_interval=1, eval_every=1,
                 eval_subset=0, workers=0, max_steps=0, threads=1)
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # torch.manual_seed's
 
 PAPER_RECIPE = dict(model="vgg16", epochs=300, batch_size=32, img_size=224, lr=0.1, workers=4, stem="auto")
 # The built-in data: a few minutes on 2 CPU cores (see README "Built-in default data").
@@ -133,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop (with a checkpoint, as on SIGTERM) after this many optimiser steps in all; 0: no limit")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--output", default=None, help="run folder (default: runs/<dataset>-<model>-<loss>-<time>)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the run files (checkpoints, metrics, results) that --output holds; without it such "
+                        "a folder is refused")
     r.add_argument("--log-interval", type=int, default=20, help="steps between progress lines")
     r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
                    help="no TensorBoard event files in the run folder")
@@ -154,9 +159,12 @@ def loss_arg(text: str) -> tuple[str, int | float | None]:
         return key, None
     for kind in (int, float):
         try:
-            return key, kind(value)
+            number = kind(value)
         except ValueError:
-            pass
+            continue
+        if not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"{key}: expected a finite number, got {value!r}")
+        return key, number
     raise argparse.ArgumentTypeError(f"{key}: expected a number (or null), got {value!r}")
 
 
@@ -203,6 +211,8 @@ def _config_value(action: argparse.Action, key: str, value, path: Path):
         # a store_false option (--no-tensorboard) is keyed by its dest: tensorboard: false
         return value
     if value is None:
+        if action.default is not None:  # None is "not given" only for the options whose default it is
+            raise ValueError(f"{where} must not be null (leave the key out for its default, {action.default!r})")
         return None
     if action.dest == "loss_args":
         try:
@@ -327,6 +337,15 @@ def check_minimums(cfg: dict, keys) -> None:
             raise ValueError(f"--{key.replace('_', '-')} must be >= {MINIMUMS[key]}, got {cfg[key]}")
 
 
+def check_finite(cfg: dict) -> None:
+    """Raises ValueError for a float option of ``cfg`` that is NaN or infinite (``lr <= 0`` is
+    false for NaN, so the range checks alone would let it through)."""
+    for dest, action in _actions(build_parser()).items():
+        value = cfg.get(dest)
+        if action.type is float and value is not None and not math.isfinite(value):
+            raise ValueError(f"--{dest.replace('_', '-')} must be a finite number, got {value}")
+
+
 def resolve(args: argparse.Namespace) -> dict:
     """Fills preset values and checks the combination; returns a plain dict (saved with the run)."""
     cfg = dict(vars(args))
@@ -341,8 +360,11 @@ def resolve(args: argparse.Namespace) -> dict:
     check_minimums(cfg, MINIMUMS)
     if cfg["stem"] != "auto" and cfg["model"] != "resnet18":
         raise ValueError(f"--stem applies to resnet18 only, not to --model {cfg['model']}")
+    check_finite(cfg)
     if cfg["lr"] <= 0:
         raise ValueError(f"--lr must be positive, got {cfg['lr']}")
+    if not SEED_RANGE[0] <= cfg["seed"] <= SEED_RANGE[1]:
+        raise ValueError(f"--seed must be in [-2**63, 2**64 - 1] (torch.manual_seed's range), got {cfg['seed']}")
     if cfg["amp_dtype"] is not None and not cfg["amp"]:
         raise ValueError("--amp-dtype needs --amp")
     cfg["amp_dtype"] = (cfg["amp_dtype"] or "bfloat16") if cfg["amp"] else None

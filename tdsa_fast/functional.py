@@ -17,6 +17,11 @@ enter (the dataset parsers).
 ``g`` and ``h`` are returned in float32 for float16/bfloat16/float32 features and in
 float64 for float64 features: they are reductions, accumulated in that precision, and
 the losses are computed from them without a lossy round trip.
+
+Targets may be any integer dtype (int64, int32, int16, int8, uint8); the losses cast them
+to int64. Second-order gradients (``create_graph=True``, e.g. gradient penalties) work
+with every backend: the fused ops' backward then runs the reference's differentiable
+formula instead of the kernels (see :mod:`tdsa_fast._ops`).
 """
 from __future__ import annotations
 
@@ -145,7 +150,7 @@ def mc_objective(
     in the code form against ``mu * lam`` in the paper form: different objectives.
     """
     _checks.choice("div_form", div_form, _checks.DIV_FORMS)
-    dis = F.cross_entropy(g, target)
+    dis = F.cross_entropy(g, target.long())  # int32/int16/int8/uint8 class indices too
     div = h.mean()
     if div_form == "paper":
         return dis - lam * div

@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -47,6 +48,14 @@ __all__ = ["METRIC_FIELDS", "run", "main", "build_network", "build_objective", "
            "TrainingModule", "pick_device", "dataset_root", "load_splits", "build_loaders"]
 
 CHECKPOINT_FORMAT = 2  # 2: mid-epoch state, scaler, RNG states, progress counters
+# What a run writes into its folder: a folder that holds any of them is refused as --output
+# (unless --overwrite) and --overwrite removes them.
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "results.json", "summary.json", "config.json", "config.yaml",
+             "training_curves.png", "tensorboard")
+# The entries of a checkpoint that --resume reads, and the saved options it cannot do without.
+RESUME_ENTRIES = ("model", "optimizer", "scheduler", "scaler", "progress", "rng", "config")
+RESUME_CONFIG_KEYS = ("dataset", "data_root", "model", "loss", "epochs", "batch_size", "img_size", "lr", "seed",
+                      "num_classes")
 
 
 def dataset_root(cfg: dict) -> Path:
@@ -54,7 +63,11 @@ def dataset_root(cfg: dict) -> Path:
     if cfg["dataset"] == "default":
         from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
 
-        return Path(ensure_default_dataset(SyntheticSpec(seed=0), cache_dir=cfg["data_root"]))
+        try:
+            return Path(ensure_default_dataset(SyntheticSpec(seed=0), cache_dir=cfg["data_root"]))
+        except OSError as e:  # an unwritable folder, or a file where the folder should be
+            raise ValueError(f"--data-root {cfg['data_root']}: cannot write the built-in dataset there: "
+                             f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}") from None
     return Path(cfg["data_root"])
 
 
@@ -147,16 +160,25 @@ def default_output(cfg: dict) -> Path:
     return Path(cfg["output"] or f"runs/{cfg['dataset']}-{cfg['model']}-{cfg['loss']}-{datetime.now():%Y%m%d-%H%M%S}")
 
 
-def prepare_output(out: Path, *, resuming: bool = False) -> Path:
-    """Creates the run folder and checks it is writable; a folder that holds a run already is
-    refused unless the run is being resumed."""
-    if not resuming and (out / "last.pt").exists():
-        raise ValueError(f"--output {out} already holds a run (last.pt); choose another folder or --resume it")
+def prepare_output(out: Path, *, resuming: bool = False, overwrite: bool = False) -> Path:
+    """Creates the run folder and checks it is writable; a folder that holds a run's files
+    (:data:`RUN_FILES`) is refused unless the run is being resumed, or ``overwrite`` (they are
+    removed then). Temporary files a killed checkpoint write left behind are removed."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not resuming:
+        if not overwrite:
+            hint = " or --resume it" if "last.pt" in found else ""
+            raise ValueError(f"--output {out} already holds a run's files ({', '.join(found)}); choose another "
+                             f"folder{hint}, or pass --overwrite to replace them")
+        for name in found:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write_test"
         probe.write_text("ok")
         probe.unlink()
+        checkpoint.remove_stale_temps(out)
     except OSError as e:
         raise ValueError(f"--output {out} is not writable: {e}") from e
     return out
@@ -303,10 +325,7 @@ class Training:
             checkpoint.save_atomic(self.checkpoint_state(), self.out / name)
 
     def restore(self, ckpt: dict) -> None:
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{self.out / 'last.pt'} was written by an older trainer (format "
-                             f"{ckpt.get('format', 1)}, this one reads {CHECKPOINT_FORMAT}); it cannot be resumed "
-                             "exactly -- evaluate it with python -m tdsa_fast.evaluate, or start a new run")
+        check_resumable(ckpt, self.out / "last.pt")
         load_state(self.model, ckpt["model"], "model", self.saved_cfg)
         load_state(self.objective, ckpt.get("objective", {}), "objective", self.saved_cfg)
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -321,6 +340,24 @@ class Training:
         torch.set_rng_state(ckpt["rng"]["cpu"])
         if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+
+
+def check_resumable(ckpt: dict, path) -> None:
+    """Raises ValueError unless ``ckpt`` (loaded from ``path``) holds what ``--resume`` reads:
+    this trainer's format, :data:`RESUME_ENTRIES`, every progress counter and the saved
+    options of :data:`RESUME_CONFIG_KEYS`."""
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} was written by an older trainer (format "
+                         f"{ckpt.get('format', 1)}, this one reads {CHECKPOINT_FORMAT}); it cannot be resumed "
+                         "exactly -- evaluate it with python -m tdsa_fast.evaluate, or start a new run")
+    missing = [k for k in RESUME_ENTRIES if not isinstance(ckpt.get(k), dict)]
+    if not missing:
+        missing += [f"progress.{f.name}" for f in fields(Progress) if f.name != "stopped"
+                    and f.name not in ckpt["progress"]]
+        missing += [f"config.{k}" for k in RESUME_CONFIG_KEYS if k not in ckpt["config"]]
+    if missing:
+        raise ValueError(f"{path} cannot be resumed: it lacks {', '.join(missing)} (damaged, or not written by "
+                         "python -m tdsa_fast.train)")
 
 
 def load_state(module: nn.Module, state: dict, what: str, cfg: dict) -> None:
@@ -488,8 +525,9 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     objective = build_objective(cfg, num_classes).to(device)  # a bad loss option fails here, before the folder
-    out = Path(procs.from_main(lambda: str(prepare_output(default_output(cfg), resuming=resuming))))
-    optimizer, scheduler = build_optimizer(cfg, model, objective)
+    optimizer, scheduler = build_optimizer(cfg, model, objective)  # bad SGD settings fail before the folder
+    out = Path(procs.from_main(lambda: str(prepare_output(default_output(cfg), resuming=resuming,
+                                                          overwrite=bool(cfg.get("overwrite"))))))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(cfg, device) == torch.float16)
     net = wrap_for_training(cfg, model, objective, device, procs)
 
@@ -542,7 +580,7 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
 def config_file_view(saved_cfg: dict) -> dict:
     """The saved config as a ``--config`` file: the trainer's options only (no run facts), and
     not ``output``, so that ``--config RUN/config.yaml`` repeats the run in a new folder."""
-    options = {a.dest for a in build_parser()._actions} - {"help", "config", "resume", "output"}
+    options = {a.dest for a in build_parser()._actions} - {"help", "config", "resume", "output", "overwrite"}
     return {k: v for k, v in saved_cfg.items() if k in options}
 
 
@@ -599,11 +637,14 @@ def _finish(t: Training, test_set: SampleList) -> dict:
         results["final_test_acc"] = test_acc = correct / max(total, 1)
         t.evaluated_images = total
     results["evaluated_images"] = t.evaluated_images
+    # the last evaluation was over the whole split (the last epoch's, or the one above)
+    results["skipped_test_images"] = skipped = len(test_set.samples) - t.evaluated_images
     if t.procs.is_main:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         t.report.finish(dict(results, dataset=cfg["dataset"], model=cfg["model"], loss=cfg["loss"]))
     on = f"on the {eval_images}-image subset " if eval_images < len(test_set.samples) else ""
-    t.log(f"final test accuracy: {100 * test_acc:.2f}% on {len(test_set.samples)} test images (best {on}"
+    scored = f"{t.evaluated_images} test images" + (f" ({skipped} unreadable, skipped)" if skipped else "")
+    t.log(f"final test accuracy: {100 * test_acc:.2f}% on {scored} (best {on}"
           f"{100 * p.best_acc:.2f}% at epoch {p.best_epoch}); run folder {out}")
     return results
 
@@ -615,6 +656,11 @@ def resume_checkpoint(path: str) -> Path:
         path = path / "last.pt"
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    latest = path.parent / "last.pt"
+    if path.name != "last.pt" and latest.is_file():
+        raise ValueError(f"--resume {path}: the run's latest checkpoint is {latest}; resuming from {path.name} "
+                         f"would rewind the run and overwrite it. Resume the run with --resume {path.parent}, or "
+                         f"evaluate {path.name} with python -m tdsa_fast.evaluate")
     return path
 
 
@@ -623,6 +669,7 @@ def prepare_resume(given: dict, explicit: set[str]) -> tuple[dict, dict]:
     line changes; the run continues in the checkpoint's folder."""
     path = resume_checkpoint(given["resume"])
     ckpt = checkpoint.load(path)
+    check_resumable(ckpt, path)
     folder = path.parent
     if "output" in explicit and Path(given["output"]).resolve() != folder.resolve():
         raise ValueError(f"--output {given['output']} conflicts with --resume {given['resume']}: a resumed run "

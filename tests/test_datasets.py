@@ -99,7 +99,7 @@ EXPECTED = {
         ("train/gamma/g2.jpg", 2)],
     ("folder", "test"): [("test/alpha/t2.jpg", 0), ("test/alpha/t3.jpg", 0), ("test/beta/t1.jpg", 1)],
     ("csv", "train"): [("images/s1.jpg", 1), ("images/f1.jpg", 0), ("images/s2.jpg", 1),
-                       ("images/f2.jpg", 0)],
+                       ("images/f2.jpg", 0), ("images/w2.jpg", 2)],
     ("csv", "test"): [("images/w1.jpg", 2), ("images/f3.jpg", 0), ("images/s3.jpg", 1)],
 }
 
@@ -443,13 +443,13 @@ def test_csv_integer_labels_absolute_paths(tmp_path):
     root.mkdir()
     abs_img = (FIXTURES / "csv" / "images" / "s1.jpg").absolute()
     _write(root / "train.csv", f"a.jpg,0\nsub/b.jpg,2\n{abs_img},1\n")
-    _write(root / "test.csv", "image,label\nc.jpg,4\n\nd.jpg,0\n")
+    _write(root / "test.csv", "image,label\nc.jpg,2\n\nd.jpg,0\n")
     tr = load_split("csv", root, "train")
     te = load_split("csv", root, "test")
-    assert tr.num_classes == te.num_classes == 5  # max over both files + 1
-    assert tr.class_names == ["0", "1", "2", "3", "4"]
+    assert tr.num_classes == te.num_classes == 3  # max over train.csv + 1 (a larger test label is refused)
+    assert tr.class_names == ["0", "1", "2"]
     assert tr.samples == [(str(root / "a.jpg"), 0), (str(root / "sub" / "b.jpg"), 2), (str(abs_img), 1)]
-    assert te.samples == [(str(root / "c.jpg"), 4), (str(root / "d.jpg"), 0)]
+    assert te.samples == [(str(root / "c.jpg"), 2), (str(root / "d.jpg"), 0)]
 
 
 def test_csv_header_detection_and_quoting(tmp_path):

@@ -622,6 +622,13 @@ def _read_csv_rows(dataset: str, path: Path) -> list[tuple[int, str, str]]:
     return rows
 
 
+def _class_range(class_names: list[str], mode: str) -> str:
+    if mode == "int":
+        return f"its labels are 0..{len(class_names) - 1}"
+    shown = ", ".join(class_names[:10]) + (", ..." if len(class_names) > 10 else "")
+    return f"{len(class_names)} classes: {shown}"
+
+
 def _load_csv(root, split: str) -> SampleList:
     dataset = "csv"
     root = _root_dir(dataset, root, "train.csv and test.csv")
@@ -646,19 +653,29 @@ def _load_csv(root, split: str) -> SampleList:
                     f"{dataset}: {p}, line {lineno}: label {lab!r} is "
                     f"{'an integer' if kind == 'int' else 'a class name'}, but {mode_where} set "
                     f"the labels to be {'integers' if mode == 'int' else 'class names'}; use one kind")
+    # the training split, when present, defines the classes: a label found only in another
+    # split (a typo such as 1000 for 100) would silently add classes the model never learns
+    defining = [files["train"]] if "train" in files else list(files.values())
     if mode == "int":
         for p, rows in files.values():
             for lineno, _, lab in rows:
                 if int(lab) < 0:
                     raise ValueError(f"{dataset}: {p}, line {lineno}: label {lab} is negative")
-        num_classes = 1 + max(int(lab) for _, rows in files.values() for _, _, lab in rows)
+        num_classes = 1 + max(int(lab) for _, rows in defining for _, _, lab in rows)
         class_names = [str(i) for i in range(num_classes)]
         to_label = int
     else:
-        class_names = sorted({lab for _, rows in files.values() for _, _, lab in rows})
+        class_names = sorted({lab for _, rows in defining for _, _, lab in rows})
         num_classes = len(class_names)
         index = {n: i for i, n in enumerate(class_names)}
         to_label = index.__getitem__
+    known = set(class_names)
+    for p, rows in files.values():
+        for lineno, _, lab in rows:
+            if (str(int(lab)) if mode == "int" else lab) not in known:
+                raise ValueError(f"{dataset}: {p}, line {lineno}: label {lab!r} is not a class of "
+                                 f"{files['train'][0]} ({_class_range(class_names, mode)}); every label must "
+                                 "occur in the training split")
 
     p, rows = files[split]
     samples = []
