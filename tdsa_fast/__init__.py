@@ -22,4 +22,13 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["functional", "build_info", "fused_available", "__version__"]
+def __getattr__(name: str):
+    """``tdsa_fast.Predictor``, imported on first use (it loads the models and losses)."""
+    if name == "Predictor":
+        from tdsa_fast.predict import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'tdsa_fast' has no attribute {name!r}")
+
+
+__all__ = ["functional", "build_info", "fused_available", "Predictor", "__version__"]

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import torch
 
+#: The checkpoint formats whose ``model`` / ``objective`` / ``config`` entries prediction,
+#: evaluation and export read (the trainer writes ``tdsa_fast.train.CHECKPOINT_FORMAT``; 1: before
+#: the mid-epoch state, no ``format`` key).
+MODEL_FORMATS = (1, 2)
+
 
 def _temp_prefix(name: str) -> str:
     return f".{name}."

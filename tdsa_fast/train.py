@@ -34,15 +34,15 @@ import yaml
 from torch import nn
 
 from tdsa_fast import checkpoint
-from tdsa_fast.config import build_parser, model_widths, parse_config, resume_config, small_input
+from tdsa_fast.config import build_parser, parse_config, resume_config
 from tdsa_fast.data.datasets import SampleList, load_split
 from tdsa_fast.data.images import BadImageError
 from tdsa_fast.data.loading import build_loader, dali_available
 from tdsa_fast.data.sharding import step_seed
 from tdsa_fast.distributed import Processes, StopRequest, pick_device, setup
-from tdsa_fast.models import build_model
 from tdsa_fast.objective import TrainingObjective
 from tdsa_fast.reporting import METRIC_FIELDS, RunReport
+from tdsa_fast.runs import build_network, build_objective, dataset_root, load_state
 
 __all__ = ["METRIC_FIELDS", "run", "main", "build_network", "build_objective", "build_optimizer", "evaluate",
            "TrainingModule", "pick_device", "dataset_root", "load_splits", "build_loaders"]
@@ -56,19 +56,6 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "results.json", "summary.json"
 RESUME_ENTRIES = ("model", "optimizer", "scheduler", "scaler", "progress", "rng", "config")
 RESUME_CONFIG_KEYS = ("dataset", "data_root", "model", "loss", "epochs", "batch_size", "img_size", "lr", "seed",
                       "num_classes")
-
-
-def dataset_root(cfg: dict) -> Path:
-    """The folder with the native files; for the built-in data, generated on first use."""
-    if cfg["dataset"] == "default":
-        from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
-
-        try:
-            return Path(ensure_default_dataset(SyntheticSpec(seed=0), cache_dir=cfg["data_root"]))
-        except OSError as e:  # an unwritable folder, or a file where the folder should be
-            raise ValueError(f"--data-root {cfg['data_root']}: cannot write the built-in dataset there: "
-                             f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}") from None
-    return Path(cfg["data_root"])
 
 
 def load_splits(cfg: dict) -> tuple[SampleList, SampleList]:
@@ -182,21 +169,6 @@ def prepare_output(out: Path, *, resuming: bool = False, overwrite: bool = False
     except OSError as e:
         raise ValueError(f"--output {out} is not writable: {e}") from e
     return out
-
-
-def build_network(cfg: dict, num_classes: int) -> nn.Module:
-    """The backbone of the resolved config ``cfg`` (grouped levels as the loss needs them)."""
-    middle_cnum, high_cnum = model_widths(cfg["loss"], cfg["xi"], cfg["cnum_high"])
-    return build_model(cfg["model"], num_classes, middle_cnum=middle_cnum, high_cnum=high_cnum,
-                       img_size=cfg["img_size"], small_input=small_input(cfg))
-
-
-def build_objective(cfg: dict, num_classes: int) -> TrainingObjective:
-    """The objective of the resolved config ``cfg`` (it owns the parameters of the baseline losses)."""
-    return TrainingObjective(cfg["loss"], num_classes=num_classes, cnum_high=cfg["cnum_high"], mu=cfg["mu"],
-                             lam=cfg["lam"], div_form=cfg["div_form"], beta=cfg["beta"],
-                             lam_middle=cfg.get("lam_middle"), beta_middle=cfg.get("beta_middle"),
-                             upsample=cfg["upsample"], loss_args=cfg.get("loss_args") or {})
 
 
 def build_optimizer(cfg: dict, model: nn.Module, objective: nn.Module):
@@ -358,17 +330,6 @@ def check_resumable(ckpt: dict, path) -> None:
     if missing:
         raise ValueError(f"{path} cannot be resumed: it lacks {', '.join(missing)} (damaged, or not written by "
                          "python -m tdsa_fast.train)")
-
-
-def load_state(module: nn.Module, state: dict, what: str, cfg: dict) -> None:
-    """``module.load_state_dict(state)``, with a clear error when the checkpoint holds another
-    architecture or class count."""
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise ValueError(f"the checkpoint's {what} does not fit the {cfg['model']} / {cfg['loss']} / "
-                         f"{cfg.get('num_classes')}-class network of this run: {' '.join(first[:3])}") from None
 
 
 def wrap_for_training(cfg: dict, model: nn.Module, objective: nn.Module, device: torch.device,
