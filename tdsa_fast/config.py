@@ -26,10 +26,10 @@ AMP_DTYPES = ("bfloat16", "float16")
 # Options that may differ from the saved config when a run is resumed: where and how fast it
 # runs, not what it computes (the data pipeline's rounding aside).
 RESUME_OVERRIDABLE = ("device", "workers", "threads", "log_interval", "loader", "torch_decode", "tensorboard",
-                      "max_steps")
+                      "max_steps", "memory_cache")
 # The least value of the integer options (checked by resolve, and again for what --resume overrides).
 MINIMUMS = dict(epochs=1, batch_size=1, img_size=1, xi=1, cnum_high=1, log_interval=1, eval_every=1,
-                eval_subset=0, workers=0, max_steps=0, threads=1)
+                eval_subset=0, workers=0, max_steps=0, threads=1, memory_size=1)
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # torch.manual_seed's
 
 PAPER_RECIPE = dict(model="vgg16", epochs=300, batch_size=32, img_size=224, lr=0.1, workers=4, stem="auto")
@@ -56,8 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training augmentation: the released code's resize+pad-crop+flip, random-resized-crop, "
                         "or none (the test transform on shuffled training batches)")
     d.add_argument("--loader", default="auto", choices=LOADERS,
-                   help="data pipeline: NVIDIA DALI (GPU decode on CUDA), the PyTorch DataLoader, or auto "
-                        "(DALI when it is installed)")
+                   help="data pipeline: NVIDIA DALI (GPU decode on CUDA), the PyTorch DataLoader, memory (decode "
+                        "each split once, keep it on the device as uint8, augment there), or auto (on CUDA memory "
+                        "when the split fits in half the free GPU memory; else DALI when it is installed, else torch)")
+    d.add_argument("--memory-cache", default=None, metavar="DIR",
+                   help="--loader memory: keep the decoded splits in DIR (keyed by the file list, size and decoder) "
+                        "so that the next run loads them instead of decoding")
+    d.add_argument("--memory-size", type=int, default=None,
+                   help="--loader memory with --augment rrc: the side of the stored images the crops are resampled "
+                        "from (default: 2 x --img-size)")
     d.add_argument("--torch-decode", default="pil", choices=("pil", "device"),
                    help="PyTorch loader only: PIL in the worker processes, or torchvision.io.decode_jpeg on the "
                         "training device (nvJPEG on CUDA)")

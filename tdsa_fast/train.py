@@ -104,6 +104,10 @@ def loader_options(cfg: dict, device: torch.device, rank: int = 0, world_size: i
                    dtype=dtype or torch.float32, rank=rank, world_size=world_size, seed=cfg["seed"])
     if kind == "torch":
         options["decode"] = cfg["torch_decode"]
+    if cfg["loader"] == "auto" and device.type == "cuda":
+        options["loader"] = "auto"  # build_loader picks memory for each split that fits on the card
+    if options["loader"] in ("memory", "auto"):
+        options.update(cache_dir=cfg.get("memory_cache"), stored_size=cfg.get("memory_size"))
     return options
 
 

@@ -1,0 +1,330 @@
+"""The device-resident data path (``--loader memory``): decode a split once, keep it on the
+training device, augment every batch there with batched tensor ops.
+
+Construction decodes every image of the split once and applies the recipe's deterministic
+first step, ``Resize((S, S))`` (Pillow's bilinear arithmetic), keeping the result as one
+``uint8 [N, 3, S, S]`` tensor on the loader's device (GPU memory, or RAM on the CPU).
+``S`` is ``img_size`` for the released recipe and the test transform, and ``stored_size``
+(default ``2 * img_size``) for ``rrc``, whose crop windows are then resampled from the stored
+image.  The decode runs through one of the other loaders, with the test transform in dataset
+order (``decoder``):
+
+* ``"dali"``: the DALI pipeline (``workers`` threads; the CPU pipeline's fused Pillow resize,
+  or nvJPEG and DALI's resize on CUDA);
+* ``"torch"``: the PyTorch loader, PIL in ``workers`` processes on the CPU, and
+  ``torchvision.io.decode_jpeg(device="cuda")`` (nvJPEG) on CUDA;
+* ``"auto"``: DALI when it is installed, else torch.
+
+Each batch of the epoch's :class:`~tdsa_fast.data.sharding.ShardPlan` is then a gather from
+the stored tensor plus, for training, the augmentation drawn by
+:func:`~tdsa_fast.data.loading.draw_augment` from ``(seed, epoch, index)`` -- the same draws as
+the DALI and PyTorch loaders, so the three feed the same pixels (within the decoders' grey
+level):
+
+* released recipe: the shifted ``s x s`` window with 4-pixel zero padding and the flip are one
+  index gather of the ``uint8`` images (exact: cropping and mirroring do not round);
+* ``rrc``: each window, scaled to the stored image, is resampled to ``s x s`` with Pillow's
+  antialiased bilinear weights as one batched matrix product (the stored image is already a
+  resample of the original, so this path is close to, not the same as, the other loaders');
+
+then ``(x - 127.5) / 127.5`` in the output dtype, NCHW or ``channels_last``.
+
+Before decoding, the stored tensor's size is compared with ``memory_fraction`` of the device's
+free memory (CUDA: ``torch.cuda.mem_get_info``; CPU: ``MemAvailable``): a split that does not
+fit is refused with a ``ValueError`` that names ``--loader dali``.  With ``cache_dir`` the
+decoded tensor is saved there (keyed by the file list with sizes and modification times, the
+stored size and the decoder) and the next run with the same key loads it instead of
+decoding.  Unreadable images: a :class:`~tdsa_fast.data.images.BadImageError` naming the file
+at construction, or with ``skip_bad`` left out of every batch and counted in
+``Batch.skipped``, as the other loaders do.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tdsa_fast.data.images import BadImageError
+from tdsa_fast.data.loading import Batch, ImageLoader, dali_available, finish_images
+from tdsa_fast.data.torch_loader import _pil_bilinear_weights
+
+__all__ = ["MemoryImageLoader", "DECODERS", "stored_bytes", "free_memory", "fits_in_memory",
+           "DEFAULT_MEMORY_FRACTION"]
+
+log = logging.getLogger(__name__)
+
+DECODERS = ("auto", "dali", "torch")
+#: The share of the device's free memory the stored split may take (``--loader auto`` uses
+#: the memory path only below it, ``--loader memory`` refuses above it).
+DEFAULT_MEMORY_FRACTION = 0.5
+_PAD = 4  # the released recipe's RandomCrop padding
+_DECODE_BATCH = 64
+_CACHE_VERSION = 1
+
+
+def stored_size_for(img_size: int, recipe: str, train: bool, stored_size: Optional[int]) -> int:
+    """The side ``S`` of the stored images: ``img_size``, or for ``rrc`` training
+    ``stored_size`` (default ``2 * img_size``)."""
+    if train and recipe == "rrc":
+        return int(stored_size) if stored_size is not None else 2 * img_size
+    return img_size
+
+
+def stored_bytes(num_images: int, size: int) -> int:
+    """Bytes of the stored ``uint8 [num_images, 3, size, size]`` tensor."""
+    return int(num_images) * 3 * int(size) * int(size)
+
+
+def free_memory(device) -> int:
+    """Free bytes of ``device``: ``torch.cuda.mem_get_info`` on CUDA, ``MemAvailable`` of
+    ``/proc/meminfo`` (else the free physical pages) on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+
+
+def fits_in_memory(num_images: int, size: int, device, fraction: float = DEFAULT_MEMORY_FRACTION) -> bool:
+    """Whether the stored split takes at most ``fraction`` of the device's free memory."""
+    return stored_bytes(num_images, size) <= fraction * free_memory(device)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _resolve_decoder(decoder: str) -> str:
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; valid decoders: {', '.join(DECODERS)}")
+    if decoder == "auto":
+        return "dali" if dali_available() else "torch"
+    if decoder == "dali" and not dali_available():
+        raise ValueError("decoder='dali': NVIDIA DALI is not installed (pip install '.[dali]')")
+    return decoder
+
+
+def _decoder_name(decoder: str, device: torch.device) -> str:
+    """What actually decodes, for the cache key and the log: e.g. ``dali-cuda``, ``torch-cpu``."""
+    return f"{decoder}-{device.type}"
+
+
+def _cache_key(samples, size: int, decoder: str) -> str:
+    """sha256 of the file list (path, size, mtime of each), the stored size and the decoder."""
+    h = hashlib.sha256()
+    h.update(json.dumps(dict(version=_CACHE_VERSION, size=size, decoder=decoder)).encode())
+    for path, label in samples:
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"\0{path}\0{int(label)}\0{stamp}".encode())
+    return h.hexdigest()
+
+
+class MemoryImageLoader(ImageLoader):
+    """The device-resident loader (see the module docstring); arguments as
+    :class:`~tdsa_fast.data.loading.ImageLoader` (``workers``: the decoder's processes or
+    threads), plus ``decoder`` (``auto``/``dali``/``torch``), ``stored_size`` (``rrc`` only,
+    default ``2 * img_size``), ``cache_dir`` (None: no cache) and ``memory_fraction``.
+
+    Attributes after construction: ``images`` ``uint8 [N, 3, S, S]`` and ``labels``
+    ``int64 [N]`` on the device, ``bad`` ``bool [N]`` on the CPU (unreadable images, only with
+    ``skip_bad``), ``decode_seconds`` (0 when loaded from the cache), ``cache_path``.
+
+    Raises:
+        ValueError: a bad ``decoder``, ``stored_size`` or ``memory_fraction``, or a split
+            that does not fit (the message names ``--loader dali``).
+        BadImageError: an unreadable image without ``skip_bad``.
+    """
+
+    kind = "memory"
+
+    def __init__(self, samples, *, decoder: str = "auto", stored_size: Optional[int] = None,
+                 cache_dir=None, memory_fraction: float = DEFAULT_MEMORY_FRACTION, **kwargs):
+        super().__init__(samples, **kwargs)
+        if stored_size is not None and (isinstance(stored_size, bool) or not isinstance(stored_size, int)
+                                        or stored_size < 1):
+            raise ValueError(f"stored_size must be an int >= 1, got {stored_size!r}")
+        if not isinstance(memory_fraction, (int, float)) or not 0 < memory_fraction <= 1:
+            raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction!r}")
+        self.decoder = _resolve_decoder(decoder)
+        self.stored_size = stored_size_for(self.img_size, self.recipe, self.train, stored_size)
+        self.memory_fraction = float(memory_fraction)
+        self._check_fits()
+        n, s = len(self.samples), self.stored_size
+        name = _decoder_name(self.decoder, self.device)
+        self.cache_path = None
+        if cache_dir is not None:
+            self.cache_path = Path(cache_dir) / f"memory-{_cache_key(self.samples, s, name)[:32]}.pt"
+        self.decode_seconds = 0.0
+        if self.cache_path is not None and self.cache_path.is_file():
+            stored, bad, reasons = self._load_cache(n, s)
+        else:
+            t0 = time.perf_counter()
+            stored, bad, reasons = self._decode(n, s)
+            self.decode_seconds = time.perf_counter() - t0
+            if self.cache_path is not None:
+                self._save_cache(stored, bad, reasons)
+        if bad.any() and not self.skip_bad:
+            i = int(np.flatnonzero(bad)[0])
+            raise BadImageError.for_file(self.samples[i][0], reasons.get(i, "unreadable"))
+        self.images = stored.to(self.device)
+        self.labels = torch.tensor([int(label) for _, label in self.samples], dtype=torch.int64, device=self.device)
+        self.bad = torch.from_numpy(bad)
+        self._sizes = self._original_sizes() if self.train and self.recipe == "rrc" else None
+
+    # --- building the stored tensor ---------------------------------------------------------
+
+    def _check_fits(self) -> None:
+        need = stored_bytes(len(self.samples), self.stored_size)
+        free = free_memory(self.device)
+        if need > self.memory_fraction * free:
+            raise ValueError(
+                f"--loader memory: the split's {len(self.samples)} images at {self.stored_size}x{self.stored_size} "
+                f"take {_gib(need)}, more than {self.memory_fraction:g} of the {self.device.type} device's free "
+                f"{_gib(free)}; use --loader dali (or --loader torch), which decode every batch")
+
+    def _decode(self, n: int, s: int) -> tuple[torch.Tensor, np.ndarray, dict]:
+        """``(uint8 [n, 3, s, s] on the device, bad bool [n], {index: reason})``."""
+        from tdsa_fast.data.loading import build_loader
+
+        extra = {"decode": "device" if self.device.type == "cuda" else "pil"} if self.decoder == "torch" else {}
+        stored = torch.zeros((n, 3, s, s), dtype=torch.uint8, device=self.device)
+        seen = np.zeros(n, dtype=bool)
+        done, t0, next_report = 0, time.perf_counter(), 0.1
+        log.info("--loader memory: decoding %d images to %dx%d (%s decoder, %s)", n, s, s, self.decoder,
+                 _gib(stored_bytes(n, s)))
+        with build_loader(self.samples, loader=self.decoder, img_size=s, train=False, batch_size=_DECODE_BATCH,
+                          workers=self.workers, device=self.device, skip_bad=self.skip_bad, dtype=torch.float32,
+                          **extra) as decoding:
+            for batch in decoding:
+                idx = batch.indices.to(self.device)
+                # (x - 127.5) / 127.5 in float32 undone: the decoders' integer levels exactly
+                stored[idx] = batch.images.mul(127.5).add_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+                seen[batch.indices.numpy()] = True
+                done += _DECODE_BATCH
+                if done >= next_report * n:
+                    rate = min(done, n) / max(time.perf_counter() - t0, 1e-9)
+                    log.info("--loader memory: decoded %d/%d images (%.0f img/s)", min(done, n), n, rate)
+                    next_report += 0.1
+        bad = ~seen
+        reasons = {int(i): self._reason(int(i)) for i in np.flatnonzero(bad)}
+        return stored, bad, reasons
+
+    def _reason(self, index: int) -> str:
+        """Why image ``index`` is unreadable (the decoder only logged it): PIL's message."""
+        from tdsa_fast.data.images import load_rgb
+
+        try:
+            load_rgb(self.samples[index][0])
+        except BadImageError as e:
+            return e.reason or str(e)
+        return "the decoder could not read it"
+
+    def _load_cache(self, n: int, s: int) -> tuple[torch.Tensor, np.ndarray, dict]:
+        data = torch.load(self.cache_path, map_location="cpu", weights_only=True)
+        stored = data["images"]
+        if tuple(stored.shape) != (n, 3, s, s) or stored.dtype != torch.uint8:
+            raise ValueError(f"--memory-cache: {self.cache_path} holds {tuple(stored.shape)} {stored.dtype}, "
+                             f"not uint8 {(n, 3, s, s)}: delete it")
+        log.info("--loader memory: %d images loaded from the cache %s", n, self.cache_path)
+        reasons = {int(k): str(v) for k, v in json.loads(data["reasons"]).items()}
+        return stored, data["bad"].numpy().astype(bool), reasons
+
+    def _save_cache(self, stored: torch.Tensor, bad: np.ndarray, reasons: dict) -> None:
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(dict(images=stored.cpu(), bad=torch.from_numpy(bad), reasons=json.dumps(reasons)), tmp)
+        os.replace(tmp, self.cache_path)  # a crash mid-write leaves no half cache under the key
+        log.info("--loader memory: decoded split cached in %s", self.cache_path)
+
+    def _original_sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of every image as decoded (``rrc`` draws its windows from them)."""
+        sizes = []
+        for i, (path, _) in enumerate(self.samples):
+            if self.bad[i]:
+                sizes.append((1, 1))
+                continue
+            with Image.open(path) as im:
+                sizes.append(im.size)
+        return sizes
+
+    # --- batches ----------------------------------------------------------------------------
+
+    def _released(self, idx: np.ndarray) -> torch.Tensor:
+        """``uint8 [n, 3, s, s]``: the shifted windows (zero fill) of the stored images, flipped
+        where drawn -- one gather."""
+        s = self.img_size
+        dev = self.device
+        tops, lefts, flips = [], [], []
+        for i in idx:
+            aug = self.augment(int(i))
+            tops.append(aug.box[0])
+            lefts.append(aug.box[1])
+            flips.append(aug.flip)
+        ar = torch.arange(s, device=dev)
+        rows = torch.tensor(tops, device=dev)[:, None] + _PAD + ar                     # [n, s]
+        cols = torch.tensor(lefts, device=dev)[:, None] + _PAD + ar
+        flip = torch.tensor(flips, device=dev)[:, None]
+        cols = torch.where(flip, cols.flip(-1), cols)
+        padded = torch.nn.functional.pad(self.images[torch.as_tensor(idx, device=dev)], (_PAD,) * 4)
+        n = len(idx)
+        return padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
+                      rows[:, None, :, None], cols[:, None, None, :]]
+
+    def _rrc(self, idx: np.ndarray) -> torch.Tensor:
+        """``float32 [n, 3, s, s]`` with integer values: each drawn window (in the original
+        image's pixels) scaled to the stored image and resampled with Pillow's weights."""
+        s, big, dev = self.img_size, self.stored_size, self.device
+        wys, wxs, flips = [], [], []
+        for i in idx:
+            width, height = self._sizes[int(i)]
+            aug = self.augment(int(i), width=width, height=height)
+            top, left, h, w = aug.box
+            sy, sx = big / height, big / width
+            wys.append(_pil_bilinear_weights(big, top * sy, h * sy, s, dev))
+            wxs.append(_pil_bilinear_weights(big, left * sx, w * sx, s, dev))
+            flips.append(aug.flip)
+        x = self.images[torch.as_tensor(idx, device=dev)].to(torch.float32)       # [n, 3, S, S]
+        wy, wx = torch.stack(wys)[:, None], torch.stack(wxs)[:, None]            # [n, 1, s, S]
+        x = torch.matmul(torch.matmul(wy, x), wx.transpose(-1, -2)).add_(0.5).floor_().clamp_(0, 255)
+        flip = torch.tensor(flips, device=dev)[:, None, None, None]
+        return torch.where(flip, x.flip(-1), x)
+
+    def __iter__(self):
+        plan = self.plan
+        for k in range(self.start_batch, len(plan)):
+            indices, real = plan.batch(k)
+            keep = ~self.bad[torch.from_numpy(indices)].numpy()
+            skipped = int((~keep[:real]).sum())
+            num_real = real - skipped
+            indices = indices[keep]
+            if not self.train:
+                images = self.images[torch.as_tensor(indices, device=self.device)]
+            elif self.recipe == "rrc":
+                images = self._rrc(indices)
+            else:
+                images = self._released(indices)
+            images = finish_images(images, device=self.device, channels_last=self.channels_last, dtype=self.dtype,
+                                   layout="NCHW")
+            index_t = torch.from_numpy(indices)
+            yield Batch(images, self.labels[index_t.to(self.device)], num_real, skipped, index_t)
+
+    def close(self) -> None:
+        self.images = self.images[:0]  # the stored split is freed with the loader, not at exit

@@ -1,0 +1,265 @@
+"""The device-resident loader (tdsa_fast.data.memory_loader.MemoryImageLoader) against the
+PyTorch and DALI loaders: (a) tiny generated JPEGs: the same indices, labels and pixels for
+the test transform and the released recipe (exactly those of the loader that decoded the
+split, within a grey level of the other), rrc, output dtypes and layouts, sharding, a resumed
+epoch, bad images, the memory refusal, the on-disk cache, the trainer's ``--loader memory``;
+(b) the real Flowers-102 (../shared/data/flowers102 beside the repo) when it is there."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from loader_helpers import (
+    EPS_LEVELS,
+    FLOWERS_REAL,
+    check_start_batch_resumes_the_epoch,
+    drain,
+    levels,
+    make_jpegs,
+    photo_like,
+    save_jpeg,
+    write_bad,
+)
+from tdsa_fast.data import memory_loader
+from tdsa_fast.data.images import BadImageError
+from tdsa_fast.data.loading import build_loader, dali_available
+from tdsa_fast.data.memory_loader import MemoryImageLoader
+
+N = 13
+S = 32
+
+#: The decoders of the stored split: the PyTorch loader always, DALI when it is installed.
+DECODERS = ["torch", pytest.param("dali", marks=pytest.mark.skipif(not dali_available(),
+                                                                   reason="NVIDIA DALI is not installed"))]
+CONFIGS = [(False, "released"), (True, "released")]
+CONFIG_IDS = ["test", "released"]
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory):
+    return make_jpegs(tmp_path_factory.mktemp("jpegs"), N, seed=2)
+
+
+def args(**kw):
+    return dict(dict(img_size=S, train=True, recipe="released", batch_size=4, seed=3), **kw)
+
+
+def assert_same_batches(a, b, what=""):
+    assert torch.equal(a.indices, b.indices), f"{what}: indices {a.indices.tolist()} != {b.indices.tolist()}"
+    assert torch.equal(a.labels, b.labels), f"{what}: labels differ"
+    assert a.sizes == b.sizes and a.num_real == b.num_real and a.skipped == b.skipped, (
+        f"{what}: batches differ: sizes {a.sizes} vs {b.sizes}, num_real {a.num_real} vs {b.num_real}, "
+        f"skipped {a.skipped} vs {b.skipped}")
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("train,recipe", CONFIGS, ids=CONFIG_IDS)
+def test_same_pixels_as_the_decoding_loader(jpegs, decoder, train, recipe):
+    """Two epochs: the batches of the loader that decoded the split, pixel for pixel (crop,
+    padding and flip are exact on the stored uint8 images), and within one grey level of the
+    PyTorch loader."""
+    a = args(train=train, recipe=recipe)
+    with build_loader(jpegs, loader="memory", decoder=decoder, **a) as m, \
+            build_loader(jpegs, loader=decoder, **a) as same, build_loader(jpegs, loader="torch", **a) as t:
+        assert m.kind == "memory" and len(m) == len(same)
+        for epoch in (0, 4):
+            em, es, et = drain(m, epoch), drain(same, epoch), drain(t, epoch)
+            assert_same_batches(em, es, f"epoch {epoch}")
+            assert torch.equal(em.images, es.images), f"epoch {epoch}: {levels(em.images, es.images)} levels off"
+            assert levels(em.images, et.images) <= 1 + EPS_LEVELS
+        if train:
+            assert not torch.equal(drain(m, 1).images, em.images), "the augmentation does not change per epoch"
+
+
+@pytest.mark.parametrize("dtype,channels_last,tol", [
+    (torch.float32, False, 0.0), (torch.float32, True, 0.0), (torch.bfloat16, False, 2 ** -8),
+    (torch.float16, True, 2 ** -11)])
+def test_output_dtype_and_layout(jpegs, dtype, channels_last, tol):
+    with build_loader(jpegs, loader="memory", decoder="torch", dtype=dtype, channels_last=channels_last,
+                      **args()) as m, build_loader(jpegs, loader="torch", **args()) as t:
+        b, ref = next(iter(m)), next(iter(t))
+    assert b.images.dtype == dtype and b.images.shape == (4, 3, S, S)
+    assert b.images.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert float((b.images.float() - ref.images).abs().max()) <= tol
+
+
+def _same_size_jpegs(folder, n=9, side=48):
+    rng = np.random.default_rng(0)
+    return [(str(save_jpeg(folder / f"{i}.jpg", photo_like(rng, side, side))), i % 3) for i in range(n)]
+
+
+def test_rrc_from_a_stored_image_of_the_original_size_matches_the_torch_loader(tmp_path):
+    """With the stored side equal to the (square) originals' the stored image is the decoded
+    one, and every crop-resize is the torch loader's within a grey level."""
+    samples = _same_size_jpegs(tmp_path)
+    a = args(recipe="rrc")
+    with build_loader(samples, loader="memory", decoder="torch", stored_size=48, **a) as m, \
+            build_loader(samples, loader="torch", **a) as t:
+        em, et = drain(m, 1), drain(t, 1)
+    assert_same_batches(em, et)
+    assert levels(em.images, et.images) <= 1 + EPS_LEVELS
+
+
+def test_rrc_from_the_default_stored_size_is_close(jpegs):
+    """The default stored side (2 x img_size) resamples twice: the same windows, close pixels."""
+    a = args(recipe="rrc")
+    with build_loader(jpegs, loader="memory", decoder="torch", **a) as m, build_loader(jpegs, loader="torch", **a) as t:
+        assert m.stored_size == 2 * S and m.images.shape == (N, 3, 2 * S, 2 * S)
+        em, et = drain(m, 2), drain(t, 2)
+    assert_same_batches(em, et)
+    mean = float((em.images - et.images).abs().mean()) * 127.5
+    assert mean < 1.0, f"mean difference {mean:.2f} grey levels"
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_sharding_and_padding_as_the_torch_loader(jpegs, world_size):
+    for rank in range(world_size):
+        a = args(rank=rank, world_size=world_size)
+        with build_loader(jpegs, loader="memory", decoder="torch", **a) as m, \
+                build_loader(jpegs, loader="torch", **a) as t:
+            em, et = drain(m, 1), drain(t, 1)
+        assert_same_batches(em, et, f"rank {rank}/{world_size}")
+        assert torch.equal(em.images, et.images)
+
+
+def test_an_epoch_resumed_mid_way(jpegs):
+    check_start_batch_resumes_the_epoch(lambda s, **a: MemoryImageLoader(s, decoder="torch", **a), jpegs, S)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("kind", ["corrupt", "truncated", "missing"])
+def test_bad_image_names_the_file_or_is_skipped_and_counted(jpegs, tmp_path, decoder, kind):
+    samples = list(jpegs)
+    bad = str(write_bad(tmp_path / "bad.jpg", kind))
+    samples[5] = (bad, samples[5][1])
+    with pytest.raises(BadImageError, match="bad.jpg"):
+        MemoryImageLoader(samples, decoder=decoder, **args())
+    a = args(skip_bad=True)
+    with build_loader(samples, loader="memory", decoder=decoder, **a) as m, \
+            build_loader(samples, loader="torch", **a) as t:
+        assert m.bad.tolist() == [i == 5 for i in range(N)]
+        for epoch in (0, 1):  # counted in every epoch, as the torch loader does
+            em, et = drain(m, epoch), drain(t, epoch)
+            assert sum(em.skipped) == 1 and 5 not in em.indices.tolist()
+            assert_same_batches(em, et, f"epoch {epoch}")
+
+
+def test_a_split_that_does_not_fit_is_refused_naming_dali(jpegs, monkeypatch):
+    monkeypatch.setattr(memory_loader, "free_memory", lambda device: 1000)
+    need = memory_loader.stored_bytes(N, S)
+    with pytest.raises(ValueError, match="--loader dali") as e:
+        MemoryImageLoader(jpegs, decoder="torch", **args())
+    assert f"{need / 2**30:.2f} GiB" in str(e.value)
+    monkeypatch.setattr(memory_loader, "free_memory", lambda device: 2 * need)
+    assert MemoryImageLoader(jpegs, decoder="torch", memory_fraction=1.0, **args()).images.shape[0] == N
+    with pytest.raises(ValueError, match="--loader dali"):
+        MemoryImageLoader(jpegs, decoder="torch", memory_fraction=0.4, **args())
+
+
+@pytest.mark.parametrize("bad", [dict(decoder="nvjpeg"), dict(stored_size=0), dict(stored_size=True),
+                                 dict(memory_fraction=0), dict(memory_fraction=1.5)])
+def test_bad_arguments_are_named(jpegs, bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        MemoryImageLoader(jpegs, **args(), **bad)
+
+
+def test_decode_argument_is_refused(jpegs):
+    with pytest.raises(ValueError, match="decode= applies to the torch loader only"):
+        build_loader(jpegs, loader="memory", decode="device", **args())
+
+
+def test_auto_keeps_dali_or_torch_on_the_cpu(jpegs):
+    with build_loader(jpegs, loader="auto", **args()) as L:
+        assert L.kind == ("dali" if dali_available() else "torch")
+
+
+def test_cache_is_loaded_by_the_next_run_and_keyed(jpegs, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    with MemoryImageLoader(jpegs, decoder="torch", cache_dir=cache, **args()) as first:
+        assert first.decode_seconds > 0 and first.cache_path.is_file()
+        stored = first.images.clone()
+        path = first.cache_path
+
+    def no_decode(self, n, s):
+        raise AssertionError("decoded although the cache holds the split")
+
+    monkeypatch.setattr(MemoryImageLoader, "_decode", no_decode)
+    with MemoryImageLoader(jpegs, decoder="torch", cache_dir=cache, **args()) as again:
+        assert again.cache_path == path and again.decode_seconds == 0.0
+        assert torch.equal(again.images, stored)
+    monkeypatch.undo()
+    others = [dict(img_size=S + 1), dict(decoder="dali") if dali_available() else dict(img_size=S + 2)]
+    files = list(jpegs[:-1])
+    with MemoryImageLoader(files, decoder="torch", cache_dir=cache, **args()) as fewer:
+        keys = {path, fewer.cache_path}
+    for other in others:
+        a = dict(args(), decoder="torch") | other
+        with MemoryImageLoader(jpegs, cache_dir=cache, **a) as L:
+            keys.add(L.cache_path)
+    assert len(keys) == 2 + len(others), "the file list, size and decoder must each change the key"
+    assert not list(cache.glob("*.tmp*")), "a temporary file was left behind"
+
+
+def test_cache_keeps_bad_images_out(jpegs, tmp_path):
+    samples = list(jpegs)
+    samples[2] = (str(write_bad(tmp_path / "bad.jpg", "corrupt")), 0)
+    cache = tmp_path / "cache"
+    MemoryImageLoader(samples, decoder="torch", cache_dir=cache, skip_bad=True, **args()).close()
+    with MemoryImageLoader(samples, decoder="torch", cache_dir=cache, skip_bad=True, **args()) as m:
+        assert m.decode_seconds == 0.0 and m.bad.tolist()[2]
+        assert sum(drain(m, 0).skipped) == 1
+    with pytest.raises(BadImageError, match="bad.jpg"):
+        MemoryImageLoader(samples, decoder="torch", cache_dir=cache, **args())
+
+
+def test_trainer_runs_with_the_memory_loader_and_its_cache(tmp_path):
+    from test_train import FAST, _folder_dataset
+    from tdsa_fast.train import main
+
+    root = _folder_dataset(tmp_path / "data", lambda p: p.write_bytes(b"not a jpeg"))
+    common = FAST + ["--data-root", str(root), "--loader", "memory", "--memory-cache", str(tmp_path / "cache")]
+    assert main(common + ["--output", str(tmp_path / "out")]) == 2  # the bad image, named on stderr
+    assert main(common + ["--output", str(tmp_path / "out2"), "--skip-bad-images", "--epochs", "2"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out2" / "metrics.csv")))
+    assert [r["skipped_images"] for r in rows] == ["1", "1"]
+    assert json.loads((tmp_path / "out2" / "config.json").read_text())["loader_used"] == "memory"
+    assert len(list((tmp_path / "cache").glob("memory-*.pt"))) == 2  # the train and test splits
+
+
+# ---------------------------------------------------------------------------------------
+# (b) the real Flowers-102
+
+
+@pytest.fixture(scope="module")
+def flowers_train():
+    if not (FLOWERS_REAL / "imagelabels.mat").is_file():
+        pytest.skip(f"the real Flowers-102 is not at {FLOWERS_REAL.resolve()} (../shared/data/flowers102 "
+                    "beside the repo)")
+    from tdsa_fast.data.datasets import load_split
+
+    return load_split("flowers", FLOWERS_REAL, "train").samples
+
+
+@pytest.mark.timeout(600)
+def test_real_train_split_three_loaders_same_pixels(flowers_train):
+    """One training epoch of the 2040 training images (released recipe, 64 px, batch 64): the
+    memory loader (decoded by DALI when it is installed, else by the torch loader), the
+    torch loader and the DALI loader read the same samples in the same batches, and every
+    pixel is within one grey level of the others'."""
+    assert len(flowers_train) == 2040
+    a = dict(img_size=64, train=True, batch_size=64, workers=2, seed=1)
+    kinds = ["memory", "torch"] + (["dali"] if dali_available() else [])
+    epochs = {}
+    for kind in kinds:
+        with build_loader(flowers_train, loader=kind, **a) as L:
+            epochs[kind] = drain(L, 3)
+    m = epochs["memory"]
+    assert sorted(m.indices.tolist()) == list(range(2040))
+    for kind in kinds[1:]:
+        assert_same_batches(m, epochs[kind], kind)
+        err = levels(m.images, epochs[kind].images)
+        assert err <= 1 + EPS_LEVELS, f"memory vs {kind}: {err:.2f} grey levels"
