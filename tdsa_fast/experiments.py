@@ -33,6 +33,11 @@ from scratch, its partial folder kept as ``<name>.interrupted-<k>``. A run that 
 the others, exits with 1 at the end, and retries failed runs only with ``--retry-failed``.
 A second runner on the same grid is refused while the first is alive (``output/.grid.lock``).
 
+``--parallel N`` trains N runs at once, each in its own trainer process with its own folder
+and log, resumable as above; a run that fails frees its slot for the next.  With GPUs visible
+(``CUDA_VISIBLE_DEVICES``, else all that torch counts) run slot ``k`` sees GPU
+``k mod (number of GPUs)`` alone: N runs share one card, or spread over several.
+
 Tables (``tables.md``, also ``--tables-only``): one row per method (Tables II-IV), ξ
 (V-VI) or upsampling mode (VII-VIII), one column per dataset; each cell
 ``final test accuracy % (paper %)``, averaged over seeds with the range when there are
@@ -59,7 +64,7 @@ import yaml
 from tdsa_fast.config import build_parser, loss_arg_pairs, loss_args_dict, parse_config
 from tdsa_fast.loss_specs import LOSSES
 
-__all__ = ["Spec", "RunPlan", "load_spec", "plan_runs", "run_grid", "write_tables", "main"]
+__all__ = ["Spec", "RunPlan", "load_spec", "plan_runs", "run_grid", "visible_gpus", "write_tables", "main"]
 
 SPEC_KEYS = ("table", "output", "data_roots", "base", "grid", "description")
 TABLES = ("II", "III", "IV", "V", "VI", "VII", "VIII")
@@ -244,6 +249,49 @@ def resumable(run: RunPlan) -> bool:
         return False
 
 
+def _start(run: RunPlan, resume: bool, env: dict | None = None):
+    """Starts ``run``'s trainer (``resume``: from its checkpoint) logging to its ``train.log``;
+    returns ``(process, log file, start time)``."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    if resume:
+        argv = [sys.executable, "-m", "tdsa_fast.train", "--resume", str(run.folder)]
+    else:
+        argv = [sys.executable, *_command(run)]
+        (run.folder / "command.txt").write_text(shlex.join(_command(run)) + "\n")
+    logf = open(run.folder / "train.log", "a" if resume else "w")
+    try:
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
+    except BaseException:
+        logf.close()
+        raise
+    return proc, logf, time.perf_counter()
+
+
+def _stop(proc) -> None:
+    """A Ctrl-C reached the trainer too (it saves a checkpoint at its step and exits); a
+    SIGINT sent to the runner alone did not: SIGTERM asks the same of it (a second SIGINT
+    would interrupt the trainer's save)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    proc.wait()
+
+
+def _finish(run: RunPlan, rc: int, start: float, log, label: str = "") -> int:
+    """Records how ``run`` ended (``FAILED`` with the log's tail on a non-zero exit); returns
+    ``rc``.  Raises KeyboardInterrupt when the trainer stopped early on a signal."""
+    prefix = f"{label}: " if label else "  "
+    if rc == 0 and not (run.folder / "results.json").exists():
+        log(f"{prefix}stopped early (a signal) after {time.perf_counter() - start:.0f} s; its checkpoint is kept")
+        raise KeyboardInterrupt
+    if rc != 0:
+        tail = (run.folder / "train.log").read_text().splitlines()[-20:]
+        (run.folder / "FAILED").write_text(f"exit code {rc}\n" + "\n".join(tail) + "\n")
+        log(f"{prefix}FAILED (exit {rc}) after {time.perf_counter() - start:.0f} s; see {run.folder / 'train.log'}")
+    else:
+        log(f"{prefix}done in {time.perf_counter() - start:.0f} s")
+    return rc
+
+
 def run_one(run: RunPlan, log=print, resume: bool = False) -> int:
     """Trains ``run`` (``resume``: continues it from its checkpoint); returns the exit code.
 
@@ -251,34 +299,28 @@ def run_one(run: RunPlan, log=print, resume: bool = False) -> int:
         KeyboardInterrupt: the runner was interrupted, or the trainer stopped early on a
             signal (it saved a checkpoint; the grid stops so the same command resumes it).
     """
-    run.folder.mkdir(parents=True, exist_ok=True)
-    if resume:
-        argv = [sys.executable, "-m", "tdsa_fast.train", "--resume", str(run.folder)]
-    else:
-        argv = [sys.executable, *_command(run)]
-        (run.folder / "command.txt").write_text(shlex.join(_command(run)) + "\n")
-    start = time.perf_counter()
-    with open(run.folder / "train.log", "a" if resume else "w") as logf:
-        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT)
+    proc, logf, start = _start(run, resume)
+    with logf:
         try:
             rc = proc.wait()
         except KeyboardInterrupt:
-            # A Ctrl-C reached the trainer too (it saves a checkpoint at its step and exits);
-            # a SIGINT sent to the runner alone did not: SIGTERM asks the same of it (a second
-            # SIGINT would interrupt the trainer's save).
-            proc.send_signal(signal.SIGTERM)
-            proc.wait()
+            _stop(proc)
             raise
-    if rc == 0 and not (run.folder / "results.json").exists():
-        log(f"  stopped early (a signal) after {time.perf_counter() - start:.0f} s; its checkpoint is kept")
-        raise KeyboardInterrupt
-    if rc != 0:
-        tail = (run.folder / "train.log").read_text().splitlines()[-20:]
-        (run.folder / "FAILED").write_text(f"exit code {rc}\n" + "\n".join(tail) + "\n")
-        log(f"  FAILED (exit {rc}) after {time.perf_counter() - start:.0f} s; see {run.folder / 'train.log'}")
-    else:
-        log(f"  done in {time.perf_counter() - start:.0f} s")
-    return rc
+    return _finish(run, rc, start, log)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs a run may be given: ``CUDA_VISIBLE_DEVICES``'s entries when it is set, else
+    ``0 .. n-1`` for the ``n`` devices torch counts (none without CUDA)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # a broken driver: the runs get the environment as it is
+        return []
 
 
 def _pid_alive(pid: int) -> bool:
@@ -322,17 +364,24 @@ class GridLock:
         self.path.unlink(missing_ok=True)
 
 
-def run_grid(spec: Spec, *, retry_failed: bool = False, dry_run: bool = False, log=print) -> int:
-    """Runs what is left of the grid; returns the number of runs that failed."""
+def run_grid(spec: Spec, *, retry_failed: bool = False, dry_run: bool = False, parallel: int = 1,
+             gpus: list[str] | None = None, log=print) -> int:
+    """Runs what is left of the grid, ``parallel`` runs at once (each its own trainer process;
+    with ``gpus``, run slot ``k`` sees GPU ``gpus[k % len(gpus)]`` alone through
+    ``CUDA_VISIBLE_DEVICES``); returns the number of runs that failed."""
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ValueError(f"--parallel must be an int >= 1, got {parallel!r}")
     if dry_run:
-        return _run_grid(spec, retry_failed=retry_failed, dry_run=True, log=log)
+        return _run_grid(spec, retry_failed=retry_failed, dry_run=True, parallel=parallel, gpus=gpus, log=log)
     with GridLock(spec.output):
-        return _run_grid(spec, retry_failed=retry_failed, dry_run=False, log=log)
+        return _run_grid(spec, retry_failed=retry_failed, dry_run=False, parallel=parallel, gpus=gpus, log=log)
 
 
-def _run_grid(spec: Spec, *, retry_failed: bool, dry_run: bool, log) -> int:
+def _pending(spec: Spec, *, retry_failed: bool, dry_run: bool, log) -> tuple[list, int]:
+    """The runs left to train as ``(label, run, resume)``, and the count of earlier failures
+    left alone; logs what is skipped (and, with ``dry_run``, what would run)."""
     runs = plan_runs(spec)
-    failed = 0
+    todo, failed = [], 0
     for i, run in enumerate(runs, 1):
         state = run_state(run.folder)
         label = f"[{i}/{len(runs)}] {run.name}"
@@ -346,14 +395,63 @@ def _run_grid(spec: Spec, *, retry_failed: bool, dry_run: bool, log) -> int:
         if dry_run:
             log(f"{label}: would run ({state})")
             continue
-        resume = state == "partial" and resumable(run)
-        if state in ("partial", "failed") and not resume:
-            kept = _set_aside(run.folder)
-            log(f"{label}: the earlier attempt was {'interrupted' if state == 'partial' else 'failed'}; "
-                f"kept as {kept.name}, starting again")
-        log(f"{label}: {'resuming from its checkpoint' if resume else 'training'}")
-        failed += run_one(run, log, resume=resume) != 0
-        write_tables(spec)  # the tables follow the grid as it goes
+        todo.append((label, run, state))
+    return todo, failed
+
+
+def _prepare(label: str, run: RunPlan, state: str, log) -> bool:
+    """Sets an earlier attempt aside unless it can be resumed; returns whether to resume."""
+    resume = state == "partial" and resumable(run)
+    if state in ("partial", "failed") and not resume:
+        kept = _set_aside(run.folder)
+        log(f"{label}: the earlier attempt was {'interrupted' if state == 'partial' else 'failed'}; "
+            f"kept as {kept.name}, starting again")
+    log(f"{label}: {'resuming from its checkpoint' if resume else 'training'}")
+    return resume
+
+
+def _run_grid(spec: Spec, *, retry_failed: bool, dry_run: bool, parallel: int, gpus, log) -> int:
+    todo, failed = _pending(spec, retry_failed=retry_failed, dry_run=dry_run, log=log)
+    if parallel == 1 and not gpus:
+        for label, run, state in todo:
+            failed += run_one(run, log, resume=_prepare(label, run, state, log)) != 0
+            write_tables(spec)  # the tables follow the grid as it goes
+        return failed
+    return failed + _run_parallel(spec, todo, parallel, gpus or [], log)
+
+
+def _run_parallel(spec: Spec, todo: list, parallel: int, gpus: list[str], log) -> int:
+    """Keeps ``parallel`` trainers busy until ``todo`` is done; a failed run frees its slot for
+    the next.  On an interrupt every running trainer is asked to save and stop."""
+    failed = 0
+    running: dict[int, tuple] = {}  # slot -> (label, run, proc, logf, start)
+    queue = list(todo)
+    try:
+        while queue or running:
+            for slot in range(parallel):
+                if slot in running or not queue:
+                    continue
+                label, run, state = queue.pop(0)
+                resume = _prepare(label, run, state, log)
+                env = dict(os.environ)
+                if gpus:
+                    env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+                    log(f"{label}: on GPU {env['CUDA_VISIBLE_DEVICES']}")
+                running[slot] = (label, run) + _start(run, resume, env)
+            time.sleep(0.2)
+            for slot, (label, run, proc, logf, start) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                logf.close()
+                del running[slot]
+                failed += _finish(run, rc, start, log, label) != 0
+                write_tables(spec)
+    except KeyboardInterrupt:
+        for label, run, proc, logf, start in running.values():
+            _stop(proc)
+            logf.close()
+        raise
     return failed
 
 
@@ -475,7 +573,12 @@ def main(argv=None) -> int:
     p.add_argument("--retry-failed", action="store_true", help="run the runs that failed earlier again")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
     p.add_argument("--tables-only", action="store_true", help="only (re)write tables.md and results.csv")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="train N runs at once, each in its own process; with GPUs visible, run slot k gets GPU "
+                        "k mod (number of GPUs) through CUDA_VISIBLE_DEVICES")
     a = p.parse_args(argv)
+    if a.parallel < 1:
+        p.error(f"--parallel must be >= 1, got {a.parallel}")
     try:
         spec = load_spec(a.spec)
         plan_runs(spec)
@@ -487,7 +590,8 @@ def main(argv=None) -> int:
         return 0
     signal.signal(signal.SIGTERM, _interrupt)  # `kill RUNNER` stops the grid as Ctrl-C does
     try:
-        failed = run_grid(spec, retry_failed=a.retry_failed, dry_run=a.dry_run)
+        failed = run_grid(spec, retry_failed=a.retry_failed, dry_run=a.dry_run, parallel=a.parallel,
+                          gpus=visible_gpus() if a.parallel > 1 else None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

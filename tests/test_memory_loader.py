@@ -263,3 +263,45 @@ def test_real_train_split_three_loaders_same_pixels(flowers_train):
         assert_same_batches(m, epochs[kind], kind)
         err = levels(m.images, epochs[kind].images)
         assert err <= 1 + EPS_LEVELS, f"memory vs {kind}: {err:.2f} grey levels"
+
+
+@pytest.mark.parametrize("s", [1, 5, 12])
+def test_both_crop_paths_give_the_same_windows(s):
+    """``shifted_windows``' gather (the CUDA path) and slices (the CPU path) agree on every
+    shift and flip, and both equal a padded crop by hand."""
+    g = torch.Generator().manual_seed(s)
+    images = torch.randint(0, 256, (7, 3, s, s), dtype=torch.uint8, generator=g)
+    draws = [(t, l, f) for t in (-4, -1, 0, 3, 4) for l in (-4, 0, 2, 4) for f in (False, True)]
+    idx = [k % 7 for k in range(len(draws))]
+    tops, lefts, flips = zip(*draws)
+    got = memory_loader.shifted_windows(images, idx, tops, lefts, flips, how="gather")
+    assert torch.equal(got, memory_loader.shifted_windows(images, idx, tops, lefts, flips, how="slices"))
+    padded = torch.nn.functional.pad(images, (4,) * 4)
+    for j, (t, l, f) in enumerate(draws):
+        ref = padded[idx[j], :, t + 4:t + 4 + s, l + 4:l + 4 + s]
+        assert torch.equal(got[j], ref.flip(-1) if f else ref), (t, l, f)
+    with pytest.raises(ValueError, match="how must be"):
+        memory_loader.shifted_windows(images, idx, tops, lefts, flips, how="loop")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_normalisation_is_finish_images_bitwise(dtype, channels_last):
+    from tdsa_fast.data.loading import finish_images
+
+    x = torch.arange(256, dtype=torch.uint8).repeat(2 * 3 * 4 * 8)[:2 * 3 * 16 * 16].reshape(2, 3, 16, 16)
+    ref = finish_images(x, device=torch.device("cpu"), channels_last=channels_last, dtype=dtype, layout="NCHW")
+    got = memory_loader._finish_on_cpu(x, channels_last=channels_last, dtype=dtype)
+    assert got.dtype == ref.dtype and got.stride() == ref.stride() and torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("indices", [[0, 1, 2, 3], [1, 2], [0, 2, 3]], ids=["all", "consecutive", "gap"])
+def test_decoded_levels_are_stored_exactly(indices):
+    """Every level ``v`` survives ``(v - 127.5) / 127.5`` in float32 and back, in both of
+    ``_store_levels``' copies."""
+    levels_ = torch.arange(256, dtype=torch.uint8).repeat(4 * 3)[:4 * 3 * 8 * 8].reshape(4, 3, 8, 8)
+    stored = np.zeros((4, 3, 8, 8), dtype=np.uint8)
+    normalised = levels_[indices].float().sub(127.5).div(127.5).numpy().copy()
+    memory_loader._store_levels(stored, np.array(indices), normalised)
+    assert np.array_equal(stored[indices], levels_[indices].numpy())
+    assert not stored[[i for i in range(4) if i not in indices]].any()

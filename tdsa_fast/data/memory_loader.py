@@ -56,7 +56,7 @@ from tdsa_fast.data.images import BadImageError
 from tdsa_fast.data.loading import Batch, ImageLoader, dali_available, finish_images
 from tdsa_fast.data.torch_loader import _pil_bilinear_weights
 
-__all__ = ["MemoryImageLoader", "DECODERS", "stored_bytes", "free_memory", "fits_in_memory",
+__all__ = ["MemoryImageLoader", "DECODERS", "shifted_windows", "stored_bytes", "free_memory", "fits_in_memory",
            "DEFAULT_MEMORY_FRACTION"]
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,64 @@ def _cache_key(samples, size: int, decoder: str) -> str:
     return h.hexdigest()
 
 
+def _store_levels(stored: np.ndarray, indices: np.ndarray, images: np.ndarray) -> None:
+    """``stored[indices] = round(images * 127.5 + 127.5)`` for a decoded batch ``images``
+    (``float32`` ``(v - 127.5) / 127.5`` of integer levels ``v``, overwritten), in place and
+    in one cast when ``indices`` are consecutive (the decode reads the split in order)."""
+    images *= 127.5
+    images += 128.0  # v + 0.5 within float32 rounding: the cast's truncation gives v
+    np.clip(images, 0.0, 255.0, out=images)
+    if len(indices) and indices[-1] - indices[0] + 1 == len(indices):
+        np.copyto(stored[indices[0]:indices[-1] + 1], images, casting="unsafe")
+    else:
+        stored[indices] = images.astype(np.uint8)
+
+
+def shifted_windows(images: torch.Tensor, idx, tops, lefts, flips, how: str = "gather") -> torch.Tensor:
+    """The released recipe's crops: for each ``j``, the ``s x s`` window of
+    ``images[idx[j]]`` (``uint8 [N, 3, s, s]``) whose corner is ``(tops[j], lefts[j])`` (in
+    ``[-4, 4]``; zeros outside the image), mirrored when ``flips[j]`` -> ``uint8 [n, 3, s, s]``.
+
+    ``how="gather"``: one indexing kernel over the zero-padded batch (the CUDA path: no launch
+    per image); ``"slices"``: a copy of each window's part inside the image (the CPU path,
+    which is several times faster there).  The two give the same tensor."""
+    n, s, dev = len(idx), images.shape[-1], images.device
+    if how == "gather":
+        ar = torch.arange(s, device=dev)
+        rows = torch.as_tensor(tops, device=dev)[:, None] + _PAD + ar                 # [n, s]
+        cols = torch.as_tensor(lefts, device=dev)[:, None] + _PAD + ar
+        cols = torch.where(torch.as_tensor(flips, device=dev)[:, None], cols.flip(-1), cols)
+        padded = torch.nn.functional.pad(images[torch.as_tensor(idx, device=dev)], (_PAD,) * 4)
+        return padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
+                      rows[:, None, :, None], cols[:, None, None, :]]
+    if how != "slices":
+        raise ValueError(f"how must be 'gather' or 'slices', got {how!r}")
+    src = images.numpy()  # numpy copies run on one thread: no intra-op pool to wait on per window
+    out = np.zeros((n, 3, s, s), dtype=src.dtype)
+    for j, (i, top, left, flip) in enumerate(zip(idx, tops, lefts, flips)):
+        y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + s, s), min(left + s, s)
+        window = src[int(i), :, y0:y1, x0:x1]
+        if flip:  # the mirrored window sits mirrored in the output too
+            out[j, :, y0 - top:y1 - top, s - (x1 - left):s - (x0 - left)] = window[..., ::-1]
+        else:
+            out[j, :, y0 - top:y1 - top, x0 - left:x1 - left] = window
+    return torch.from_numpy(out)
+
+
+#: ``(v - 127.5) / 127.5`` in float32 for every level ``v``: the same values as
+#: :func:`~tdsa_fast.data.loading.finish_images`, in one table lookup.
+_LEVELS = (np.arange(256, dtype=np.float32) - np.float32(127.5)) / np.float32(127.5)
+
+
+def _finish_on_cpu(images: torch.Tensor, *, channels_last: bool, dtype: torch.dtype) -> torch.Tensor:
+    """``finish_images`` for a CPU ``uint8 [n, 3, s, s]`` batch, bitwise the same, as one
+    single-threaded table lookup (on a busy CPU torch's per-op thread pool waits far longer
+    than the arithmetic takes)."""
+    x = torch.from_numpy(np.take(_LEVELS, images.numpy()))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.to(dtype=dtype, memory_format=fmt)
+
+
 class MemoryImageLoader(ImageLoader):
     """The device-resident loader (see the module docstring); arguments as
     :class:`~tdsa_fast.data.loading.ImageLoader` (``workers``: the decoder's processes or
@@ -214,9 +272,12 @@ class MemoryImageLoader(ImageLoader):
                           workers=self.workers, device=self.device, skip_bad=self.skip_bad, dtype=torch.float32,
                           **extra) as decoding:
             for batch in decoding:
-                idx = batch.indices.to(self.device)
                 # (x - 127.5) / 127.5 in float32 undone: the decoders' integer levels exactly
-                stored[idx] = batch.images.mul(127.5).add_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+                if self.device.type == "cpu":  # numpy: one thread, no pool to wait on (see _finish_on_cpu)
+                    _store_levels(stored.numpy(), batch.indices.numpy(), batch.images.numpy())
+                else:
+                    levels = batch.images.mul(127.5).add_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+                    stored[batch.indices.to(self.device)] = levels
                 seen[batch.indices.numpy()] = True
                 done += _DECODE_BATCH
                 if done >= next_report * n:
@@ -269,24 +330,13 @@ class MemoryImageLoader(ImageLoader):
 
     def _released(self, idx: np.ndarray) -> torch.Tensor:
         """``uint8 [n, 3, s, s]``: the shifted windows (zero fill) of the stored images, flipped
-        where drawn -- one gather."""
-        s = self.img_size
-        dev = self.device
-        tops, lefts, flips = [], [], []
-        for i in idx:
-            aug = self.augment(int(i))
-            tops.append(aug.box[0])
-            lefts.append(aug.box[1])
-            flips.append(aug.flip)
-        ar = torch.arange(s, device=dev)
-        rows = torch.tensor(tops, device=dev)[:, None] + _PAD + ar                     # [n, s]
-        cols = torch.tensor(lefts, device=dev)[:, None] + _PAD + ar
-        flip = torch.tensor(flips, device=dev)[:, None]
-        cols = torch.where(flip, cols.flip(-1), cols)
-        padded = torch.nn.functional.pad(self.images[torch.as_tensor(idx, device=dev)], (_PAD,) * 4)
-        n = len(idx)
-        return padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
-                      rows[:, None, :, None], cols[:, None, None, :]]
+        where drawn."""
+        augs = [self.augment(int(i)) for i in idx]
+        tops = [a.box[0] for a in augs]
+        lefts = [a.box[1] for a in augs]
+        flips = [a.flip for a in augs]
+        how = "slices" if self.device.type == "cpu" else "gather"
+        return shifted_windows(self.images, idx, tops, lefts, flips, how=how)
 
     def _rrc(self, idx: np.ndarray) -> torch.Tensor:
         """``float32 [n, 3, s, s]`` with integer values: each drawn window (in the original
@@ -315,14 +365,19 @@ class MemoryImageLoader(ImageLoader):
             skipped = int((~keep[:real]).sum())
             num_real = real - skipped
             indices = indices[keep]
+            cpu = self.device.type == "cpu"
             if not self.train:
-                images = self.images[torch.as_tensor(indices, device=self.device)]
+                images = (torch.from_numpy(self.images.numpy()[indices]) if cpu
+                          else self.images[torch.as_tensor(indices, device=self.device)])
             elif self.recipe == "rrc":
                 images = self._rrc(indices)
             else:
                 images = self._released(indices)
-            images = finish_images(images, device=self.device, channels_last=self.channels_last, dtype=self.dtype,
-                                   layout="NCHW")
+            if cpu and images.dtype == torch.uint8:
+                images = _finish_on_cpu(images, channels_last=self.channels_last, dtype=self.dtype)
+            else:
+                images = finish_images(images, device=self.device, channels_last=self.channels_last,
+                                       dtype=self.dtype, layout="NCHW")
             index_t = torch.from_numpy(indices)
             yield Batch(images, self.labels[index_t.to(self.device)], num_real, skipped, index_t)
 
