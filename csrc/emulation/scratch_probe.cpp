@@ -1,0 +1,38 @@
+// Prints the per-group scratch (accumulation-type elements) of the CUDA kernels for one
+// group shape, from the kernels' own layout code: bench/cuda_static.py turns it into the
+// dynamic shared memory per block. Host-only (compiled with the C++ compiler against the
+// emulation's CUDA keywords); not part of the package build.
+//   scratch_probe mc|tdsa|gate n xi H W Hh Wh   ->  "<kind>_fwd N" and "<kind>_bwd N"
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "cuda_emulation.h"
+#include "../cuda/gate_kernels.cuh"
+#include "../cuda/terms_kernels.cuh"
+
+int main(int argc, char** argv) {
+  if (argc != 8) {
+    std::fprintf(stderr, "usage: %s mc|tdsa|gate n xi H W Hh Wh\n", argv[0]);
+    return 2;
+  }
+  const char* kind = argv[1];
+  long v[6];
+  for (int i = 0; i < 6; ++i) v[i] = std::atol(argv[i + 2]);
+  for (int bwd = 0; bwd < 2; ++bwd) {
+    long elems = 0;
+    if (std::strcmp(kind, "gate") == 0) {
+      tdsa_fast::GateParams p;
+      p.xi = v[1], p.H = v[2], p.W = v[3], p.Hh = v[4], p.Wh = v[5];
+      elems = static_cast<long>(tdsa_fast::cuda::kernels::gate_scratch(p, bwd != 0));
+    } else {
+      tdsa_fast::TermsParams p;
+      p.cnum = v[0], p.H = v[2], p.W = v[3];
+      p.gated = std::strcmp(kind, "tdsa") == 0;
+      p.xi = v[1], p.Hh = v[4], p.Wh = v[5];
+      elems = static_cast<long>(tdsa_fast::cuda::kernels::TermsLayout(p, bwd != 0).total);
+    }
+    std::printf("%s_%s %ld\n", kind, bwd ? "bwd" : "fwd", elems);
+  }
+  return 0;
+}
