@@ -58,6 +58,7 @@ SHAPES = {
 }
 
 DTYPES = {"BFloat16": "bf16", "Half": "fp16", "float": "fp32", "double": "fp64"}
+DTYPE_BYTES = {"bf16": (2, 4), "fp16": (2, 4), "fp32": (4, 4), "fp64": (8, 8)}  # storage, accumulation
 
 
 class StaticCheckError(RuntimeError):
@@ -162,6 +163,8 @@ class Kernel:
         return ("tdsa_" if args[2] == "true" else "mc_") + ("bwd" if args[3] == "true" else "fwd")
 
     def _args(self) -> list[str]:
+        if "<" not in self.name:
+            return []
         inner = self.name[self.name.index("<") + 1: self.name.rindex(">")]
         return [a.strip() for a in inner.split(",")]
 
@@ -170,13 +173,15 @@ class Kernel:
         """Scratch in shared memory and the dense (vector-load) layout; kernels without
         these template tags (older sources) count as fast path."""
         tags = " ".join(self._args()[4 if not self.name.startswith("gate_kernel") else 3:])
-        if not tags:
+        if "Scratch" not in tags and "Group" not in tags:
             return True
         return "Shared" in tags and "Dense" in tags
 
     @property
     def short(self) -> str:
         args = self._args()
+        if not args:
+            return self.name
         args[0] = DTYPES.get(args[0].replace("c10::", ""), args[0])
         args = [re.sub(r"tdsa_fast::cuda::(kernels::)?", "", a) for a in args[:1] + args[2:]]
         return f"{self.name.split('<')[0]}<{','.join(args)}>"
@@ -278,7 +283,9 @@ def analyse_sass(insns: list[tuple[int, str, str]], k: Kernel) -> None:
 
 
 def _probe_scratch(work: Path) -> dict:
-    """Scratch bytes per group of each kernel kind at SHAPES, from the kernels' headers."""
+    """Scratch bytes per group of each kernel kind and dtype at SHAPES, from the kernels'
+    headers (older sources, whose layout counted accumulation-type elements, are not
+    supported: their figures are in bench/RESULTS.md)."""
     work.mkdir(parents=True, exist_ok=True)
     out = work / "scratch_probe.json"
     if out.exists():
@@ -292,10 +299,11 @@ def _probe_scratch(work: Path) -> dict:
     res = {}
     for shape_set, kinds in SHAPES.items():
         for kind, s in kinds.items():
-            argv = [str(exe), kind] + [str(s.get(f, 1)) for f in ("n", "xi", "H", "W", "Hh", "Wh")]
-            for line in _run(argv).stdout.splitlines():
-                key, val = line.split()
-                res[f"{shape_set}:{key}"] = int(val)
+            for dtype, (ss, acc) in DTYPE_BYTES.items():
+                argv = [str(exe), kind] + [str(s.get(f, 1)) for f in ("n", "xi", "H", "W", "Hh", "Wh")]
+                for line in _run(argv + [str(ss), str(acc)]).stdout.splitlines():
+                    key, val = line.split()
+                    res[f"{shape_set}:{key}:{dtype}"] = int(val)
     out.write_text(json.dumps(res))
     return res
 
@@ -312,31 +320,35 @@ def _blocks_per_sm(k: Kernel, dyn: int) -> int:
     return min(by_regs, by_smem, lim["threads"] // THREADS, lim["blocks"])
 
 
+def kernels_of(src: Path, arch: str, work: Path) -> list[Kernel]:
+    """The kernels of one .cu file for sm_<arch>: ptxas figures and SASS counts."""
+    if arch not in SM_LIMITS:
+        raise ValueError(f"arch: one of {sorted(SM_LIMITS)}, got {arch!r}")
+    log, sass = compile_unit(src, arch, work)
+    kernels = parse_ptxas(log, arch)
+    funcs = _split_sass(sass)
+    names = _demangle(list(kernels))
+    for mangled, k in kernels.items():
+        k.name = names[mangled]
+        if mangled not in funcs:
+            raise StaticCheckError(f"{mangled} has no SASS in {src.name} for sm_{arch}")
+        analyse_sass(funcs[mangled], k)
+    return list(kernels.values())
+
+
 def analyse(archs=("90", "80")) -> list[Kernel]:
-    """Every kernel of csrc/cuda/*.cu for each architecture, analysed."""
+    """Every kernel of csrc/cuda/*.cu for each architecture, analysed, with its dynamic
+    shared memory and blocks per SM at SHAPES."""
     work = REPO / "build" / "cuda_static" / _source_hash()
     scratch = _probe_scratch(work)
     result = []
     for arch in archs:
-        if arch not in SM_LIMITS:
-            raise ValueError(f"arch: one of {sorted(SM_LIMITS)}, got {arch!r}")
         for src in sorted((CSRC / "cuda").glob("*.cu")):
-            log, sass = compile_unit(src, arch, work)
-            kernels = parse_ptxas(log, arch)
-            funcs = _split_sass(sass)
-            names = _demangle(list(kernels))
-            for mangled, k in kernels.items():
-                k.name = names[mangled]
-                if mangled not in funcs:
-                    raise StaticCheckError(f"{mangled} has no SASS in {src.name} for sm_{arch}")
-                analyse_sass(funcs[mangled], k)
-                acc = 8 if k.dtype == "fp64" else 4
-                base_kind = k.kind.split("_")[0]
-                phase = k.kind.split("_")[1]
+            for k in kernels_of(src, arch, work):
                 for shape_set in SHAPES:
-                    elems = scratch[f"{shape_set}:{base_kind}_{phase}"]
-                    k.dyn_smem[shape_set] = elems * acc
-                    k.blocks_per_sm[shape_set] = _blocks_per_sm(k, elems * acc)
+                    dyn = scratch[f"{shape_set}:{k.kind}:{k.dtype}"]
+                    k.dyn_smem[shape_set] = dyn
+                    k.blocks_per_sm[shape_set] = _blocks_per_sm(k, dyn)
                 result.append(k)
     return result
 
@@ -360,7 +372,7 @@ def table(kernels: list[Kernel]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", nargs="+", default=["90", "80"], help="compute capabilities, e.g. 90 80")
+    ap.add_argument("--arch", nargs="+", default=["90", "80"], choices=sorted(SM_LIMITS), help="compute capabilities")
     ap.add_argument("--dtype", nargs="+", default=None, choices=sorted(DTYPES.values()),
                     help="only the kernels of these storage dtypes (default: all)")
     ap.add_argument("--table", action="store_true", help="print a markdown table")

@@ -2,7 +2,13 @@
 # GPU check of the tdsa_fast kernels on a bare CUDA machine (its own torch, e.g. 2.11 with
 # Python 3.12; no internet, no DALI). Usage, from anywhere:
 #
-#   bash bench/gpu_check.sh [ops|all|data|train]
+#   bash bench/gpu_check.sh [--dry-run] [ops|all|data|train]
+#
+#   --dry-run  (ops / all) on any machine, without a GPU: checks the tools, prints every
+#         step's command with its timeout, and executes the steps that need no GPU (the
+#         tool checks, the static report bench/cuda_static.py, the sanitizer workload on the
+#         CPU at the tiny shape, the summary on a sample JSON), so the script's own bugs
+#         show before GPU time is spent. tests/test_gpu_check.py runs it.
 #
 #   ops   (default) build with `pip install --no-build-isolation --no-deps .` for the visible
 #         card's architecture, run the CUDA tests (tests/test_ops.py -k cuda, tests/test_build.py
@@ -33,6 +39,11 @@
 # Results (logs and JSON) go to $OUT (default: ${TMPDIR:-/tmp}/tdsa_gpu_check).
 set -uo pipefail
 
+DRY_RUN=0
+if [ "${1:-}" = "--dry-run" ]; then
+  DRY_RUN=1
+  shift
+fi
 STAGE="${1:-ops}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-${TMPDIR:-/tmp}/tdsa_gpu_check}"
@@ -57,7 +68,7 @@ build_extension() {
   echo; echo "=== build: pip install --no-build-isolation --no-deps . (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, CUDA_HOME=${CUDA_HOME:-auto}) ($(date +%T))"
   local start rc
   start=$(date +%s)
-  (cd "$REPO" && "$PY" -m pip install --no-build-isolation --no-deps . ) >"$OUT/build.log" 2>&1
+  (cd "$REPO" && timeout 300 "$PY" -m pip install --no-build-isolation --no-deps . ) >"$OUT/build.log" 2>&1
   rc=$?
   echo "build rc=$rc in $(( $(date +%s) - start )) s (log: $OUT/build.log)"
   tail -n 3 "$OUT/build.log"
@@ -132,6 +143,58 @@ esac
 fail=0
 step() { echo; echo "=== $* ($(date +%T))"; }
 
+# run_step NAME SECONDS gpu|cpu CMD...: prints the command; runs it under `timeout`
+# (a hang costs at most SECONDS), except GPU steps in a dry run. A failure marks the run
+# FAIL and the script goes on with the next step.
+run_step() {
+  local name="$1" secs="$2" kind="$3"
+  shift 3
+  step "$name [timeout ${secs}s, $kind]"
+  echo "+ $*"
+  if [ "$DRY_RUN" -eq 1 ] && [ "$kind" = gpu ]; then
+    echo "(dry run: not executed)"
+    return 0
+  fi
+  timeout --kill-after=10 "$secs" "$@"
+  local rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "step '$name' failed (rc $rc$([ $rc -eq 124 ] && echo ', timed out'))" >&2
+    fail=1
+  fi
+  return $rc
+}
+
+# Up-front checks (clear messages before any GPU time is spent): python with torch, pytest,
+# ninja (else a slow serial build), nvcc of torch's CUDA major version (cpp_extension
+# refuses a mismatch), compute-sanitizer (optional: the sanitize step is skipped without it).
+step "tool checks"
+"$PY" -c "import torch" 2>/dev/null || { echo "python '$PY' has no torch" >&2; exit 1; }
+"$PY" -m pytest --version >/dev/null 2>&1 || { echo "pytest missing: $PY -m pip install pytest" >&2; exit 1; }
+"$PY" -c "import ninja" 2>/dev/null || command -v ninja >/dev/null || { echo "ninja missing (the build would be serial): $PY -m pip install ninja" >&2; exit 1; }
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
+NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
+[ -x "$NVCC" ] || NVCC="$(command -v nvcc || true)"
+[ -n "$NVCC" ] || { echo "no nvcc: set CUDA_HOME to the CUDA toolkit" >&2; exit 1; }
+NVCC_MAJOR="$("$NVCC" --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p')"
+TORCH_MAJOR="$("$PY" -c "import torch; print((torch.version.cuda or '').split('.')[0])")"
+echo "nvcc $NVCC (CUDA $NVCC_MAJOR), torch built for CUDA $TORCH_MAJOR"
+[ -n "$TORCH_MAJOR" ] || { echo "torch is not a CUDA build" >&2; exit 1; }
+[ "$NVCC_MAJOR" = "$TORCH_MAJOR" ] || { echo "nvcc is CUDA $NVCC_MAJOR but torch is built for CUDA $TORCH_MAJOR: cpp_extension refuses to build" >&2; exit 1; }
+SANITIZER="$(dirname "$NVCC")/compute-sanitizer"
+[ -x "$SANITIZER" ] || SANITIZER="$(command -v compute-sanitizer || true)"
+echo "compute-sanitizer: ${SANITIZER:-none (the sanitize step is skipped)}"
+
+if [ "$DRY_RUN" -eq 1 ]; then
+  run_step "static report (no GPU): bench/cuda_static.py" 900 cpu "$PY" "$REPO/bench/cuda_static.py" --arch 90 --dtype bf16 --table
+  run_step "sanitizer workload on the CPU (tiny)" 300 cpu env PYTHONPATH="$REPO" "$PY" "$REPO/bench/gpu_sanitize.py" --device cpu --shapes tiny
+  for tool in memcheck racecheck synccheck initcheck; do
+    run_step "sanitize: $tool" 60 gpu "${SANITIZER:-compute-sanitizer}" --tool "$tool" --error-exitcode 1 "$PY" "$REPO/bench/gpu_sanitize.py" --shapes tiny paper --batch 1
+  done
+  run_step "build" 240 gpu "$PY" -m pip install --no-build-isolation --no-deps "$REPO"
+  run_step "CUDA tests" 120 gpu timeout 150 "$PY" -m pytest "$REPO/tests/test_ops.py" -k cuda -q -p no:cacheprovider -rs
+  run_step "GPU benchmarks (bf16, B=32 and 64)" 180 gpu "$PY" "$REPO/bench/bench_ops.py" --table --device cuda --dtype bf16 --batch 32 64 --rounds 7 --compiled-cases tdsa_loss --compiled-phases fwdbwd --json "$OUT/bench_cuda_bf16.json"
+  SUMMARY_JSON="$REPO/tests/fixtures/gpu_check/bench_sample.json"
+else
 step "environment"
 "$PY" - <<'EOF' | tee "$OUT/env.txt"
 import sys, torch
@@ -150,17 +213,25 @@ build_extension || exit 1
 # source tree.
 cd "$OUT"
 
+if [ -n "$SANITIZER" ]; then
+  for tool in memcheck racecheck synccheck initcheck; do
+    run_step "sanitize: $tool (tiny and paper shapes, B=1)" 60 gpu "$SANITIZER" --tool "$tool" --error-exitcode 1 \
+      "$PY" "$REPO/bench/gpu_sanitize.py" --shapes tiny paper --batch 1 2>&1 | tee "$OUT/sanitize_$tool.log" | tail -n 6
+    [ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
+  done
+fi
+
 step "CUDA tests: pytest tests/test_ops.py -k cuda; tests/test_build.py -m 'not slow'"
 start=$(date +%s)
-"$PY" -m pytest "$REPO/tests/test_ops.py" -k cuda -q -p no:cacheprovider -rs \
+timeout 150 "$PY" -m pytest "$REPO/tests/test_ops.py" -k cuda -q -p no:cacheprovider -rs \
   --junitxml="$OUT/test_ops_cuda.xml" 2>&1 | tee "$OUT/test_ops_cuda.log" | tail -n 25
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
-"$PY" -m pytest "$REPO/tests/test_build.py" -m "not slow" -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/test_build.log" | tail -n 5
+timeout 60 "$PY" -m pytest "$REPO/tests/test_build.py" -m "not slow" -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/test_build.log" | tail -n 5
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
 echo "tests took $(( $(date +%s) - start )) s"
 
 step "GPU benchmarks (bf16, B=32 and 64)"
-"$PY" "$REPO/bench/bench_ops.py" --table --device cuda --dtype bf16 --batch 32 64 --rounds 7 \
+timeout 240 "$PY" "$REPO/bench/bench_ops.py" --table --device cuda --dtype bf16 --batch 32 64 --rounds 7 \
   --compiled-cases tdsa_loss --compiled-phases fwdbwd --json "$OUT/bench_cuda_bf16.json" 2>&1 | tee "$OUT/bench_cuda_bf16.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
 
@@ -171,8 +242,11 @@ if [ "$STAGE" = "all" ]; then
   [ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
 fi
 
+SUMMARY_JSON="$OUT/bench_cuda_bf16.json"
+fi
+
 step "summary"
-"$PY" - "$OUT/bench_cuda_bf16.json" <<'EOF' | tee "$OUT/summary.txt"
+"$PY" - "$SUMMARY_JSON" <<'EOF' | tee "$OUT/summary.txt"
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"card: {r['card']} | torch {r['torch']} | dtype {r['dtype']} | copy bandwidth {r['copy_GBps']:.0f} GB/s")

@@ -55,7 +55,7 @@ def emu():
         extra_include_paths=[str(CSRC)],
         # 64 threads per block instead of 256: a quarter of the threads to schedule on a
         # small CPU; the kernels' loops and reductions are generic in the block size.
-        extra_cflags=["-O2", "-Wno-unknown-pragmas", "-Wno-psabi", "-DTDSA_CUDA_THREADS=64"],
+        extra_cflags=["-O2", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-Wno-psabi", "-DTDSA_CUDA_THREADS=64"],
         build_directory=str(build),
         with_cuda=False,
         verbose=False,

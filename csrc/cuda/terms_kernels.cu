@@ -1,4 +1,5 @@
-// Launches of the mc_terms / tdsa_terms kernels (terms_kernels.cuh).
+// Launches of the mc_terms / tdsa_terms kernels (terms_kernels.cuh): the scratch plan
+// (shared memory, or the global-memory fallback), then the variant for the layout.
 #include "cuda_common.cuh"
 #include "launchers.h"
 #include "terms_kernels.cuh"
@@ -10,42 +11,68 @@ namespace {
 using kernels::terms_kernel;
 using kernels::TermsLayout;
 
-template <typename scalar_t, typename acc_t>
-void launch(const TermsParams& p, bool bwd, void* workspace, cudaStream_t stream) {
-  const int64_t groups = p.B * p.S;
-  if (groups == 0) return;
-  const TermsLayout Lt(p, bwd);
-  const ScratchPlan plan = plan_scratch(static_cast<size_t>(Lt.total) * sizeof(acc_t), kWarps * sizeof(acc_t), groups);
-  TORCH_CHECK(!plan.global || workspace != nullptr, "tdsa_fast: terms_launch needs a workspace");
-  acc_t* ws = static_cast<acc_t*>(workspace);
-  const size_t st = kWarps * sizeof(acc_t);
+template <typename scalar_t, typename acc_t, bool GATED, bool BWD>
+struct TermsVariants {
+  static constexpr auto dense = terms_kernel<scalar_t, acc_t, GATED, BWD, SharedScratch, DenseGroup>;
+  static constexpr auto strided = terms_kernel<scalar_t, acc_t, GATED, BWD, SharedScratch, StridedGroup>;
+  static constexpr auto global = terms_kernel<scalar_t, acc_t, GATED, BWD, GlobalScratch, StridedGroup>;
+
+  static ScratchPlan plan(const TermsParams& p, int64_t* bytes) {
+    const TermsLayout Lt(p, BWD, sizeof(scalar_t), sizeof(acc_t));
+    *bytes = Lt.total;
+    const void* shared = reinterpret_cast<const void*>(kernels::terms_dense(p, BWD) ? dense : strided);
+    return plan_scratch(static_cast<size_t>(Lt.total), p.B * p.S, shared, reinterpret_cast<const void*>(global));
+  }
+
+  static void launch(const TermsParams& p, void* workspace, cudaStream_t stream) {
+    int64_t bytes = 0;
+    const ScratchPlan pl = plan(p, &bytes);
+    const int64_t groups = p.B * p.S;
+    if (pl.global) {
+      TORCH_CHECK(workspace != nullptr, "tdsa_fast: terms_launch needs a workspace");
+      launch_planned(global, pl, p, static_cast<unsigned char*>(workspace), bytes, groups, stream);
+    } else {
+      launch_planned(kernels::terms_dense(p, BWD) ? dense : strided, pl, p, nullptr, 0, groups, stream);
+    }
+  }
+};
+
+// Calls F::template run<TermsVariants<...>>() for the launch's GATED / BWD.
+template <typename scalar_t, typename acc_t, typename F>
+void with_variants(const TermsParams& p, bool bwd, const F& f) {
   if (p.gated) {
     if (bwd) {
-      launch_planned(terms_kernel<scalar_t, acc_t, true, true>, plan, st, p, ws, Lt.total, groups, stream);
+      f(TermsVariants<scalar_t, acc_t, true, true>{});
     } else {
-      launch_planned(terms_kernel<scalar_t, acc_t, true, false>, plan, st, p, ws, Lt.total, groups, stream);
+      f(TermsVariants<scalar_t, acc_t, true, false>{});
     }
   } else if (bwd) {
-    launch_planned(terms_kernel<scalar_t, acc_t, false, true>, plan, st, p, ws, Lt.total, groups, stream);
+    f(TermsVariants<scalar_t, acc_t, false, true>{});
   } else {
-    launch_planned(terms_kernel<scalar_t, acc_t, false, false>, plan, st, p, ws, Lt.total, groups, stream);
+    f(TermsVariants<scalar_t, acc_t, false, false>{});
   }
 }
 
 }  // namespace
 
 int64_t terms_workspace(c10::ScalarType dtype, const TermsParams& p, bool backward) {
-  const int64_t groups = p.B * p.S;
-  if (groups == 0) return 0;
-  const TermsLayout Lt(p, backward);
-  const size_t acc_size = dtype == c10::ScalarType::Double ? sizeof(double) : sizeof(float);
-  const ScratchPlan plan = plan_scratch(static_cast<size_t>(Lt.total) * acc_size, kWarps * acc_size, groups);
-  return plan.global ? plan.grid * Lt.total : 0;
+  if (p.B * p.S == 0) return 0;
+  int64_t elems = 0;
+  dispatch_floating(dtype, "tdsa_fast::terms_workspace", [&](auto s, auto a) {
+    using acc_t = decltype(a);
+    with_variants<decltype(s), acc_t>(p, backward, [&](auto v) {
+      int64_t bytes = 0;
+      const ScratchPlan pl = decltype(v)::plan(p, &bytes);
+      elems = pl.global ? pl.grid * bytes / static_cast<int64_t>(sizeof(acc_t)) : 0;
+    });
+  });
+  return elems;
 }
 
 void terms_launch(c10::ScalarType dtype, const TermsParams& p, bool backward, void* workspace, cudaStream_t stream) {
+  if (p.B * p.S == 0) return;
   dispatch_floating(dtype, "tdsa_fast::terms_launch", [&](auto s, auto a) {
-    launch<decltype(s), decltype(a)>(p, backward, workspace, stream);
+    with_variants<decltype(s), decltype(a)>(p, backward, [&](auto v) { decltype(v)::launch(p, workspace, stream); });
   });
 }
 

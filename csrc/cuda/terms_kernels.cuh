@@ -1,15 +1,24 @@
 // The CUDA kernels of mc_terms and tdsa_terms (forward and backward): one block per
 // (sample b, class i) group, kThreads threads.
 //
-// The block loads its group once into scratch (shared memory when it fits), as acc_t:
-//   lo   [n][HW]   the group's channels of feat / low (any strides)
-//   gate [ch][HW]  (tdsa) sigmoid(Upsample(high)) for the class's ch = n / xi high channels
+// The block loads its group once into scratch (shared memory when it fits):
+//   lo   [n][HW]      the group's channels of feat / low, in the storage dtype (a dense
+//                     group is copied with 16-byte vector loads, see copy_dense)
+//   hi   [ch][Hh*Wh]  (tdsa) the class's ch = n / xi high channels, likewise
+//   gate [ch][HW]     (tdsa) sigmoid(Upsample(hi)), from per-axis tap tables built once
+//                     per block
 // and recomputes x = lo * gate on the fly, so the gated map exists only in registers.
-// Per-channel softmax statistics (max, 1/sum exp) come from warp reductions; the
-// per-position cross-channel maxima from one thread per position; g and h from a
+// Per-channel softmax statistics (max, 1/sum exp): every warp reduces its share of every
+// channel, the warps' partials are combined in a fixed order (all warps busy whatever n);
+// the per-position cross-channel maxima: one thread per position; g and h: a
 // deterministic block reduction. The backward recomputes all of this (it saves nothing
 // but the op's inputs), then writes d low and, through the gate, d high with the
-// upsample's adjoint gathered inside the block (rows, then columns): no atomics.
+// upsample's adjoint from per-axis CSR tables built once per block (rows, then columns):
+// no atomics.
+//
+// Template arguments: the storage and accumulation types, GATED (tdsa_terms), BWD, where
+// the scratch lives (SharedScratch / GlobalScratch) and how the group lies in memory
+// (DenseGroup / StridedGroup); the host picks them (terms_kernels.cu, terms_dense()).
 #pragma once
 
 #include "device_common.cuh"
@@ -18,142 +27,234 @@ namespace tdsa_fast {
 namespace cuda {
 namespace kernels {
 
-// Scratch layout (in acc_t elements) shared by the host planner and the kernel.
+__host__ __device__ inline int64_t round16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+
+// A [.., n, H, W] map whose n channels of a group are one contiguous run (sizes of 1 have
+// no stride to check).
+__host__ __device__ inline bool dense_map(const int64_t* s, int64_t n, int64_t H, int64_t W) {
+  return (W == 1 || s[3] == 1) && (H == 1 || s[2] == W) && (n == 1 || s[1] == H * W);
+}
+
+// Whether every tensor of the launch (inputs and, in the backward, the gradients written)
+// lies dense group by group: the DenseGroup kernels then run.
+__host__ __device__ inline bool terms_dense(const TermsParams& p, bool bwd) {
+  const int64_t ch = p.gated ? p.cnum / p.xi : 0;
+  bool d = dense_map(p.xs, p.cnum, p.H, p.W);
+  if (p.gated) d = d && dense_map(p.hs, ch, p.Hh, p.Wh);
+  if (bwd) {
+    d = d && dense_map(p.gxs, p.cnum, p.H, p.W);
+    if (p.gated) d = d && dense_map(p.ghs, ch, p.Hh, p.Wh);
+  }
+  return d;
+}
+
+// Scratch layout in bytes (every region 16-byte aligned), shared by the host planner and
+// the kernel; `ss` / `as`: sizes of the storage and accumulation types.
 struct TermsLayout {
-  int64_t n, HW, ch, lo, gate, ag, ah, tmp, mx, inv, mk, dot, total;
-  __host__ __device__ TermsLayout(const TermsParams& p, bool bwd) {
-    n = p.cnum;
-    HW = p.H * p.W;
-    ch = p.gated ? p.cnum / p.xi : 0;
+  int64_t lo, hi, gate, ty, tx, ay, ax, ag, ah, tmp, mx, inv, mk, dot, part, total;
+  __host__ __device__ TermsLayout(const TermsParams& p, bool bwd, int64_t ss, int64_t as) {
+    const int64_t n = p.cnum, HW = p.H * p.W;
+    const int64_t ch = p.gated ? p.cnum / p.xi : 0;
+    const bool gb = p.gated && bwd;
     int64_t off = 0;
-    lo = off;
-    off += n * HW;
-    gate = off;
-    off += ch * HW;
-    ag = off;
-    ah = off + (bwd ? HW : 0);
-    off += bwd ? 2 * HW : 0;
-    // adjoint scratch (rows pass, ch x Hh x W): reuses lo when it fits
-    const int64_t tmp_need = (bwd && p.gated) ? ch * p.Hh * p.W : 0;
-    if (tmp_need <= n * HW) {
-      tmp = lo;
-    } else {
-      tmp = off;
-      off += tmp_need;
-    }
-    mx = off;
-    inv = off + n;
-    mk = off + 2 * n;
-    dot = off + 3 * n;
-    off += 4 * n;
+    auto take = [&](int64_t bytes) {
+      const int64_t at = off;
+      off += round16(bytes);
+      return at;
+    };
+    const int64_t lo_bytes = dense_region_bytes(n * HW, ss);
+    lo = take(lo_bytes);
+    hi = take(p.gated ? dense_region_bytes(ch * p.Hh * p.Wh, ss) : 0);
+    gate = take(ch * HW * as);
+    ty = take(p.gated ? axis_taps_bytes(p.H, as) : 0);
+    tx = take(p.gated ? axis_taps_bytes(p.W, as) : 0);
+    ay = take(gb ? axis_adjoint_bytes(p.Hh, p.H, as) : 0);
+    ax = take(gb ? axis_adjoint_bytes(p.Wh, p.W, as) : 0);
+    ag = take(bwd ? HW * 4 : 0);
+    ah = take(bwd ? HW * 4 : 0);
+    // the adjoint's row pass (ch x Hh x W) reuses lo, no longer needed then, when it fits
+    const int64_t tmp_need = gb ? ch * p.Hh * p.W * as : 0;
+    tmp = tmp_need <= lo_bytes ? lo : take(tmp_need);
+    mx = take(n * as);
+    inv = take(n * as);
+    mk = take(n * as);
+    dot = take(n * as);
+    part = take(n * kWarps * as);
     total = off;
   }
 };
 
-template <typename scalar_t, typename acc_t, bool GATED, bool BWD>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    terms_kernel(const TermsParams p, acc_t* __restrict__ gws, int64_t ws_stride, int64_t groups) {
+template <typename scalar_t, typename acc_t, bool GATED, bool BWD, class Where, class Layout>
+__global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
+    terms_kernel(const TermsParams p, unsigned char* __restrict__ gws, int64_t ws_stride, int64_t groups) {
   TDSA_DYNAMIC_SMEM(smem_raw);
   TDSA_SHARED acc_t red[kWarps];
-  acc_t* base = gws != nullptr ? gws + static_cast<int64_t>(blockIdx.x) * ws_stride : reinterpret_cast<acc_t*>(smem_raw);
-  const TermsLayout Lt(p, BWD);
-  acc_t* lo = base + Lt.lo;
-  acc_t* gate = base + Lt.gate;
-  acc_t* ag = base + Lt.ag;
-  acc_t* ah = base + Lt.ah;
-  acc_t* tmp = base + Lt.tmp;
-  acc_t* mx = base + Lt.mx;
-  acc_t* inv = base + Lt.inv;
-  acc_t* mk = base + Lt.mk;
-  acc_t* dot = base + Lt.dot;
+  constexpr bool kDense = std::is_same<Layout, DenseGroup>::value;
+  unsigned char* const base = scratch_base<Where>(smem_raw, gws, ws_stride);
+  const TermsLayout Lt(p, BWD, sizeof(scalar_t), sizeof(acc_t));
+  acc_t* const gate = reinterpret_cast<acc_t*>(base + Lt.gate);
+  int* const ag = reinterpret_cast<int*>(base + Lt.ag);
+  int* const ah = reinterpret_cast<int*>(base + Lt.ah);
+  acc_t* const mx = reinterpret_cast<acc_t*>(base + Lt.mx);
+  acc_t* const inv = reinterpret_cast<acc_t*>(base + Lt.inv);
+  acc_t* const mk = reinterpret_cast<acc_t*>(base + Lt.mk);
+  acc_t* const dot = reinterpret_cast<acc_t*>(base + Lt.dot);
+  acc_t* const part = reinterpret_cast<acc_t*>(base + Lt.part);
 
   // In-group indices fit in int (checked on the host); global offsets use int64 strides.
   const int n = static_cast<int>(p.cnum), H = static_cast<int>(p.H), W = static_cast<int>(p.W), HW = H * W;
   const int xi = GATED ? static_cast<int>(p.xi) : 1;
-  const int ch = GATED ? n / xi : 0;
-  const int Hh = static_cast<int>(p.Hh), Wh = static_cast<int>(p.Wh);
+  const int ch = GATED ? n / xi : n;  // gate planes (GATED), else one "plane" per channel
+  const int Hh = static_cast<int>(p.Hh), Wh = static_cast<int>(p.Wh), HWh = Hh * Wh;
   const int64_t S = p.S;
   const scalar_t* X = static_cast<const scalar_t*>(p.x);
   const scalar_t* Hi = static_cast<const scalar_t*>(p.high);
   const acc_t* M = static_cast<const acc_t*>(p.mask);
   // channels_last-like storage (channel stride 1): walk channels fastest for coalescing
-  const bool chan_fast = p.xs[1] == 1 && n > 1;
+  const bool chan_fast = !kDense && p.xs[1] == 1 && n > 1;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const bool identity = math::adjoint_is_identity(p.mode, Hh, Wh, H, W);
+  const bool unit_weights = p.mode == math::kNearest;
 
-  auto xval = [&](int j, int q) -> acc_t {
+  AxisTaps<acc_t> ty{}, tx{};
+  AxisAdjoint<acc_t> ay{}, ax{};
+  if constexpr (GATED) {
+    ty = build_axis_taps<acc_t>(base + Lt.ty, p.mode, Hh, H);
+    tx = build_axis_taps<acc_t>(base + Lt.tx, p.mode, Wh, W);
+    if constexpr (BWD) {
+      if (!identity) {
+        ay = build_axis_adjoint<acc_t>(base + Lt.ay, p.mode, Hh, H);
+        ax = build_axis_adjoint<acc_t>(base + Lt.ax, p.mode, Wh, W);
+      }
+    }
+  }
+  // x of channel j at q; G: its gate value (GATED)
+  auto xv = [&](const scalar_t* lo, int j, int q, acc_t G) -> acc_t {
+    const acc_t l = static_cast<acc_t>(lo[j * HW + q]);
     if constexpr (GATED) {
-      return lo[j * HW + q] * gate[(j / xi) * HW + q];
+      return l * G;
     } else {
-      return lo[j * HW + q];
+      (void)G;
+      return l;
     }
   };
-  auto soft = [&](int j, int q) -> acc_t { return math::exp_(xval(j, q) - mx[j]) * inv[j]; };
-  auto split = [&](int e, int& j, int& q) {
-    if (chan_fast) {
-      q = e / n;
-      j = e - q * n;
+  auto gate_at = [&](int kk, int q) -> acc_t {
+    if constexpr (GATED) {
+      return gate[kk * HW + q];
     } else {
-      j = e / HW;
-      q = e - j * HW;
+      (void)kk;
+      (void)q;
+      return acc_t(1);
+    }
+  };
+  // part[j][warp] -> out[j], in warp order (deterministic)
+  auto combine = [&](acc_t* out, bool is_max) {
+    for (int j = tid; j < n; j += kThreads) {
+      acc_t v = part[j * kWarps];
+      for (int w = 1; w < kWarps; ++w) v = is_max ? math::nan_max(v, part[j * kWarps + w]) : v + part[j * kWarps + w];
+      out[j] = v;
     }
   };
 
   for (int64_t grp = blockIdx.x; grp < groups; grp += gridDim.x) {
     const int64_t b = grp / S, i = grp % S;
-    if constexpr (GATED) {
-      for (int e = tid; e < ch * HW; e += kThreads) {
-        const int kk = e / HW, q = e - kk * HW;
-        const int y = q / W, x = q - y * W;
-        const scalar_t* plane = Hi + b * p.hs[0] + (i * ch + kk) * p.hs[1];
-        gate[e] = math::sigmoid(upsample_at<scalar_t, acc_t>(plane, p.hs[2], p.hs[3], Hh, Wh, H, W, p.mode, y, x));
-      }
-    }
     const scalar_t* xb = X + b * p.xs[0] + i * n * p.xs[1];
-    for (int e = tid; e < n * HW; e += kThreads) {
-      int j, q;
-      split(e, j, q);
-      const int y = q / W, x = q - y * W;
-      lo[j * HW + q] = static_cast<acc_t>(xb[j * p.xs[1] + y * p.xs[2] + x * p.xs[3]]);
+    scalar_t* lo = reinterpret_cast<scalar_t*>(base + Lt.lo);
+    const scalar_t* hi = reinterpret_cast<const scalar_t*>(base + Lt.hi);
+    if constexpr (kDense) {
+      lo = copy_dense(xb, n * HW, base + Lt.lo);
+      if constexpr (GATED) hi = copy_dense(Hi + b * p.hs[0] + i * ch * p.hs[1], ch * HWh, base + Lt.hi);
+    } else {
+      for (int e = tid; e < n * HW; e += kThreads) {
+        int j, q;
+        if (chan_fast) {
+          q = e / n;
+          j = e - q * n;
+        } else {
+          j = e / HW;
+          q = e - j * HW;
+        }
+        const int y = q / W, x = q - y * W;
+        lo[j * HW + q] = xb[j * p.xs[1] + y * p.xs[2] + x * p.xs[3]];
+      }
+      if constexpr (GATED) {
+        scalar_t* hw = reinterpret_cast<scalar_t*>(base + Lt.hi);
+        const scalar_t* hb = Hi + b * p.hs[0] + i * ch * p.hs[1];
+        for (int e = tid; e < ch * HWh; e += kThreads) {
+          const int kk = e / HWh, r = e - kk * HWh;
+          const int y = r / Wh, x = r - y * Wh;
+          hw[e] = hb[kk * p.hs[1] + y * p.hs[2] + x * p.hs[3]];
+        }
+      }
     }
     for (int j = tid; j < n; j += kThreads) mk[j] = M[b * p.mask_sb + i * n + j];
     __syncthreads();
 
-    // Per-channel softmax statistics: one warp per channel.
-    for (int j = warp; j < n; j += kWarps) {
-      acc_t m = math::neg_inf<acc_t>();
-      for (int q = lane; q < HW; q += 32) m = math::nan_max(m, xval(j, q));
-      m = warp_nan_max(m);
-      acc_t s = acc_t(0);
-      for (int q = lane; q < HW; q += 32) s += math::exp_(xval(j, q) - m);
-      s = warp_sum(s);
-      if (lane == 0) {
-        mx[j] = m;
-        inv[j] = acc_t(1) / s;
+    if constexpr (GATED) {
+      // gate planes, one row per warp
+      for (int r = warp; r < ch * H; r += kWarps) {
+        const int kk = r / H, y = r - kk * H;
+        const scalar_t* hk = hi + kk * HWh;
+        for (int x = lane; x < W; x += 32) {
+          const acc_t u = upsample_tab<acc_t>(ty, tx, y, x, [&](int a, int c) { return static_cast<acc_t>(hk[a * Wh + c]); });
+          gate[r * W + x] = math::sigmoid(u);
+        }
       }
+      __syncthreads();
+    }
+
+    // Per-channel softmax statistics: each warp reduces its positions of every channel.
+    for (int j = 0; j < n; ++j) {
+      const int kk = j / xi;
+      acc_t m = math::neg_inf<acc_t>();
+      for (int q = tid; q < HW; q += kThreads) m = math::nan_max(m, xv(lo, j, q, gate_at(kk, q)));
+      m = warp_nan_max(m);
+      if (lane == 0) part[j * kWarps + warp] = m;
+    }
+    __syncthreads();
+    combine(mx, true);
+    __syncthreads();
+    for (int j = 0; j < n; ++j) {
+      const int kk = j / xi;
+      const acc_t mj = mx[j];
+      acc_t s = acc_t(0);
+      for (int q = tid; q < HW; q += kThreads) s += math::exp_(xv(lo, j, q, gate_at(kk, q)) - mj);
+      s = warp_sum(s);
+      if (lane == 0) part[j * kWarps + warp] = s;
+    }
+    __syncthreads();
+    for (int j = tid; j < n; j += kThreads) {
+      acc_t s = part[j * kWarps];
+      for (int w = 1; w < kWarps; ++w) s += part[j * kWarps + w];
+      inv[j] = acc_t(1) / s;
     }
     __syncthreads();
 
     // Per position: cross-channel maxima, lowest index on ties, first NaN wins.
     acc_t gsum = acc_t(0), hsum = acc_t(0);
     for (int q = tid; q < HW; q += kThreads) {
-      acc_t gb = mk[0] * xval(0, q);
-      acc_t hb = soft(0, q);
-      int gi = 0, hi = 0;
-      for (int j = 1; j < n; ++j) {
-        const acc_t v = mk[j] * xval(j, q);
-        const acc_t s = soft(j, q);
-        if (math::replaces(v, gb)) {
-          gb = v;
-          gi = j;
-        }
-        if (math::replaces(s, hb)) {
-          hb = s;
-          hi = j;
+      acc_t gb = acc_t(0), hb = acc_t(0);
+      int gi = 0, hix = 0;
+      for (int kk = 0; kk < ch; ++kk) {
+        const acc_t G = gate_at(kk, q);
+        for (int t = 0; t < xi; ++t) {
+          const int j = kk * xi + t;
+          const acc_t x = xv(lo, j, q, G);
+          const acc_t v = mk[j] * x;
+          const acc_t s = math::exp_(x - mx[j]) * inv[j];
+          if (j == 0 || math::replaces(v, gb)) {
+            gb = v;
+            gi = j;
+          }
+          if (j == 0 || math::replaces(s, hb)) {
+            hb = s;
+            hix = j;
+          }
         }
       }
       if constexpr (BWD) {
-        ag[q] = static_cast<acc_t>(gi);
-        ah[q] = static_cast<acc_t>(hi);
+        ag[q] = gi;
+        ah[q] = hix;
       } else {
         gsum += gb;
         hsum += hb;
@@ -172,68 +273,103 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       const acc_t gh = static_cast<const acc_t*>(p.grad_h)[grp];
       const acc_t gg_hw = gg / static_cast<acc_t>(HW);
       // dot_j = sum_p go_p s_{j,p}, go = grad_h where channel j wins position p.
-      for (int j = warp; j < n; j += kWarps) {
+      for (int j = 0; j < n; ++j) {
+        const int kk = j / xi;
+        const acc_t mj = mx[j], ij = inv[j];
         acc_t d = acc_t(0);
-        for (int q = lane; q < HW; q += 32) {
-          if (ah[q] == static_cast<acc_t>(j)) d += gh * soft(j, q);
+        for (int q = tid; q < HW; q += kThreads) {
+          if (ah[q] == j) d += gh * (math::exp_(xv(lo, j, q, gate_at(kk, q)) - mj) * ij);
         }
         d = warp_sum(d);
-        if (lane == 0) dot[j] = d;
+        if (lane == 0) part[j * kWarps + warp] = d;
       }
       __syncthreads();
-      auto dxval = [&](int j, int q) -> acc_t {
-        const acc_t jj = static_cast<acc_t>(j);
-        const acc_t gpart = ag[q] == jj ? gg_hw * mk[j] : acc_t(0);
-        const acc_t go = ah[q] == jj ? gh : acc_t(0);
-        return math::terms_combine(gpart, math::softmax_backward(soft(j, q), go, dot[j]));
+      combine(dot, false);
+      __syncthreads();
+      auto dxval = [&](int j, int q, acc_t x) -> acc_t {
+        const acc_t gpart = ag[q] == j ? gg_hw * mk[j] : acc_t(0);
+        const acc_t go = ah[q] == j ? gh : acc_t(0);
+        return math::terms_combine(gpart, math::softmax_backward(math::exp_(x - mx[j]) * inv[j], go, dot[j]));
       };
       scalar_t* gxb = static_cast<scalar_t*>(p.grad_x) + b * p.gxs[0] + i * n * p.gxs[1];
       if constexpr (!GATED) {
-        for (int e = tid; e < n * HW; e += kThreads) {
-          int j, q;
-          split(e, j, q);
-          const int y = q / W, x = q - y * W;
-          gxb[j * p.gxs[1] + y * p.gxs[2] + x * p.gxs[3]] = static_cast<scalar_t>(dxval(j, q));
+        if constexpr (kDense) {
+          for (int j = 0; j < n; ++j) {
+            for (int q = tid; q < HW; q += kThreads) gxb[j * HW + q] = static_cast<scalar_t>(dxval(j, q, xv(lo, j, q, acc_t(1))));
+          }
+        } else {
+          for (int e = tid; e < n * HW; e += kThreads) {
+            int j, q;
+            if (chan_fast) {
+              q = e / n;
+              j = e - q * n;
+            } else {
+              j = e / HW;
+              q = e - j * HW;
+            }
+            const int y = q / W, x = q - y * W;
+            gxb[j * p.gxs[1] + y * p.gxs[2] + x * p.gxs[3]] = static_cast<scalar_t>(dxval(j, q, xv(lo, j, q, acc_t(1))));
+          }
         }
       } else {
-        for (int e = tid; e < ch * HW; e += kThreads) {
-          const int kk = e / HW, q = e - kk * HW;
-          const int y = q / W, x = q - y * W;
-          const acc_t G = gate[e];
-          acc_t dg = acc_t(0);
-          for (int t = 0; t < xi; ++t) {
-            const int j = kk * xi + t;
-            const acc_t dx = dxval(j, q);
-            gxb[j * p.gxs[1] + y * p.gxs[2] + x * p.gxs[3]] = static_cast<scalar_t>(dx * G);  // d low = d gated * gate
-            const acc_t dgate = dx * lo[j * HW + q];
-            dg = t == 0 ? dgate : dg + dgate;
+        for (int kk = 0; kk < ch; ++kk) {
+          for (int q = tid; q < HW; q += kThreads) {
+            const acc_t G = gate[kk * HW + q];
+            int64_t off = 0;
+            if constexpr (!kDense) {
+              const int y = q / W, x = q - y * W;
+              off = y * p.gxs[2] + x * p.gxs[3];
+            }
+            acc_t dg = acc_t(0);
+            for (int t = 0; t < xi; ++t) {
+              const int j = kk * xi + t;
+              const acc_t l = static_cast<acc_t>(lo[j * HW + q]);
+              const acc_t dx = dxval(j, q, l * G);
+              const scalar_t v = static_cast<scalar_t>(dx * G);  // d low = d gated * gate
+              if constexpr (kDense) {
+                gxb[j * HW + q] = v;
+              } else {
+                gxb[j * p.gxs[1] + off] = v;
+              }
+              const acc_t dgate = dx * l;
+              dg = t == 0 ? dgate : dg + dgate;
+            }
+            gate[kk * HW + q] = math::sigmoid_backward(dg, G);  // becomes dU, the gradient at the upsampled map
           }
-          gate[e] = math::sigmoid_backward(dg, G);  // becomes dU, the gradient at the upsampled map
         }
         __syncthreads();
         scalar_t* ghb = static_cast<scalar_t*>(p.grad_high) + b * p.ghs[0] + i * ch * p.ghs[1];
-        if (math::adjoint_is_identity(p.mode, Hh, Wh, H, W)) {
-          for (int e = tid; e < ch * HW; e += kThreads) {
-            const int kk = e / HW, q = e - kk * HW;
-            const int y = q / W, x = q - y * W;
-            ghb[kk * p.ghs[1] + y * p.ghs[2] + x * p.ghs[3]] = static_cast<scalar_t>(gate[e]);
+        auto gh_off = [&](int kk, int sy, int sx) -> int64_t {
+          if constexpr (kDense) {
+            return static_cast<int64_t>(kk) * HWh + sy * Wh + sx;
+          } else {
+            return kk * p.ghs[1] + sy * p.ghs[2] + sx * p.ghs[3];
+          }
+        };
+        if (identity) {
+          for (int r = warp; r < ch * H; r += kWarps) {
+            const int kk = r / H, y = r - kk * H;
+            for (int x = lane; x < W; x += 32) ghb[gh_off(kk, y, x)] = static_cast<scalar_t>(gate[r * W + x]);
           }
         } else {
+          acc_t* tmp = reinterpret_cast<acc_t*>(base + Lt.tmp);
           // rows: tmp[kk][sy][x] = sum over the output rows y whose taps reach source row sy
-          for (int e = tid; e < ch * Hh * W; e += kThreads) {
-            const int kk = e / (Hh * W), r = e - kk * (Hh * W);
-            const int sy = r / W, x = r - sy * W;
-            const acc_t* du = gate + kk * HW + x;
-            tmp[e] = math::adjoint_gather<acc_t>(p.mode, sy, Hh, H, [&](int64_t y) { return du[y * W]; });
+          for (int r = warp; r < ch * Hh; r += kWarps) {
+            const int kk = r / Hh, sy = r - kk * Hh;
+            const acc_t* du = gate + kk * HW;
+            for (int x = lane; x < W; x += 32) {
+              tmp[r * W + x] = adjoint_sum<acc_t>(ay, unit_weights, sy, [&](int y) { return du[y * W + x]; });
+            }
           }
           __syncthreads();
           // columns: grad_high[kk][sy][sx]
-          for (int e = tid; e < ch * Hh * Wh; e += kThreads) {
-            const int kk = e / (Hh * Wh), r = e - kk * (Hh * Wh);
-            const int sy = r / Wh, sx = r - sy * Wh;
-            const acc_t* t = tmp + (kk * Hh + sy) * W;
-            const acc_t v = math::adjoint_gather<acc_t>(p.mode, sx, Wh, W, [&](int64_t x) { return t[x]; });
-            ghb[kk * p.ghs[1] + sy * p.ghs[2] + sx * p.ghs[3]] = static_cast<scalar_t>(v);
+          for (int r = warp; r < ch * Hh; r += kWarps) {
+            const int kk = r / Hh, sy = r - kk * Hh;
+            const acc_t* t = tmp + r * W;
+            for (int sx = lane; sx < Wh; sx += 32) {
+              const acc_t v = adjoint_sum<acc_t>(ax, unit_weights, sx, [&](int x) { return t[x]; });
+              ghb[gh_off(kk, sy, sx)] = static_cast<scalar_t>(v);
+            }
           }
         }
       }

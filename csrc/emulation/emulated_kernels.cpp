@@ -44,19 +44,54 @@ void dispatch(at::ScalarType dt, const F& f) {
   }
 }
 
-template <typename acc_t, typename Kernel, typename Params>
-void run(Kernel kernel, const Params& p, int64_t groups, int64_t per_group, size_t static_bytes, bool force_global) {
-  (void)static_bytes;
+// Launches a kernel variant as csrc/cuda/*.cu do: the scratch in "shared memory"
+// (`bytes` of dynamic shared memory per block, one block per group), or, when
+// force_global, in a global workspace of `bytes` per block with fewer blocks than groups.
+template <typename Kernel, typename Params>
+void run(Kernel kernel, const Params& p, int64_t groups, int64_t bytes, bool global) {
   if (groups == 0) return;
-  if (!force_global) {
-    tdsa_emu::launch(static_cast<unsigned>(groups), kThreads, static_cast<size_t>(per_group) * sizeof(acc_t), kernel, p,
-                     static_cast<acc_t*>(nullptr), int64_t{0}, groups);
+  if (!global) {
+    tdsa_emu::launch(static_cast<unsigned>(groups), kThreads, static_cast<size_t>(bytes), kernel, p,
+                     static_cast<unsigned char*>(nullptr), int64_t{0}, groups);
   } else {
     const int64_t grid = std::min<int64_t>(groups, 3);
-    std::vector<acc_t> ws(static_cast<size_t>(grid * per_group), std::numeric_limits<acc_t>::quiet_NaN());
-    tdsa_emu::launch(static_cast<unsigned>(grid), kThreads, 0, kernel, p, ws.data(), per_group, groups);
+    std::vector<unsigned char> ws(static_cast<size_t>(grid * bytes), 0xFF);  // NaN bytes
+    tdsa_emu::launch(static_cast<unsigned>(grid), kThreads, 0, kernel, p, ws.data(), bytes, groups);
   }
 }
+
+// The variant choice of csrc/cuda/*.cu: GlobalScratch + StridedGroup for the fallback, else
+// shared-memory scratch, DenseGroup when every tensor of the launch is dense group-wise.
+template <template <class, class> class K, typename Params>
+void run_variant(const Params& p, int64_t groups, int64_t bytes, bool dense, bool global) {
+  using cuda::DenseGroup;
+  using cuda::GlobalScratch;
+  using cuda::SharedScratch;
+  using cuda::StridedGroup;
+  if (global) {
+    run(K<GlobalScratch, StridedGroup>::fn, p, groups, bytes, true);
+  } else if (dense) {
+    run(K<SharedScratch, DenseGroup>::fn, p, groups, bytes, false);
+  } else {
+    run(K<SharedScratch, StridedGroup>::fn, p, groups, bytes, false);
+  }
+}
+
+template <typename scalar_t, typename acc_t, bool GATED, bool BWD>
+struct TermsK {
+  template <class Where, class Layout>
+  struct K {
+    static constexpr auto fn = cuda::kernels::terms_kernel<scalar_t, acc_t, GATED, BWD, Where, Layout>;
+  };
+};
+
+template <typename scalar_t, typename acc_t, bool BWD>
+struct GateK {
+  template <class Where, class Layout>
+  struct K {
+    static constexpr auto fn = cuda::kernels::gate_kernel<scalar_t, acc_t, BWD, Where, Layout>;
+  };
+};
 
 // The emulated-device policy of OpWrappers (csrc/op_wrappers.h): the ops below run the
 // same host wrappers as the CUDA ops, with the kernel launches emulated on the CPU.
@@ -72,12 +107,13 @@ struct EmulatedDevice {
     dispatch(dtype, [&](auto s, auto a) {
       using scalar_t = decltype(s);
       using acc_t = decltype(a);
-      const cuda::kernels::TermsLayout Lt(p, bwd);
+      const cuda::kernels::TermsLayout Lt(p, bwd, sizeof(scalar_t), sizeof(acc_t));
       const int64_t groups = p.B * p.S;
-      if (p.gated && bwd) run<acc_t>(cuda::kernels::terms_kernel<scalar_t, acc_t, true, true>, p, groups, Lt.total, 0, force_global);
-      if (p.gated && !bwd) run<acc_t>(cuda::kernels::terms_kernel<scalar_t, acc_t, true, false>, p, groups, Lt.total, 0, force_global);
-      if (!p.gated && bwd) run<acc_t>(cuda::kernels::terms_kernel<scalar_t, acc_t, false, true>, p, groups, Lt.total, 0, force_global);
-      if (!p.gated && !bwd) run<acc_t>(cuda::kernels::terms_kernel<scalar_t, acc_t, false, false>, p, groups, Lt.total, 0, force_global);
+      const bool dense = cuda::kernels::terms_dense(p, bwd);
+      if (p.gated && bwd) run_variant<TermsK<scalar_t, acc_t, true, true>::template K>(p, groups, Lt.total, dense, force_global);
+      if (p.gated && !bwd) run_variant<TermsK<scalar_t, acc_t, true, false>::template K>(p, groups, Lt.total, dense, force_global);
+      if (!p.gated && bwd) run_variant<TermsK<scalar_t, acc_t, false, true>::template K>(p, groups, Lt.total, dense, force_global);
+      if (!p.gated && !bwd) run_variant<TermsK<scalar_t, acc_t, false, false>::template K>(p, groups, Lt.total, dense, force_global);
     });
   }
 
@@ -85,11 +121,12 @@ struct EmulatedDevice {
     dispatch(dtype, [&](auto s, auto a) {
       using scalar_t = decltype(s);
       using acc_t = decltype(a);
-      const int64_t per_group = cuda::kernels::gate_scratch(p, bwd);
+      const cuda::kernels::GateLayout Lt(p, bwd, sizeof(scalar_t), sizeof(acc_t));
+      const bool dense = cuda::kernels::gate_dense(p, bwd);
       if (bwd) {
-        run<acc_t>(cuda::kernels::gate_kernel<scalar_t, acc_t, true>, p, p.B * p.Ch, per_group, 0, force_global);
+        run_variant<GateK<scalar_t, acc_t, true>::template K>(p, p.B * p.Ch, Lt.total, dense, force_global);
       } else {
-        run<acc_t>(cuda::kernels::gate_kernel<scalar_t, acc_t, false>, p, p.B * p.Ch, per_group, 0, force_global);
+        run_variant<GateK<scalar_t, acc_t, false>::template K>(p, p.B * p.Ch, Lt.total, dense, force_global);
       }
     });
   }

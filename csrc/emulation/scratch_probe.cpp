@@ -1,8 +1,9 @@
-// Prints the per-group scratch (accumulation-type elements) of the CUDA kernels for one
-// group shape, from the kernels' own layout code: bench/cuda_static.py turns it into the
-// dynamic shared memory per block. Host-only (compiled with the C++ compiler against the
-// emulation's CUDA keywords); not part of the package build.
-//   scratch_probe mc|tdsa|gate n xi H W Hh Wh   ->  "<kind>_fwd N" and "<kind>_bwd N"
+// Prints the per-group scratch bytes of the CUDA kernels for one group shape and dtype,
+// from the kernels' own layout code: bench/cuda_static.py reports it as the dynamic shared
+// memory per block. Host-only (compiled with the C++ compiler against the emulation's CUDA
+// keywords); not part of the package build.
+//   scratch_probe mc|tdsa|gate n xi H W Hh Wh storage_bytes acc_bytes
+//     -> "<kind>_fwd BYTES" and "<kind>_bwd BYTES"
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -12,27 +13,27 @@
 #include "../cuda/terms_kernels.cuh"
 
 int main(int argc, char** argv) {
-  if (argc != 8) {
-    std::fprintf(stderr, "usage: %s mc|tdsa|gate n xi H W Hh Wh\n", argv[0]);
+  if (argc != 10) {
+    std::fprintf(stderr, "usage: %s mc|tdsa|gate n xi H W Hh Wh storage_bytes acc_bytes\n", argv[0]);
     return 2;
   }
   const char* kind = argv[1];
-  long v[6];
-  for (int i = 0; i < 6; ++i) v[i] = std::atol(argv[i + 2]);
+  long v[8];
+  for (int i = 0; i < 8; ++i) v[i] = std::atol(argv[i + 2]);
   for (int bwd = 0; bwd < 2; ++bwd) {
-    long elems = 0;
+    long bytes = 0;
     if (std::strcmp(kind, "gate") == 0) {
       tdsa_fast::GateParams p;
       p.xi = v[1], p.H = v[2], p.W = v[3], p.Hh = v[4], p.Wh = v[5];
-      elems = static_cast<long>(tdsa_fast::cuda::kernels::gate_scratch(p, bwd != 0));
+      bytes = static_cast<long>(tdsa_fast::cuda::kernels::GateLayout(p, bwd != 0, v[6], v[7]).total);
     } else {
       tdsa_fast::TermsParams p;
       p.cnum = v[0], p.H = v[2], p.W = v[3];
       p.gated = std::strcmp(kind, "tdsa") == 0;
       p.xi = v[1], p.Hh = v[4], p.Wh = v[5];
-      elems = static_cast<long>(tdsa_fast::cuda::kernels::TermsLayout(p, bwd != 0).total);
+      bytes = static_cast<long>(tdsa_fast::cuda::kernels::TermsLayout(p, bwd != 0, v[6], v[7]).total);
     }
-    std::printf("%s_%s %ld\n", kind, bwd ? "bwd" : "fwd", elems);
+    std::printf("%s_%s %ld\n", kind, bwd ? "bwd" : "fwd", bytes);
   }
   return 0;
 }

@@ -1,0 +1,49 @@
+"""bench/gpu_check.sh --dry-run on this (GPU-less) machine: the tool checks pass, every step's
+command is printed with its timeout, the non-GPU steps (static report, the sanitizer's
+workload on the CPU, the summary on a sample JSON) run and succeed, the GPU steps are
+listed but not executed. Skipped, with the reason, where the CUDA toolkit is absent. The
+static step reuses tests/test_cuda_static.py's compile cache (minutes when cold)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "bench" / "gpu_check.sh"
+
+
+def _nvcc():
+    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+    p = Path(home) / "bin" / "nvcc"
+    return str(p) if p.exists() else shutil.which("nvcc")
+
+
+@pytest.mark.timeout(1200)
+def test_gpu_check_dry_run(tmp_path):
+    if _nvcc() is None:
+        pytest.skip("no nvcc: the dry run checks the CUDA toolkit first")
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, PYTHONPATH=str(REPO))
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", "ops"], capture_output=True, text=True, env=env,
+                          timeout=1200)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    for name in ("tool checks", "static report", "sanitizer workload on the CPU", "sanitize: memcheck",
+                 "sanitize: racecheck", "sanitize: synccheck", "sanitize: initcheck", "build", "CUDA tests",
+                 "GPU benchmarks", "summary"):
+        assert f"=== {name}" in out, name
+    assert out.count("(dry run: not executed)") == 7  # 4 sanitizers, build, tests, benchmarks
+    assert "| `terms_kernel<bf16,true,true,SharedScratch,DenseGroup>`" in out  # the static table ran
+    assert "tiny   torch.float32   contiguous" in out and " FAIL" not in out.split("=== summary")[0]
+    assert "overall: PASS" in out
+    assert (tmp_path / "summary.txt").exists()
+
+
+def test_gpu_check_rejects_an_unknown_stage(tmp_path):
+    proc = subprocess.run(["bash", str(SCRIPT), "nonsense"], capture_output=True, text=True,
+                          env=dict(os.environ, OUT=str(tmp_path)), timeout=60)
+    assert proc.returncode == 2 and "usage" in proc.stderr
