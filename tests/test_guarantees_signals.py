@@ -33,10 +33,10 @@ def data_root(tmp_path_factory):
     return ensure_default_dataset(SPEC, cache_dir=tmp_path_factory.mktemp("cache"), verbose=False)
 
 
-def _group_stop(argv: list[str], sig: signal.Signals, at_step: int = 3) -> tuple[int, str, str]:
+def _group_stop(argv: list[str], sig: signal.Signals, at_step: int = 3, steps: int = STEPS) -> tuple[int, str, str]:
     """Runs ``python argv`` in a new session and sends ``sig`` to its whole process group when
-    it reports step ``at_step`` of epoch 1; returns (exit status, stdout, stderr)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    it reports step ``at_step`` of ``steps`` in epoch 1; returns (exit status, stdout, stderr)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=REPO, start_new_session=True)
@@ -44,7 +44,7 @@ def _group_stop(argv: list[str], sig: signal.Signals, at_step: int = 3) -> tuple
     try:
         for line in proc.stdout:
             lines.append(line)
-            if not sent and line.startswith(f"epoch 1/2 step {at_step}/{STEPS} "):
+            if not sent and line.startswith(f"epoch 1/2 step {at_step}/{steps} "):
                 os.killpg(proc.pid, sig)  # the session leader's pid is the group's id
                 sent = True
             assert time.monotonic() < deadline, "the trainer ran too long"
@@ -57,12 +57,12 @@ def _group_stop(argv: list[str], sig: signal.Signals, at_step: int = 3) -> tuple
     return proc.returncode, "".join(lines), stderr
 
 
-def _assert_saved(rc: int, out: str, err: str, run: Path, sig: signal.Signals) -> None:
+def _assert_saved(rc: int, out: str, err: str, run: Path, sig: signal.Signals, steps: int = STEPS) -> None:
     assert rc == 0, out[-2000:] + err[-3000:]
     assert f"stopped ({sig.name})" in out, out[-2000:]
     assert "Traceback" not in err and "killed by signal" not in err, err[-3000:]
     progress = checkpoint.load(run / "last.pt")["progress"]
-    assert progress["completed_epochs"] == 0 and 3 <= progress["batches_done"] < STEPS, progress
+    assert progress["completed_epochs"] == 0 and 3 <= progress["batches_done"] < steps, progress
 
 
 @pytest.mark.timeout(600)
@@ -83,3 +83,21 @@ def test_a_stop_signal_to_the_group_saves_a_dali_loader_run(data_root, tmp_path)
     run = tmp_path / "run"
     args = ARGS + ["--loader", "dali", "--workers", "2", "--data-root", str(data_root), "--output", str(run)]
     _assert_saved(*_group_stop(["-m", "tdsa_fast.train"] + args, signal.SIGTERM), run, signal.SIGTERM)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_stop_signal_to_the_group_saves_a_torchrun_run_of_two_processes(data_root, tmp_path):
+    """torchrun's agent, both trainer processes and their DataLoader workers share the group:
+    the processes agree on the stop step and rank 0 saves. The agent itself, by torchrun's own
+    convention, re-raises the signal as ``SignalException`` and exits 1 after its workers have
+    exited; it never had to kill one (no SIGKILL)."""
+    run = tmp_path / "run"
+    args = ARGS + ["--loader", "torch", "--workers", "1", "--data-root", str(data_root), "--output", str(run)]
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tdsa_fast.train"]
+    rc, out, err = _group_stop(launcher + args, signal.SIGTERM, steps=STEPS // 2)
+    assert rc == 1 and "SignalException" in err, (rc, err[-3000:])
+    assert "x 2 processes" in out and "stopped (SIGTERM)" in out, out[-2000:]
+    assert "SIGKILL" not in err and "killed by signal" not in err and "tdsa_fast" not in err, err[-3000:]
+    progress = checkpoint.load(run / "last.pt")["progress"]
+    assert progress["completed_epochs"] == 0 and 3 <= progress["batches_done"] < STEPS // 2, progress
