@@ -1,7 +1,7 @@
 """Benchmarks of the fused MC / TDSA terms against the eager reference and
 ``torch.compile(reference)``, measured in the same run.
 
-Cases (DESIGN §1 paper shapes: S = 200 classes, xi = 3, upsample "nearest"):
+Cases (docs/method.md paper shapes: S = 200 classes, xi = 3, upsample "nearest"):
 
 * ``mc_terms``   high level  [B, 600, 14, 14], cnum 3
 * ``tdsa_terms`` middle level [B, 1800, 28, 28] gated by the high level [B, 600, 14, 14], cnum 9
@@ -20,7 +20,7 @@ Two ways to run:
   --benchmark-disable -q`` (tiny shapes, every code path once).
 * table: ``python bench/bench_ops.py --table [--device cuda] [--dtype bf16] [--batch 32 64]
   [--json results.json]`` (used by bench/gpu_check.sh); on CUDA it also reports the peak memory
-  of the loss and the achieved GB/s of tdsa_terms against the memory-traffic floor of DESIGN §3
+  of the loss and the achieved GB/s of tdsa_terms against the memory-traffic floor (docs/kernels.md)
   (read F_l and F_h twice, write dF_l and dF_h once) and a measured device-to-device copy bandwidth.
 """
 from __future__ import annotations
@@ -221,7 +221,7 @@ def copy_bandwidth(device: str, nbytes: int = 1 << 30) -> float:
 
 
 def traffic_floor(x: dict) -> int:
-    """DESIGN §3: tdsa_terms fwd + bwd reads F_l and F_h twice and writes dF_l and dF_h once."""
+    """The traffic floor (docs/kernels.md): tdsa_terms fwd + bwd reads F_l and F_h twice and writes dF_l and dF_h once."""
     fl = x["low"].numel() * x["low"].element_size()
     fh = x["high"].numel() * x["high"].element_size()
     return 2 * (fl + fh) + (fl + fh)

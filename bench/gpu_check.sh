@@ -16,7 +16,7 @@
 #         for every case and phase, torch.compile(reference) for the tdsa_loss fwd+bwd only, to
 #         stay within the stage's 5-minute budget) and print a short table: the card, the
 #         ratios, the peak memory of the loss, and tdsa_terms' achieved GB/s against the
-#         DESIGN §3 memory-traffic floor (read F_l and F_h twice, write dF_l and dF_h once)
+#         memory-traffic floor (docs/kernels.md) (read F_l and F_h twice, write dF_l and dF_h once)
 #         over a measured device-to-device copy bandwidth.
 #   all   ops, then the full benchmark table (torch.compile(reference) for every case / phase).
 #   data  no build: the data pipeline's GPU throughput on the Flowers-102 training split

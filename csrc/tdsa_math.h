@@ -96,7 +96,7 @@ TDSA_HD T softmax_backward(T s, T go, T dot) {
   return s * (go - dot);
 }
 
-// Gradient of (g, h) with respect to one element x_{m,p} of a group (DESIGN §1):
+// Gradient of (g, h) with respect to one element x_{m,p} of a group (docs/method.md):
 //   gpart = grad_g / HW * mask_m where m is the lowest-index argmax of mask * x at p, else 0;
 //   hpart = softmax_backward(s_{m,p}, go, dot_m) with go = grad_h where m is the argmax of
 //           the softmax values at p (else 0) and dot_m = sum_p go_p s_{m,p}

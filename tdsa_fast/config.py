@@ -2,7 +2,7 @@
 
 Options left unset take the preset of the chosen dataset: the built-in ``default``
 data gets a small CPU-sized recipe, the real datasets get the paper's recipe
-(DESIGN §1: VGG16, SGD momentum 0.9, lr 0.1, weight decay 5e-4, 300 epochs, batch 32,
+(docs/method.md: VGG16, SGD momentum 0.9, lr 0.1, weight decay 5e-4, 300 epochs, batch 32,
 224 px, lr x0.1 at 1/2 and 3/4 of the epochs).
 """
 from __future__ import annotations

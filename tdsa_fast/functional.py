@@ -1,4 +1,4 @@
-"""The public functional API of the MC/TDSA terms and losses (DESIGN §2).
+"""The public functional API of the MC/TDSA terms and losses (docs/contract.md).
 
 Every function takes and returns tensors, works on any device and on float16,
 bfloat16, float32 and float64 features (accumulating in float32, or float64 for

@@ -5,7 +5,7 @@ Inputs are assumed validated (see ``tdsa_fast.functional``). Reduced-precision i
 accumulates in float32 like the kernels; float64 stays float64 (for gradcheck).
 
 Ties in a cross-channel max: ``torch.max(x, dim)`` returns the lowest maximal index and
-its backward sends the whole gradient there, which is the project's rule (DESIGN §1).
+its backward sends the whole gradient there, which is the project's rule (docs/method.md).
 """
 from __future__ import annotations
 

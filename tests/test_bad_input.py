@@ -1,4 +1,4 @@
-"""Every bad input of DESIGN §2 raises ValueError naming the argument and the shapes, before any compute."""
+"""Every bad input of docs/contract.md raises ValueError naming the argument and the shapes, before any compute."""
 from __future__ import annotations
 
 import pytest

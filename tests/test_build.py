@@ -73,7 +73,7 @@ def _cmake() -> tuple[str | None, str]:
 
 
 def _cuda_args() -> list[str]:
-    """The DESIGN §4 flags for torch's CMake config on a CUDA build of torch."""
+    """The docs/toolchain.md flags for torch's CMake config on a CUDA build of torch."""
     if torch.version.cuda is None:
         return ["-DTDSA_FAST_WITH_CUDA=OFF"]
     home = os.environ.get("CUDA_HOME", "/usr/local/cuda")

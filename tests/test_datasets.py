@@ -503,7 +503,7 @@ def test_samplelist_validates():
 
 
 # ---------------------------------------------------------------------------------------
-# The real Oxford Flowers-102 (DESIGN.md §5)
+# The real Oxford Flowers-102 (docs/method.md, "Datasets")
 
 
 def test_real_flowers102():

@@ -1,5 +1,5 @@
 """The reference backend against direct transcriptions of eqs. 3, 5 and 7 (values and gradients),
-plus the mask, tie and range properties of DESIGN §1; the last few properties (gate composition,
+plus the mask, tie and range properties of docs/method.md; the last few properties (gate composition,
 mask dtypes, layouts, non-finite inputs) on the fused CPU kernels too."""
 from __future__ import annotations
 

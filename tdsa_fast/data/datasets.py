@@ -1,5 +1,5 @@
 """Parsers for the fine-grained datasets in their native on-disk layouts, with the
-official splits (DESIGN.md §1, "Datasets").
+official splits (docs/method.md, "Datasets").
 
 Every parser turns ``root`` (the folder that directly holds the dataset's native files)
 and a split name into a :class:`SampleList`: ``(absolute image path, label)`` pairs with

@@ -7,7 +7,7 @@ DataLoader), kept as the benchmark baseline; the trainer reads batches through
   ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is never set here (if some other code sets it
   globally, PIL pads truncated JPEGs with grey instead of failing; do not).
 * :func:`train_transform` / :func:`test_transform` are the released code's augmentation
-  (DESIGN.md §1): ``Resize((s, s)) -> RandomCrop(s, padding=4) -> RandomHorizontalFlip ->
+  (docs/method.md): ``Resize((s, s)) -> RandomCrop(s, padding=4) -> RandomHorizontalFlip ->
   ToTensor -> Normalize(0.5, 0.5)`` for training, ``Resize((s, s)) -> ToTensor ->
   Normalize(0.5, 0.5)`` for testing; outputs are float32 ``[3, s, s]`` in ``[-1, 1]``.
 * :func:`released_recipe_loader` yields ``(images [B, 3, s, s] float32, labels [B] int64,

@@ -7,7 +7,7 @@ augmentation from a generator seeded by ``(seed, epoch, sample index)``
 (:func:`draw_augment`), so for the same seed they apply the same crops and flips to the
 same images: they differ only by JPEG-decoder and resampling rounding.
 
-Transforms (DESIGN §1), output ``s x s``:
+Transforms (docs/method.md), output ``s x s``:
 
 * ``train`` with ``recipe="released"`` (the released TDSA code): ``Resize((s, s))`` ->
   ``RandomCrop(s, padding=4)`` (zero fill) -> horizontal flip with p = 0.5;

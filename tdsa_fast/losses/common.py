@@ -3,7 +3,7 @@ the losses that own one weight vector per class.
 
 Checks read metadata only (shapes, dtypes, devices; no host synchronisation) and raise
 ``ValueError`` naming the argument. Label range is checked where labels enter (dataset,
-loader), not here (DESIGN §2).
+loader), not here (docs/contract.md).
 """
 from __future__ import annotations
 

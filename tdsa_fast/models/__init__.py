@@ -8,7 +8,7 @@
 * ``middle`` ``[B, C_mid, Hm, Wm]`` -- the middle-level map, taken after BN + ReLU (>= 0);
 * ``high`` ``[B, C_high, Hh, Wh]`` -- the high-level map, taken after BN + ReLU (>= 0),
   with ``Hm > Hh`` and ``Wm > Wh`` for every supported size, so the top-down gate
-  (DESIGN.md eq. 7) really upsamples;
+  (docs/method.md, eq. 7) really upsamples;
 * ``embedding`` ``[B, D]`` -- the head's input to its last ``Linear`` (``D`` = ``HEAD_HIDDEN`` = 512,
   after BN1d + ELU): the deep feature that the baseline losses with their own class weights
   (:mod:`tdsa_fast.losses`) and Center loss read. Last field, default ``None``, so that code that
