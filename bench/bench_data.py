@@ -2,7 +2,7 @@
 
 * ``released``     the released code's recipe: PIL decode + torchvision transforms
                    (``Resize -> RandomCrop(pad 4) -> flip -> ToTensor -> Normalize``) in a
-                   DataLoader with ``workers`` processes (``images.released_recipe_loader``);
+                   DataLoader with ``workers`` processes (``bench/released_recipe.py``);
                    on CUDA its float32 batches are copied to the device, as that code does;
 * ``torch``        our PyTorch fallback (PIL decode, uint8 transforms in ``workers``
                    processes, normalisation in the main process / on the device);
@@ -51,8 +51,9 @@ except ImportError:
     sys.path.insert(0, str(REPO))
 
 from tdsa_fast.data.datasets import load_split  # noqa: E402
-from tdsa_fast.data.images import released_recipe_loader  # noqa: E402
-from tdsa_fast.data.loading import build_loader, dali_available  # noqa: E402
+from released_recipe import released_recipe_loader  # noqa: E402
+from tdsa_fast.data.decode import dali_available  # noqa: E402
+from tdsa_fast.data.loading import build_loader  # noqa: E402
 
 KINDS = ("released", "torch", "torch-device", "dali", "dali-resize", "memory")
 

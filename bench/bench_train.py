@@ -26,7 +26,7 @@ Two measurements (``--mode``):
   TDSA loss, the dataset's 102 classes) -- the released code's recipe against ours, per model
   and batch size:
 
-  - ``released``  PIL + torchvision transforms in a DataLoader (``images.released_recipe_loader``,
+  - ``released``  PIL + torchvision transforms in a DataLoader (``bench/released_recipe.py``,
                   ``--workers`` processes, pinned), float32 batches copied to the device, the
                   model in float32, the eager reference loss;
   - ``ours``      ``build_loader(loader="torch", decode="device")`` (nvJPEG on CUDA) yielding
@@ -239,7 +239,7 @@ def format_step_table(results: list, meta: dict) -> str:
 
 def make_e2e_loader(kind: str, samples, *, device: torch.device, workers: int, batch: int, img_size: int):
     if kind == "released":
-        from tdsa_fast.data.images import released_recipe_loader
+        from released_recipe import released_recipe_loader
         return released_recipe_loader(samples, img_size=img_size, train=True, batch_size=batch, workers=workers,
                                       pin_memory=device.type == "cuda")
     from tdsa_fast.data.loading import build_loader

@@ -1,16 +1,27 @@
-"""Shape, device and dtype checks for the public functional API.
+"""Argument checks: the one integer check every module uses (:func:`int_at_least`), and the
+shape, device and dtype checks of the public functional API.
 
-Every check reads tensor metadata only (shape, dtype, device): nothing here
+Every tensor check reads tensor metadata only (shape, dtype, device): nothing here
 synchronises with a GPU. Each failure raises ``ValueError`` naming the argument
 and the shapes involved, before any computation runs.
 """
 from __future__ import annotations
+
+import numbers
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
 DIV_FORMS = ("paper", "code")
+
+
+def int_at_least(name: str, value, minimum: int = 1) -> int:
+    """``value`` as an ``int``; ``ValueError`` naming ``name`` unless it is an integer (Python's or
+    numpy's, not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def feature_map(name: str, x: torch.Tensor) -> None:
@@ -27,8 +38,7 @@ def feature_map(name: str, x: torch.Tensor) -> None:
 
 def cnum(name: str, value: int, feat_name: str, feat: torch.Tensor) -> int:
     """``value`` channels per class must divide the channel count of ``feat``; returns S."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    int_at_least(name, value)
     channels = feat.shape[1]
     if channels % value != 0:
         raise ValueError(

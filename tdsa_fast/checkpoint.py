@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
+#: The format the trainer writes. 2: mid-epoch state, scaler, RNG states, progress counters.
+CHECKPOINT_FORMAT = 2
 #: The checkpoint formats whose ``model`` / ``objective`` / ``config`` entries prediction,
-#: evaluation and export read (the trainer writes ``tdsa_fast.train.CHECKPOINT_FORMAT``; 1: before
-#: the mid-epoch state, no ``format`` key).
+#: evaluation and export read (1: before the mid-epoch state, no ``format`` key).
 MODEL_FORMATS = (1, 2)
 
 

@@ -12,7 +12,7 @@ import sys
 
 from tdsa_fast import checkpoint
 from tdsa_fast.data.datasets import load_split
-from tdsa_fast.data.images import BadImageError
+from tdsa_fast.data.decode import BadImageError
 from tdsa_fast.data.loading import LOADERS, build_loader
 from tdsa_fast.train import build_network, build_objective, dataset_root, evaluate, load_state, pick_device
 

@@ -61,6 +61,8 @@ from pathlib import Path
 
 import yaml
 
+from tdsa_fast._checks import int_at_least
+
 from tdsa_fast.config import build_parser, loss_arg_pairs, loss_args_dict, parse_config
 from tdsa_fast.loss_specs import LOSSES
 
@@ -177,7 +179,7 @@ def _check_options(spec: Spec, run: RunPlan) -> None:
     names, types and choices (its parser), a baseline's option values (by building the loss)
     and the flag combinations that depend on this machine's device (each run is one process)."""
     from tdsa_fast.distributed import Processes, pick_device
-    from tdsa_fast.train import build_objective, check_run_options
+    from tdsa_fast.runs import build_objective, check_run_options
 
     try:
         cfg, _ = parse_config(trainer_argv(run.options, run.folder))
@@ -241,7 +243,7 @@ def resumable(run: RunPlan) -> bool:
     if command.read_text().strip() != shlex.join(_command(run)):
         return False
     from tdsa_fast import checkpoint
-    from tdsa_fast.train import CHECKPOINT_FORMAT
+    from tdsa_fast.checkpoint import CHECKPOINT_FORMAT
 
     try:
         return checkpoint.load(run.folder / "last.pt").get("format") == CHECKPOINT_FORMAT
@@ -369,8 +371,7 @@ def run_grid(spec: Spec, *, retry_failed: bool = False, dry_run: bool = False, p
     """Runs what is left of the grid, ``parallel`` runs at once (each its own trainer process;
     with ``gpus``, run slot ``k`` sees GPU ``gpus[k % len(gpus)]`` alone through
     ``CUDA_VISIBLE_DEVICES``); returns the number of runs that failed."""
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
-        raise ValueError(f"--parallel must be an int >= 1, got {parallel!r}")
+    int_at_least("--parallel", parallel)
     if dry_run:
         return _run_grid(spec, retry_failed=retry_failed, dry_run=True, parallel=parallel, gpus=gpus, log=log)
     with GridLock(spec.output):

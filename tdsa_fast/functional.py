@@ -62,8 +62,7 @@ def channel_mask(
     (the result is then moved to ``device``), else on ``device``.
     """
     for name, value in (("batch", batch), ("num_classes", num_classes), ("cnum", cnum)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        _checks.int_at_least(name, value)
     rows = 1 if shared else batch
     draw_device = generator.device if generator is not None else device
     order = torch.rand(rows, num_classes, cnum, generator=generator, device=draw_device).argsort(dim=-1)

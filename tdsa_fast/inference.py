@@ -23,7 +23,7 @@ from tdsa_fast.runs import build_network, build_objective, load_state
 __all__ = ["MEAN", "STD", "TTA_MODES", "ModelInfo", "InferenceNetwork", "checkpoint_file", "load_inference",
            "read_class_names", "tta_probabilities"]
 
-MEAN = (0.5, 0.5, 0.5)  # of the trainer's transforms (tdsa_fast.data.images / loading), on [0, 1] pixels
+MEAN = (0.5, 0.5, 0.5)  # of the trainer's transforms (tdsa_fast.data.augment), on [0, 1] pixels
 STD = (0.5, 0.5, 0.5)
 TTA_MODES = ("none", "flip")
 

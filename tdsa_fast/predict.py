@@ -26,7 +26,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from tdsa_fast.data.images import BadImageError, load_rgb, test_transform
+from tdsa_fast._checks import int_at_least
+
+from tdsa_fast.data.augment import Augment, apply_augment_pil
+from tdsa_fast.data.decode import BadImageError, load_rgb, to_rgb
 from tdsa_fast.distributed import pick_device
 from tdsa_fast.inference import MEAN, STD, TTA_MODES, ModelInfo, load_inference, read_class_names, tta_probabilities
 
@@ -41,12 +44,6 @@ class Prediction(NamedTuple):
     labels: List[str]
     indices: List[int]
     probabilities: List[float]
-
-
-def _check_positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 class Predictor:
@@ -65,10 +62,9 @@ class Predictor:
             raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
         self.network, self.info = network.eval(), info
         self.device = torch.device(device)
-        self.batch_size = _check_positive("batch_size", batch_size)
+        self.batch_size = int_at_least("batch_size", batch_size)
         self.tta = tta
         self.class_names = list(info.class_names)
-        self._pil_transform = test_transform(info.img_size)
         self._mean = torch.tensor(MEAN).view(3, 1, 1)
         self._std = torch.tensor(STD).view(3, 1, 1)
 
@@ -86,7 +82,9 @@ class Predictor:
         if isinstance(image, (str, Path)):
             image = load_rgb(image)
         if isinstance(image, Image.Image):
-            return self._pil_transform(image if image.mode == "RGB" else image.convert("RGB"))
+            # the trainer's test transform: PIL's bilinear resize to s x s, then (x - 127.5) / 127.5
+            pixels = apply_augment_pil(to_rgb(image), Augment(None, False), self.info.img_size, "released")
+            return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().sub_(127.5).div_(127.5)
         if isinstance(image, Tensor):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"an image tensor must be [3, H, W], got {tuple(image.shape)}")
@@ -120,7 +118,7 @@ class Predictor:
 
     def top_k(self, probs: Tensor, k: int) -> List[Prediction]:
         """The ``k`` best classes of each row of ``probs`` ``[N, S]``."""
-        k = min(_check_positive("top_k", k), probs.shape[1])
+        k = min(int_at_least("top_k", k), probs.shape[1])
         values, indices = probs.topk(k, dim=1)
         return [Prediction([self.class_names[i] for i in idx], idx, [float(v) for v in vals])
                 for idx, vals in zip(indices.tolist(), values.tolist())]
@@ -221,7 +219,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
         for name in ("top_k", "batch_size"):
-            _check_positive("--" + name.replace("_", "-"), getattr(a, name))
+            int_at_least("--" + name.replace("_", "-"), getattr(a, name))
         if a.out is not None and Path(a.out).suffix.lower() not in (".csv", ".json"):
             raise ValueError(f"--out {a.out}: the file must end in .csv or .json")
         paths = collect_inputs(a.inputs)

@@ -1,4 +1,5 @@
-"""What a run's resolved config rebuilds: its network, its objective, its data folder.
+"""What a run's resolved config rebuilds: its network, its objective, its data folder, and
+the checks of its options that need the device and the process count.
 
 The trainer, evaluation, prediction and export all rebuild a run from the ``config`` dict
 that the trainer saves in every checkpoint (:mod:`tdsa_fast.config` resolves it), so they
@@ -8,13 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from tdsa_fast.config import model_widths, small_input
+from tdsa_fast.data.decode import dali_available
+from tdsa_fast.distributed import Processes
 from tdsa_fast.models import build_model
 from tdsa_fast.objective import TrainingObjective
 
-__all__ = ["build_network", "build_objective", "load_state", "dataset_root"]
+__all__ = ["build_network", "build_objective", "load_state", "dataset_root", "resolve_loader", "check_run_options"]
 
 
 def dataset_root(cfg: dict) -> Path:
@@ -54,3 +58,22 @@ def load_state(module: nn.Module, state: dict, what: str, cfg: dict) -> None:
         first = str(e).strip().splitlines()
         raise ValueError(f"the checkpoint's {what} does not fit the {cfg['model']} / {cfg['loss']} / "
                          f"{cfg.get('num_classes')}-class network of this run: {' '.join(first[:3])}") from None
+
+
+def resolve_loader(name: str) -> str:
+    """``auto`` -> ``dali`` when DALI is installed, else ``torch``."""
+    if name == "auto":
+        return "dali" if dali_available() else "torch"
+    return name
+
+
+def check_run_options(cfg: dict, device: torch.device, procs: Processes) -> None:
+    """Flag combinations that only the device and process count can rule out."""
+    if cfg.get("amp") and cfg.get("amp_dtype") == "float16" and device.type != "cuda":
+        raise ValueError("--amp-dtype float16 is CUDA-only (CPU autocast runs bfloat16); use --amp-dtype bfloat16")
+    if cfg.get("sync_bn") and (device.type != "cuda" or not procs.enabled):
+        raise ValueError("--sync-bn needs several processes on CUDA (torchrun with NCCL); BatchNorm statistics "
+                         "stay per process on the CPU")
+    if cfg.get("torch_decode") == "device" and resolve_loader(cfg["loader"]) == "dali":  # after auto's choice
+        raise ValueError("--torch-decode applies to --loader torch; DALI decodes on the training device itself"
+                         + (" (--loader auto chose DALI, which is installed)" if cfg["loader"] == "auto" else ""))

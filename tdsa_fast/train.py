@@ -36,18 +36,17 @@ from torch import nn
 from tdsa_fast import checkpoint
 from tdsa_fast.config import build_parser, parse_config, resume_config
 from tdsa_fast.data.datasets import SampleList, load_split
-from tdsa_fast.data.images import BadImageError
-from tdsa_fast.data.loading import build_loader, dali_available
+from tdsa_fast.data.decode import BadImageError
+from tdsa_fast.data.loading import build_loader
 from tdsa_fast.data.sharding import step_seed
 from tdsa_fast.distributed import Processes, StopRequest, pick_device, setup
 from tdsa_fast.objective import TrainingObjective
 from tdsa_fast.reporting import METRIC_FIELDS, RunReport
-from tdsa_fast.runs import build_network, build_objective, dataset_root, load_state
+from tdsa_fast.runs import build_network, build_objective, check_run_options, dataset_root, load_state, resolve_loader
 
 __all__ = ["METRIC_FIELDS", "run", "main", "build_network", "build_objective", "build_optimizer", "evaluate",
            "TrainingModule", "pick_device", "dataset_root", "load_splits", "build_loaders"]
 
-CHECKPOINT_FORMAT = 2  # 2: mid-epoch state, scaler, RNG states, progress counters
 # What a run writes into its folder: a folder that holds any of them is refused as --output
 # (unless --overwrite) and --overwrite removes them.
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "results.json", "summary.json", "config.json", "config.yaml",
@@ -64,13 +63,6 @@ def load_splits(cfg: dict) -> tuple[SampleList, SampleList]:
     if train.num_classes != test.num_classes:
         raise ValueError(f"train and test splits disagree on the class count: {train.num_classes} vs {test.num_classes}")
     return train, test
-
-
-def resolve_loader(name: str) -> str:
-    """``auto`` -> ``dali`` when DALI is installed, else ``torch``."""
-    if name == "auto":
-        return "dali" if dali_available() else "torch"
-    return name
 
 
 def eval_subset(test: SampleList, size: int) -> list:
@@ -133,18 +125,6 @@ def autocast_context(cfg: dict, device: torch.device):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
-
-
-def check_run_options(cfg: dict, device: torch.device, procs: Processes) -> None:
-    """Flag combinations that only the device and process count can rule out."""
-    if cfg.get("amp") and cfg.get("amp_dtype") == "float16" and device.type != "cuda":
-        raise ValueError("--amp-dtype float16 is CUDA-only (CPU autocast runs bfloat16); use --amp-dtype bfloat16")
-    if cfg.get("sync_bn") and (device.type != "cuda" or not procs.enabled):
-        raise ValueError("--sync-bn needs several processes on CUDA (torchrun with NCCL); BatchNorm statistics "
-                         "stay per process on the CPU")
-    if cfg.get("torch_decode") == "device" and resolve_loader(cfg["loader"]) == "dali":  # after auto's choice
-        raise ValueError("--torch-decode applies to --loader torch; DALI decodes on the training device itself"
-                         + (" (--loader auto chose DALI, which is installed)" if cfg["loader"] == "auto" else ""))
 
 
 def default_output(cfg: dict) -> Path:
@@ -290,7 +270,7 @@ class Training:
         rng = dict(cpu=torch.get_rng_state())
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return dict(format=CHECKPOINT_FORMAT, model=self.model.state_dict(), objective=self.objective.state_dict(),
+        return dict(format=checkpoint.CHECKPOINT_FORMAT, model=self.model.state_dict(), objective=self.objective.state_dict(),
                     optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                     scaler=self.scaler.state_dict(), progress=self.progress.state(), rng=rng,
                     epoch=self.progress.completed_epochs, test_acc=self.progress.test_acc,
@@ -322,9 +302,9 @@ def check_resumable(ckpt: dict, path) -> None:
     """Raises ValueError unless ``ckpt`` (loaded from ``path``) holds what ``--resume`` reads:
     this trainer's format, :data:`RESUME_ENTRIES`, every progress counter and the saved
     options of :data:`RESUME_CONFIG_KEYS`."""
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
+    if ckpt.get("format") != checkpoint.CHECKPOINT_FORMAT:
         raise ValueError(f"{path} was written by an older trainer (format "
-                         f"{ckpt.get('format', 1)}, this one reads {CHECKPOINT_FORMAT}); it cannot be resumed "
+                         f"{ckpt.get('format', 1)}, this one reads {checkpoint.CHECKPOINT_FORMAT}); it cannot be resumed "
                          "exactly -- evaluate it with python -m tdsa_fast.evaluate, or start a new run")
     missing = [k for k in RESUME_ENTRIES if not isinstance(ckpt.get(k), dict)]
     if not missing:

@@ -138,9 +138,9 @@ def load_model(path, device: str | torch.device = "cpu"):
 
 def preprocess(path, img_size: int) -> tuple[np.ndarray, torch.Tensor]:
     """The trainer's test transform: ``(uint8 [s, s, 3] shown image, float32 [1, 3, s, s] in [-1, 1])``."""
-    from tdsa_fast.data.images import load_rgb
-    from tdsa_fast.data.loading import Augment
-    from tdsa_fast.data.torch_loader import apply_augment_pil
+    from tdsa_fast.data.decode import load_rgb
+    from tdsa_fast.data.augment import Augment
+    from tdsa_fast.data.augment import apply_augment_pil
 
     shown = apply_augment_pil(load_rgb(path), Augment(None, False), img_size, "released")
     x = torch.from_numpy(shown.copy()).permute(2, 0, 1)[None].float().sub_(127.5).div_(127.5)
@@ -208,7 +208,7 @@ def _pick_image(cfg: dict, image, split: str, index, data_root) -> tuple[str, Op
     if image is not None:
         return str(image), None
     from tdsa_fast.data.datasets import load_split
-    from tdsa_fast.train import dataset_root
+    from tdsa_fast.runs import dataset_root
 
     if data_root is not None:
         cfg = dict(cfg, data_root=str(data_root))
@@ -302,7 +302,7 @@ def main(argv=None) -> int:
     cv.add_argument("--title", default="")
     cv.add_argument("--out", default="fig5.png")
     a = p.parse_args(argv)
-    from tdsa_fast.data.images import BadImageError
+    from tdsa_fast.data.decode import BadImageError
 
     try:
         if a.command == "fig6":

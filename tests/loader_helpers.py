@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tdsa_fast.data.images import load_rgb
+from tdsa_fast.data.decode import load_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWERS_REAL = REPO / ".." / "shared" / "data" / "flowers102"

@@ -21,7 +21,7 @@ from loader_helpers import (
     write_bad,
     write_odd_format,
 )
-from tdsa_fast.data.images import BadImageError
+from tdsa_fast.data.decode import BadImageError
 from tdsa_fast.data.loading import build_loader
 
 pytestmark = pytest.mark.timeout(120)

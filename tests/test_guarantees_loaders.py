@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tdsa_fast.data.images import MAX_IMAGE_PIXELS, BadImageError
+from tdsa_fast.data.decode import MAX_IMAGE_PIXELS, BadImageError
 from tdsa_fast.data.loading import build_loader
 from loader_helpers import dali_import_error, drain, levels, photo_like, reference_test_image, save_jpeg
 

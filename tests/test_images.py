@@ -1,4 +1,5 @@
-"""Image decoding, transforms and the DataLoader (tdsa_fast.data.images).  Bad images are
+"""Image decoding (tdsa_fast.data.decode), and the released recipe's transforms and DataLoader
+(bench/released_recipe.py, the benchmarks' baseline).  Bad images are
 made in tmp_path by the tests themselves."""
 from __future__ import annotations
 
@@ -11,15 +12,9 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from tdsa_fast.data.images import (
-    BadImageError,
-    ImageListDataset,
-    released_recipe_loader,
-    collate_skipping,
-    load_rgb,
-    train_transform,
-)
-from tdsa_fast.data.images import test_transform as eval_transform  # not a test: renamed for pytest
+from released_recipe import ImageListDataset, collate_skipping, released_recipe_loader, train_transform
+from released_recipe import test_transform as eval_transform  # not a test: renamed for pytest
+from tdsa_fast.data.decode import BadImageError, load_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWERS_REAL = REPO / ".." / "shared" / "data" / "flowers102"

@@ -25,8 +25,9 @@ from loader_helpers import (
     write_bad,
 )
 from tdsa_fast.data import memory_loader
-from tdsa_fast.data.images import BadImageError
-from tdsa_fast.data.loading import build_loader, dali_available
+from tdsa_fast.data.decode import BadImageError
+from tdsa_fast.data.decode import dali_available
+from tdsa_fast.data.loading import build_loader
 from tdsa_fast.data.memory_loader import MemoryImageLoader
 
 N = 13
@@ -287,7 +288,7 @@ def test_both_crop_paths_give_the_same_windows(s):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_cpu_normalisation_is_finish_images_bitwise(dtype, channels_last):
-    from tdsa_fast.data.loading import finish_images
+    from tdsa_fast.data.augment import finish_images
 
     x = torch.arange(256, dtype=torch.uint8).repeat(2 * 3 * 4 * 8)[:2 * 3 * 16 * 16].reshape(2, 3, 16, 16)
     ref = finish_images(x, device=torch.device("cpu"), channels_last=channels_last, dtype=dtype, layout="NCHW")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tdsa_fast import checkpoint
-from tdsa_fast.data.loading import dali_available
+from tdsa_fast.data.decode import dali_available
 from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
 
 REPO = Path(__file__).resolve().parents[1]

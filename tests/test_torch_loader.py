@@ -18,8 +18,10 @@ from loader_helpers import (
     reference_test_image,
     write_odd_format,
 )
-from tdsa_fast.data.images import load_rgb
-from tdsa_fast.data.loading import Batch, build_loader, draw_augment
+from tdsa_fast.data.decode import load_rgb
+from tdsa_fast.data.augment import draw_augment
+from tdsa_fast.data.batch import Batch
+from tdsa_fast.data.loading import build_loader
 from tdsa_fast.data.torch_loader import TorchImageLoader
 
 N = 13  # odd, so that batches and shards do not divide evenly

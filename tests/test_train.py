@@ -12,7 +12,7 @@ import torch
 
 from tdsa_fast import checkpoint
 from tdsa_fast.config import build_parser, model_widths, resolve
-from tdsa_fast.data.loading import dali_available
+from tdsa_fast.data.decode import dali_available
 from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
 from tdsa_fast.evaluate import evaluate_checkpoint
 from tdsa_fast.models import build_model

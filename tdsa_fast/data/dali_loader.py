@@ -2,7 +2,7 @@
 
 The main process reads each batch's files (the plan of :mod:`tdsa_fast.data.sharding`)
 and feeds their bytes, with the augmentation drawn by
-:func:`~tdsa_fast.data.loading.draw_augment`, into a DALI pipeline through
+:func:`~tdsa_fast.data.augment.draw_augment`, into a DALI pipeline through
 ``external_source``:
 
     decode (``device="mixed"``: nvJPEG on CUDA; ``"cpu"`` with ``device_id=None``; EXIF
@@ -19,7 +19,7 @@ when the plugin cannot be built, they are DALI's ``resize`` and ``crop_mirror_no
 The pipeline keeps ``prefetch`` batches in flight, so decoding overlaps the training step.
 
 Bad data: a missing or empty file, a header Pillow cannot read, and an image of more than
-:data:`~tdsa_fast.data.images.MAX_IMAGE_PIXELS` pixels are caught before DALI sees them;
+:data:`~tdsa_fast.data.decode.MAX_IMAGE_PIXELS` pixels are caught before DALI sees them;
 a transparent image is composited onto white by Pillow (as the PyTorch loader does) and fed
 as an RGB PNG.  When DALI fails on a
 batch (corrupt or truncated JPEG, unknown format...), the batch's files are checked one by
@@ -37,9 +37,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from tdsa_fast.data.images import BadImageError, decode_rgb, load_rgb, read_header
-from tdsa_fast.data.loading import Batch, ImageLoader
-from tdsa_fast.data.torch_loader import read_image_bytes
+from tdsa_fast.data.batch import Batch, ImageLoader
+from tdsa_fast.data.decode import BadImageError, decode_rgb, load_rgb, read_header, read_image_bytes
 
 __all__ = ["DaliImageLoader"]
 
@@ -93,7 +92,7 @@ def _plugin_window(aug, recipe: str) -> np.ndarray:
 
 
 class DaliImageLoader(ImageLoader):
-    """The DALI loader; arguments as :class:`~tdsa_fast.data.loading.ImageLoader`
+    """The DALI loader; arguments as :class:`~tdsa_fast.data.batch.ImageLoader`
     (``workers``: DALI CPU threads, at least 1), plus ``prefetch`` (batches in flight) and
     ``fused_resize`` (the CPU pipeline's ``tdsa_resample_window`` operator: None uses it
     when the plugin builds, True requires it, False uses DALI's resize; never on CUDA)."""

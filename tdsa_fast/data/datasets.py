@@ -5,7 +5,7 @@ Every parser turns ``root`` (the folder that directly holds the dataset's native
 and a split name into a :class:`SampleList`: ``(absolute image path, label)`` pairs with
 labels in ``0..num_classes-1``, the class count and the class names.  Nothing here opens
 an image: whether each listed file exists and decodes is the loader's job
-(:mod:`tdsa_fast.data.images`).  Nothing is silently dropped either: every sample named by
+(:mod:`tdsa_fast.data.decode`).  Nothing is silently dropped either: every sample named by
 the split file is returned, and any inconsistency (an image id missing from one of the
 annotation files, a label out of range, a duplicate id, a malformed line) raises.
 

@@ -17,7 +17,7 @@ order (``decoder``):
 
 Each batch of the epoch's :class:`~tdsa_fast.data.sharding.ShardPlan` is then a gather from
 the stored tensor plus, for training, the augmentation drawn by
-:func:`~tdsa_fast.data.loading.draw_augment` from ``(seed, epoch, index)`` -- the same draws as
+:func:`~tdsa_fast.data.augment.draw_augment` from ``(seed, epoch, index)`` -- the same draws as
 the DALI and PyTorch loaders, so the three feed the same pixels (within the decoders' grey
 level):
 
@@ -34,7 +34,7 @@ free memory (CUDA: ``torch.cuda.mem_get_info``; CPU: ``MemAvailable``): a split 
 fit is refused with a ``ValueError`` that names ``--loader dali``.  With ``cache_dir`` the
 decoded tensor is saved there (keyed by the file list with sizes and modification times, the
 stored size and the decoder) and the next run with the same key loads it instead of
-decoding.  Unreadable images: a :class:`~tdsa_fast.data.images.BadImageError` naming the file
+decoding.  Unreadable images: a :class:`~tdsa_fast.data.decode.BadImageError` naming the file
 at construction, or with ``skip_bad`` left out of every batch and counted in
 ``Batch.skipped``, as the other loaders do.
 """
@@ -52,9 +52,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tdsa_fast.data.images import BadImageError
-from tdsa_fast.data.loading import Batch, ImageLoader, dali_available, finish_images
-from tdsa_fast.data.torch_loader import _pil_bilinear_weights
+from tdsa_fast._checks import int_at_least
+
+from tdsa_fast.data.augment import PAD, finish_images, pil_bilinear_weights
+from tdsa_fast.data.batch import Batch, ImageLoader
+from tdsa_fast.data.decode import BadImageError, dali_available, load_rgb
 
 __all__ = ["MemoryImageLoader", "DECODERS", "shifted_windows", "stored_bytes", "free_memory", "fits_in_memory",
            "DEFAULT_MEMORY_FRACTION"]
@@ -65,7 +67,6 @@ DECODERS = ("auto", "dali", "torch")
 #: The share of the device's free memory the stored split may take (``--loader auto`` uses
 #: the memory path only below it, ``--loader memory`` refuses above it).
 DEFAULT_MEMORY_FRACTION = 0.5
-_PAD = 4  # the released recipe's RandomCrop padding
 _DECODE_BATCH = 64
 _CACHE_VERSION = 1
 
@@ -161,10 +162,10 @@ def shifted_windows(images: torch.Tensor, idx, tops, lefts, flips, how: str = "g
     n, s, dev = len(idx), images.shape[-1], images.device
     if how == "gather":
         ar = torch.arange(s, device=dev)
-        rows = torch.as_tensor(tops, device=dev)[:, None] + _PAD + ar                 # [n, s]
-        cols = torch.as_tensor(lefts, device=dev)[:, None] + _PAD + ar
+        rows = torch.as_tensor(tops, device=dev)[:, None] + PAD + ar                 # [n, s]
+        cols = torch.as_tensor(lefts, device=dev)[:, None] + PAD + ar
         cols = torch.where(torch.as_tensor(flips, device=dev)[:, None], cols.flip(-1), cols)
-        padded = torch.nn.functional.pad(images[torch.as_tensor(idx, device=dev)], (_PAD,) * 4)
+        padded = torch.nn.functional.pad(images[torch.as_tensor(idx, device=dev)], (PAD,) * 4)
         return padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
                       rows[:, None, :, None], cols[:, None, None, :]]
     if how != "slices":
@@ -182,7 +183,7 @@ def shifted_windows(images: torch.Tensor, idx, tops, lefts, flips, how: str = "g
 
 
 #: ``(v - 127.5) / 127.5`` in float32 for every level ``v``: the same values as
-#: :func:`~tdsa_fast.data.loading.finish_images`, in one table lookup.
+#: :func:`~tdsa_fast.data.augment.finish_images`, in one table lookup.
 _LEVELS = (np.arange(256, dtype=np.float32) - np.float32(127.5)) / np.float32(127.5)
 
 
@@ -197,7 +198,7 @@ def _finish_on_cpu(images: torch.Tensor, *, channels_last: bool, dtype: torch.dt
 
 class MemoryImageLoader(ImageLoader):
     """The device-resident loader (see the module docstring); arguments as
-    :class:`~tdsa_fast.data.loading.ImageLoader` (``workers``: the decoder's processes or
+    :class:`~tdsa_fast.data.batch.ImageLoader` (``workers``: the decoder's processes or
     threads), plus ``decoder`` (``auto``/``dali``/``torch``), ``stored_size`` (``rrc`` only,
     default ``2 * img_size``), ``cache_dir`` (None: no cache) and ``memory_fraction``.
 
@@ -216,9 +217,8 @@ class MemoryImageLoader(ImageLoader):
     def __init__(self, samples, *, decoder: str = "auto", stored_size: Optional[int] = None,
                  cache_dir=None, memory_fraction: float = DEFAULT_MEMORY_FRACTION, **kwargs):
         super().__init__(samples, **kwargs)
-        if stored_size is not None and (isinstance(stored_size, bool) or not isinstance(stored_size, int)
-                                        or stored_size < 1):
-            raise ValueError(f"stored_size must be an int >= 1, got {stored_size!r}")
+        if stored_size is not None:
+            int_at_least("stored_size", stored_size)
         if not isinstance(memory_fraction, (int, float)) or not 0 < memory_fraction <= 1:
             raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction!r}")
         self.decoder = _resolve_decoder(decoder)
@@ -260,15 +260,17 @@ class MemoryImageLoader(ImageLoader):
 
     def _decode(self, n: int, s: int) -> tuple[torch.Tensor, np.ndarray, dict]:
         """``(uint8 [n, 3, s, s] on the device, bad bool [n], {index: reason})``."""
-        from tdsa_fast.data.loading import build_loader
-
+        if self.decoder == "dali":
+            from tdsa_fast.data.dali_loader import DaliImageLoader as Decoding
+        else:
+            from tdsa_fast.data.torch_loader import TorchImageLoader as Decoding
         extra = {"decode": "device" if self.device.type == "cuda" else "pil"} if self.decoder == "torch" else {}
         stored = torch.zeros((n, 3, s, s), dtype=torch.uint8, device=self.device)
         seen = np.zeros(n, dtype=bool)
         done, t0, next_report = 0, time.perf_counter(), 0.1
         log.info("--loader memory: decoding %d images to %dx%d (%s decoder, %s)", n, s, s, self.decoder,
                  _gib(stored_bytes(n, s)))
-        with build_loader(self.samples, loader=self.decoder, img_size=s, train=False, batch_size=_DECODE_BATCH,
+        with Decoding(self.samples, img_size=s, train=False, batch_size=_DECODE_BATCH,
                           workers=self.workers, device=self.device, skip_bad=self.skip_bad, dtype=torch.float32,
                           **extra) as decoding:
             for batch in decoding:
@@ -290,8 +292,6 @@ class MemoryImageLoader(ImageLoader):
 
     def _reason(self, index: int) -> str:
         """Why image ``index`` is unreadable (the decoder only logged it): PIL's message."""
-        from tdsa_fast.data.images import load_rgb
-
         try:
             load_rgb(self.samples[index][0])
         except BadImageError as e:
@@ -348,8 +348,8 @@ class MemoryImageLoader(ImageLoader):
             aug = self.augment(int(i), width=width, height=height)
             top, left, h, w = aug.box
             sy, sx = big / height, big / width
-            wys.append(_pil_bilinear_weights(big, top * sy, h * sy, s, dev))
-            wxs.append(_pil_bilinear_weights(big, left * sx, w * sx, s, dev))
+            wys.append(pil_bilinear_weights(big, top * sy, h * sy, s, dev))
+            wxs.append(pil_bilinear_weights(big, left * sx, w * sx, s, dev))
             flips.append(aug.flip)
         x = self.images[torch.as_tensor(idx, device=dev)].to(torch.float32)       # [n, 3, S, S]
         wy, wx = torch.stack(wys)[:, None], torch.stack(wxs)[:, None]            # [n, 1, s, S]

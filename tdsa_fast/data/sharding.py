@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tdsa_fast._checks import int_at_least
+
 __all__ = ["epoch_seed", "step_seed", "ShardPlan", "plan_epoch", "step_real_counts"]
 
 
@@ -69,12 +71,6 @@ class ShardPlan:
         return chunk, int(min(max(self.num_real - start, 0), len(chunk)))
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def plan_epoch(num_samples: int, *, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
                rank: int = 0, world_size: int = 1) -> ShardPlan:
     """The :class:`ShardPlan` of ``rank`` out of ``world_size`` for ``epoch``.
@@ -83,10 +79,10 @@ def plan_epoch(num_samples: int, *, batch_size: int, shuffle: bool, seed: int = 
         ValueError: ``num_samples < 1``, ``batch_size < 1``, ``world_size < 1`` or
             ``rank`` outside ``[0, world_size)``.
     """
-    n = _check_int("num_samples", num_samples, 1)
-    b = _check_int("batch_size", batch_size, 1)
-    w = _check_int("world_size", world_size, 1)
-    r = _check_int("rank", rank, 0)
+    n = int_at_least("num_samples", num_samples, 1)
+    b = int_at_least("batch_size", batch_size, 1)
+    w = int_at_least("world_size", world_size, 1)
+    r = int_at_least("rank", rank, 0)
     if r >= w:
         raise ValueError(f"rank {r} is outside [0, world_size={w})")
     if shuffle:
@@ -107,7 +103,7 @@ def step_real_counts(num_samples: int, *, batch_size: int, world_size: int) -> n
     Raises:
         ValueError: as :func:`plan_epoch`.
     """
-    w = _check_int("world_size", world_size, 1)  # range(0) would make no plan, and fail later
+    w = int_at_least("world_size", world_size, 1)  # range(0) would make no plan, and fail later
     plans = [plan_epoch(num_samples, batch_size=batch_size, shuffle=False, rank=r, world_size=w)
              for r in range(w)]
     return np.array([sum(p.batch(k)[1] for p in plans) for k in range(len(plans[0]))], dtype=np.int64)

@@ -1,5 +1,5 @@
-"""The PyTorch data path: a ``Dataset`` + ``DataLoader`` with the transforms, plan and
-output of :mod:`tdsa_fast.data.loading` (used when DALI is absent, or with ``--loader torch``).
+"""The PyTorch data path: a ``Dataset`` + ``DataLoader`` with the augmentation of
+:mod:`tdsa_fast.data.augment` and the plan and output of :mod:`tdsa_fast.data.batch` (used when DALI is absent, or with ``--loader torch``).
 
 Two decode modes:
 
@@ -21,103 +21,65 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from torch.utils.data import DataLoader
 
-from tdsa_fast.data.images import BadImageError, _Loader, decode_rgb, load_rgb, read_header
-from tdsa_fast.data.loading import Augment, Batch, ImageLoader, finish_images
+from tdsa_fast.data.augment import apply_augment_pil, apply_augment_tensor, draw_augment, finish_images
+from tdsa_fast.data.batch import Batch, ImageLoader
+from tdsa_fast.data.decode import BadImageError, decode_rgb, load_rgb, read_header, read_image_bytes
 from tdsa_fast.data.worker_signals import ignore_stop_signals
 
-__all__ = ["TorchImageLoader", "apply_augment_pil", "read_image_bytes"]
+__all__ = ["TorchImageLoader"]
 
 log = logging.getLogger(__name__)
 
 DECODE_MODES = ("pil", "device")
 
 
-def read_image_bytes(path: str) -> bytes:
-    """The file's bytes; a missing, unreadable or empty file raises :class:`BadImageError`
-    naming it."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise BadImageError.for_file(path, "file not found")
-    except OSError as e:
-        reason = f"{type(e).__name__}: {e}"
-        raise BadImageError.for_file(path, reason)
-    if not data:
-        raise BadImageError.for_file(path, "empty file (0 bytes)")
-    return data
+def _stop_workers(it) -> None:
+    shutdown = getattr(it, "_shutdown_workers", None)  # multi-process iterators only
+    if shutdown is not None:
+        shutdown()
 
 
-def apply_augment_pil(img: Image.Image, aug: Augment, img_size: int, recipe: str) -> np.ndarray:
-    """RGB ``PIL.Image`` -> ``uint8 [s, s, 3]`` (see :mod:`tdsa_fast.data.loading`)."""
-    s = img_size
-    if aug.box is not None and recipe == "rrc":
-        top, left, h, w = aug.box
-        img = img.resize((s, s), Image.BILINEAR, box=(left, top, left + w, top + h))
-    else:
-        img = img.resize((s, s), Image.BILINEAR)
-        if aug.box is not None:
-            top, left, h, w = aug.box
-            img = img.crop((left, top, left + w, top + h))  # outside the image: zeros
-    if aug.flip:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    return np.asarray(img, dtype=np.uint8)
+class _Loader(DataLoader):
+    """A ``DataLoader`` with deterministic worker shutdown (the torch loader's, and the
+    released recipe's baseline in ``bench/released_recipe.py``).
 
+    PyTorch stops worker processes when the iterator is freed.  If that happens inside the
+    cyclic garbage collector (a loader reachable from a reference cycle, e.g. a frame kept
+    alive by a caught exception's traceback) the queues are finalised first, the workers
+    never get the stop signal, and the process stalls 5 s per worker before killing them.
+    So:
 
-def _pil_bilinear_weights(in_size: int, start: float, length: float, out_size: int,
-                          device: torch.device) -> torch.Tensor:
-    """``float32 [out_size, in_size]``: the row weights of PIL's antialiased bilinear
-    resample of the window ``[start, start + length)`` of an axis of ``in_size`` pixels to
-    ``out_size`` (``precompute_coeffs`` in PIL's Resample.c: a triangle filter widened by the
-    downscaling factor, centred on each output pixel, clipped to the image and normalised).
-    Unlike cropping to the window first, pixels just outside the window contribute at its
-    edges, as in ``Image.resize(..., box=window)``."""
-    scale = length / out_size
-    filterscale = max(scale, 1.0)
-    centre = start + (torch.arange(out_size, dtype=torch.float64, device=device) + 0.5) * scale
-    pos = torch.arange(in_size, dtype=torch.float64, device=device) + 0.5
-    w = (1.0 - ((pos[None, :] - centre[:, None]) / filterscale).abs()).clamp_(min=0.0)
-    return (w / w.sum(1, keepdim=True)).to(torch.float32)
+    * when an exception (e.g. a :class:`BadImageError` from a worker) escapes an epoch,
+      the workers are stopped at once and the next ``iter(loader)`` starts fresh ones;
+      breaking out of an epoch early keeps the persistent workers;
+    * :meth:`close` (also ``with loader:``) stops them explicitly:
+      call it when done with a loader that has ``workers > 0``.
+    """
 
+    def __iter__(self):
+        it = super().__iter__()
+        try:
+            yield from it
+        except Exception:
+            _stop_workers(it)
+            if getattr(self, "_iterator", None) is it:
+                self._iterator = None
+            raise
 
-def _resize_like_pil(x: torch.Tensor, size: int, box: tuple[int, int, int, int]) -> torch.Tensor:
-    """``float32 [3, H, W]`` with integer values -> ``[3, s, s]``: ``Image.resize((s, s),
-    BILINEAR, box=(left, top, left + w, top + h))`` for ``box = (top, left, h, w)``, with
-    PIL's weights, in float and rounded (half up) once at the end.  PIL rounds to 8 bits
-    after each of its two passes (so it is within 1.0 of the exact value) and this within
-    0.5: the two differ by at most one grey level."""
-    top, left, h, w = box
-    _, height, width = x.shape
-    if (top, left, h, w) == (0, 0, height, width) and size == height and size == width:
-        return x
-    wx = _pil_bilinear_weights(width, left, w, size, x.device)
-    wy = _pil_bilinear_weights(height, top, h, size, x.device)
-    x = torch.matmul(wy, torch.matmul(x, wx.t()))  # [3, H, s] -> [3, s, s]
-    return x.add_(0.5).floor_().clamp_(0, 255)
+    def close(self) -> None:
+        """Stop the persistent worker processes (if any); the loader stays usable."""
+        it = getattr(self, "_iterator", None)
+        self._iterator = None
+        if it is not None:
+            _stop_workers(it)
 
+    def __enter__(self):
+        return self
 
-def apply_augment_tensor(img: torch.Tensor, aug: Augment, img_size: int, recipe: str) -> torch.Tensor:
-    """``uint8 [3, H, W]`` (any device) -> ``float32 [3, s, s]`` with integer values in
-    ``[0, 255]``: the tensor version of :func:`apply_augment_pil`."""
-    s = img_size
-    x = img.to(torch.float32)
-    if aug.box is not None and recipe == "rrc":
-        window = aug.box
-    else:
-        window = (0, 0, x.shape[-2], x.shape[-1])
-    x = _resize_like_pil(x, s, window).unsqueeze(0)
-    if aug.box is not None and recipe != "rrc":
-        top, left, h, w = aug.box
-        out = torch.zeros((1, 3, h, w), dtype=x.dtype, device=x.device)
-        y0, x0 = max(top, 0), max(left, 0)
-        y1, x1 = min(top + h, s), min(left + w, s)
-        out[..., y0 - top:y1 - top, x0 - left:x1 - left] = x[..., y0:y1, x0:x1]
-        x = out
-    if aug.flip:
-        x = x.flip(-1)
-    return x[0]
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class _Item(NamedTuple):
@@ -142,8 +104,6 @@ class _PlanDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, key) -> _Item:
-        from tdsa_fast.data.loading import draw_augment
-
         index, epoch, real = key
         path, label = self.samples[index]
         try:
@@ -210,7 +170,7 @@ def _worker_context():
 
 class TorchImageLoader(ImageLoader):
     """The PyTorch loader (see the module docstring); arguments as
-    :class:`~tdsa_fast.data.loading.ImageLoader`, plus ``decode``.  ``workers`` worker
+    :class:`~tdsa_fast.data.batch.ImageLoader`, plus ``decode``.  ``workers`` worker
     processes (kept across epochs) or the main process with ``workers=0``."""
 
     kind = "torch"

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_float, check_int, check_matrix, check_target, float32
+from tdsa_fast._checks import int_at_least
+
+from .common import check_float, check_matrix, check_target, float32
 
 
 class CenterLoss(nn.Module):
@@ -30,8 +32,8 @@ class CenterLoss(nn.Module):
 
     def __init__(self, num_classes: int, embedding_dim: int, *, lam: float = 0.003, alpha: float = 0.5) -> None:
         super().__init__()
-        self.num_classes = check_int("num_classes", num_classes, 2)
-        self.embedding_dim = check_int("embedding_dim", embedding_dim, 1)
+        self.num_classes = int_at_least("num_classes", num_classes, 2)
+        self.embedding_dim = int_at_least("embedding_dim", embedding_dim, 1)
         self.lam = check_float("lam", lam)
         self.alpha = check_float("alpha", alpha, low_open=True, high=1.0, high_open=False)
         self.register_buffer("centers", torch.zeros(num_classes, embedding_dim))

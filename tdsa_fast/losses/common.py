@@ -12,11 +12,7 @@ import math
 import torch
 from torch import nn
 
-
-def check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+from tdsa_fast._checks import int_at_least
 
 
 def check_float(name: str, value, *, low: float = 0.0, low_open: bool = False,
@@ -70,8 +66,8 @@ class ClassWeightLoss(nn.Module):
 
     def __init__(self, num_classes: int, embedding_dim: int) -> None:
         super().__init__()
-        self.num_classes = check_int("num_classes", num_classes, 2)
-        self.embedding_dim = check_int("embedding_dim", embedding_dim, 1)
+        self.num_classes = int_at_least("num_classes", num_classes, 2)
+        self.embedding_dim = int_at_least("embedding_dim", embedding_dim, 1)
 
     def _check(self, embedding: torch.Tensor, target: torch.Tensor | None = None) -> None:
         check_matrix("embedding", embedding, self.embedding_dim, "embedding_dim")

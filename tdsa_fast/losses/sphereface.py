@@ -22,7 +22,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .common import ClassWeightLoss, check_float, check_int, float32
+from tdsa_fast._checks import int_at_least
+
+from .common import ClassWeightLoss, check_float, float32
 
 
 def chebyshev(c: torch.Tensor, m: int) -> torch.Tensor:
@@ -41,7 +43,7 @@ class ASoftmaxLoss(ClassWeightLoss):
     def __init__(self, num_classes: int, embedding_dim: int, *, margin: int = 4, base: float = 1000.0,
                  gamma: float = 0.12, power: float = 1.0, lambda_min: float = 5.0) -> None:
         super().__init__(num_classes, embedding_dim)
-        self.margin = check_int("margin", margin, 1)
+        self.margin = int_at_least("margin", margin, 1)
         self.base = check_float("base", base)
         self.gamma = check_float("gamma", gamma)
         self.power = check_float("power", power)

@@ -39,9 +39,14 @@ in the released MC-Loss / TDSA code, which builds its head after the backbone's 
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import Optional
 
-from torch import Tensor, nn
+from torch import nn
+
+from tdsa_fast._checks import int_at_least
+from tdsa_fast.models.common import HEAD_HIDDEN, IMG_SIZE_MAX, IMG_SIZE_MIN, ModelOutput, check_cnum, head_forward
+from tdsa_fast.models.resnet import ResNet18
+from tdsa_fast.models.vgg import VGG16BN
 
 __all__ = [
     "MODELS",
@@ -50,94 +55,12 @@ __all__ = [
     "ModelOutput",
     "build_model",
     "head_forward",
+    "HEAD_HIDDEN",
+    "VGG16BN",
+    "ResNet18",
 ]
 
 MODELS = ("vgg16", "resnet18")
-IMG_SIZE_MIN = 32
-IMG_SIZE_MAX = 448
-HEAD_HIDDEN = 512
-
-
-class ModelOutput(NamedTuple):
-    """What every backbone's ``forward`` returns."""
-
-    logits: Tensor  # [B, S]
-    middle: Tensor  # [B, C_mid, Hm, Wm], >= 0
-    high: Tensor  # [B, C_high, Hh, Wh], >= 0, Hm > Hh, Wm > Wh
-    embedding: Optional[Tensor] = None  # [B, D]: the input of the head's last Linear
-
-
-# ---------------------------------------------------------------------------
-# helpers shared by the backbones (defined before the submodules are imported)
-# ---------------------------------------------------------------------------
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_cnum(name: str, value) -> Optional[int]:
-    if value is None:
-        return None
-    return _check_int(name, value, 1)
-
-
-def _check_img_size(img_size, multiple: int = 1) -> int:
-    if isinstance(img_size, bool) or not isinstance(img_size, int):
-        raise ValueError(f"img_size must be an int, got {img_size!r}")
-    if not IMG_SIZE_MIN <= img_size <= IMG_SIZE_MAX:
-        raise ValueError(
-            f"img_size={img_size} is outside the supported range "
-            f"[{IMG_SIZE_MIN}, {IMG_SIZE_MAX}]"
-        )
-    if img_size % multiple:
-        raise ValueError(
-            f"img_size={img_size} must be a multiple of {multiple} for this backbone"
-        )
-    return img_size
-
-
-def make_head(in_features: int, num_classes: int, hidden: int = HEAD_HIDDEN) -> nn.Sequential:
-    """The released MC-Loss / TDSA classifier: BN1d -> Linear(->512) -> BN1d -> ELU -> Linear(->S)."""
-    return nn.Sequential(
-        nn.BatchNorm1d(in_features),
-        nn.Linear(in_features, hidden),
-        nn.BatchNorm1d(hidden),
-        nn.ELU(inplace=True),
-        nn.Linear(hidden, num_classes),
-    )
-
-
-def head_forward(head: nn.Sequential, x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Runs a :func:`make_head` head on ``x``; returns ``(logits, embedding)``, where ``embedding``
-    is the input of its last ``Linear``."""
-    *body, last = head
-    for layer in body:
-        x = layer(x)
-    return last(x), x
-
-
-def init_weights(module: nn.Module) -> None:
-    """torchvision-style init: Kaiming-normal (fan_out, relu) convs, BN weight 1 / bias 0.
-
-    ``nn.Linear`` keeps PyTorch's default (as the released code's classifier head)."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-from .resnet import ResNet18  # noqa: E402  (needs the helpers above)
-from .vgg import VGG16BN  # noqa: E402
-
-__all__ += ["VGG16BN", "ResNet18"]
 
 
 def build_model(
@@ -158,9 +81,9 @@ def build_model(
     """
     if arch not in MODELS:
         raise ValueError(f"unknown arch {arch!r}; valid choices: {', '.join(MODELS)}")
-    _check_int("num_classes", num_classes, 1)
-    middle_cnum = _check_cnum("middle_cnum", middle_cnum)
-    high_cnum = _check_cnum("high_cnum", high_cnum)
+    int_at_least("num_classes", num_classes)
+    middle_cnum = check_cnum("middle_cnum", middle_cnum)
+    high_cnum = check_cnum("high_cnum", high_cnum)
     if small_input is not None and not isinstance(small_input, bool):
         raise ValueError(f"small_input must be None or a bool, got {small_input!r}")
     if arch == "vgg16":

@@ -33,7 +33,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from . import ModelOutput, _check_img_size, _check_int, _check_cnum, head_forward, init_weights, make_head
+from tdsa_fast._checks import int_at_least
+from tdsa_fast.models.common import ModelOutput, check_cnum, check_img_size, head_forward, init_weights, make_head
 
 __all__ = ["ResNet18", "BasicBlock"]
 
@@ -85,10 +86,10 @@ class ResNet18(nn.Module):
     ) -> None:
         super().__init__()
         self.arch = "resnet18"
-        self.num_classes = _check_int("num_classes", num_classes, 1)
-        self.middle_cnum = _check_cnum("middle_cnum", middle_cnum)
-        self.high_cnum = _check_cnum("high_cnum", high_cnum)
-        self.img_size = _check_img_size(img_size)
+        self.num_classes = int_at_least("num_classes", num_classes)
+        self.middle_cnum = check_cnum("middle_cnum", middle_cnum)
+        self.high_cnum = check_cnum("high_cnum", high_cnum)
+        self.img_size = check_img_size(img_size)
         if small_input is None:
             small_input = img_size < SMALL_INPUT_BELOW
         self.small_input = bool(small_input)

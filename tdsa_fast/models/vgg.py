@@ -34,7 +34,8 @@ from typing import List, Optional
 
 from torch import Tensor, nn
 
-from . import ModelOutput, _check_img_size, _check_int, _check_cnum, head_forward, init_weights, make_head
+from tdsa_fast._checks import int_at_least
+from tdsa_fast.models.common import ModelOutput, check_cnum, check_img_size, head_forward, init_weights, make_head
 
 __all__ = ["VGG16BN"]
 
@@ -62,10 +63,10 @@ class VGG16BN(nn.Module):
     ) -> None:
         super().__init__()
         self.arch = "vgg16"
-        self.num_classes = _check_int("num_classes", num_classes, 1)
-        self.middle_cnum = _check_cnum("middle_cnum", middle_cnum)
-        self.high_cnum = _check_cnum("high_cnum", high_cnum)
-        self.img_size = _check_img_size(img_size, multiple=16)
+        self.num_classes = int_at_least("num_classes", num_classes)
+        self.middle_cnum = check_cnum("middle_cnum", middle_cnum)
+        self.high_cnum = check_cnum("high_cnum", high_cnum)
+        self.img_size = check_img_size(img_size, multiple=16)
         self.small_input = False
         self.middle_channels = num_classes * middle_cnum if middle_cnum is not None else STANDARD_WIDTH
         self.high_channels = num_classes * high_cnum if high_cnum is not None else STANDARD_WIDTH
