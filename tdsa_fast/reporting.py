@@ -75,9 +75,10 @@ def _read_csv(path: Path) -> tuple[Optional[list[str]], list[list[str]]]:
 
 
 def read_metrics(run_dir, loss_column: str = "train_loss") -> dict:
-    """Reads ``run_dir/metrics.csv``: ``dict(acc_epochs, test_acc, loss_epochs, train_loss)``
-    (lists; points whose value is nan or missing are left out). ``train_loss`` holds the
-    column ``loss_column`` (``train_loss``: the whole objective; ``train_ce``: its cross-entropy)."""
+    """Reads ``run_dir/metrics.csv``: ``dict(acc_epochs, test_acc, loss_epochs, train_loss, ce_epochs,
+    train_ce)`` (lists; points whose value is nan or missing are left out). ``train_loss`` holds the
+    column ``loss_column`` (``train_loss``: the whole objective; ``train_ce``: its cross-entropy);
+    ``train_ce`` the cross-entropy alone (empty for a file without that column)."""
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no metrics.csv (not a tdsa_fast run folder?)")
@@ -85,7 +86,7 @@ def read_metrics(run_dir, loss_column: str = "train_loss") -> dict:
     if not header or not {"epoch", "test_acc", loss_column} <= set(header):
         raise ValueError(f"{path}: expected the columns epoch, {loss_column} and test_acc")
     column = {k: i for i, k in enumerate(header)}
-    acc_e, acc, loss_e, loss = [], [], [], []
+    acc_e, acc, loss_e, loss, ce_e, ce = [], [], [], [], [], []
     for row in rows:
         cell = lambda k: _number(row[column[k]]) if column[k] < len(row) else float("nan")  # noqa: E731
         e = cell("epoch")
@@ -96,7 +97,10 @@ def read_metrics(run_dir, loss_column: str = "train_loss") -> dict:
             acc_e.append(e), acc.append(a)
         if not math.isnan(t):
             loss_e.append(e), loss.append(t)
-    return dict(acc_epochs=acc_e, test_acc=acc, loss_epochs=loss_e, train_loss=loss)
+        c = cell("train_ce") if "train_ce" in column else float("nan")
+        if not math.isnan(c):
+            ce_e.append(e), ce.append(c)
+    return dict(acc_epochs=acc_e, test_acc=acc, loss_epochs=loss_e, train_loss=loss, ce_epochs=ce_e, train_ce=ce)
 
 
 def run_label(run_dir) -> str:
@@ -286,7 +290,7 @@ class RunReport:
         best_acc, best_epoch = max(evaluated, key=lambda p: (p[0], -p[1])) if evaluated else (None, None)
         png = self.out / CURVES_NAME if cols["epoch"] else None
         if png is not None:
-            fig = render_curves([(run_label(self.out), read_metrics(self.out))])
+            fig = render_curves([(run_label(self.out), read_metrics(self.out))], with_ce=True)
             _write_atomic(png, lambda tmp: fig.savefig(tmp, format="png"))
         finite = {k: [x for x in v if math.isfinite(x)] for k, v in cols.items()}
         added = dict(epochs_completed=int(max(finite["epoch"])) if finite["epoch"] else None,

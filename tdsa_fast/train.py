@@ -387,17 +387,18 @@ def train_one_epoch(t: Training, epoch: int) -> Optional[dict]:
                                    (scores.detach().argmax(1) == labels).sum().double()])
             p.seen += n
         if k % cfg["log_interval"] == 0 or k == steps:
-            loss_sum, _, correct, seen = _epoch_totals(p, procs)
+            loss_sum, ce_sum, correct, seen = _epoch_totals(p, procs)
             now = time.perf_counter()
             rate = (seen - window_seen) / max(now - window_start, 1e-9)
             step_time = (now - start) / (k - first_batch)
             remaining = (steps - k) + steps * (cfg["epochs"] - epoch)
             if procs.is_main:
                 t.log(f"epoch {epoch}/{cfg['epochs']} step {k}/{steps} loss {loss_sum / max(seen, 1):.4f} "
-                      f"acc {correct / max(seen, 1):.4f} lr {t.optimizer.param_groups[0]['lr']:.4g} "
+                      f"ce {ce_sum / max(seen, 1):.4f} acc {correct / max(seen, 1):.4f} lr {t.optimizer.param_groups[0]['lr']:.4g} "
                       f"{rate:.1f} img/s "
                       f"eta epoch {_duration(step_time * (steps - k))} run {_duration(step_time * remaining)}")
                 t.report.step(p.global_step, {"train/loss": loss_sum / max(seen, 1),
+                                              "train/ce": ce_sum / max(seen, 1),
                                               "train/acc": correct / max(seen, 1),
                                               "lr": t.optimizer.param_groups[0]["lr"],
                                               "images_per_s": rate})
@@ -589,8 +590,9 @@ def _finish(t: Training, test_set: SampleList) -> dict:
         t.report.finish(dict(results, dataset=cfg["dataset"], model=cfg["model"], loss=cfg["loss"]))
     on = f"on the {eval_images}-image subset " if eval_images < len(test_set.samples) else ""
     scored = f"{t.evaluated_images} test images" + (f" ({skipped} unreadable, skipped)" if skipped else "")
-    t.log(f"final test accuracy: {100 * test_acc:.2f}% on {scored} (best {on}"
-          f"{100 * p.best_acc:.2f}% at epoch {p.best_epoch}); run folder {out}")
+    chance = 100 / test_set.num_classes
+    t.log(f"final test accuracy: {100 * test_acc:.2f}% on {scored}, against {chance:.3g}% by chance for "
+          f"{test_set.num_classes} classes (best {on}{100 * p.best_acc:.2f}% at epoch {p.best_epoch}); run folder {out}")
     return results
 
 

@@ -127,8 +127,10 @@ def test_finish_writes_the_curves_and_summary(tmp_path, monkeypatch):
     data = png.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
     (fig,) = figures
-    assert len(fig.axes) == 2
-    assert sorted(len(line.get_xdata()) for ax in fig.axes for line in ax.get_lines()) == [3, 4]  # acc, loss
+    assert len(fig.axes) == 3
+    # acc (3 evaluated epochs), loss and cross-entropy (4 epochs each)
+    assert [len(line.get_xdata()) for ax in fig.axes for line in ax.get_lines()] == [3, 4, 4]
+    assert fig.axes[2].get_title() == "training cross-entropy"
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary == dict(final_test_acc=0.6, best_epoch=3, note=None, output=str(tmp_path), epochs_completed=4,
                            best_test_acc=0.6, train_seconds=50.0, skipped_images=10, metrics="metrics.csv",
