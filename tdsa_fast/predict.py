@@ -28,7 +28,7 @@ from torch import Tensor
 
 from tdsa_fast._checks import int_at_least
 
-from tdsa_fast.data.augment import Augment, apply_augment_pil
+from tdsa_fast.data.augment import test_image
 from tdsa_fast.data.decode import BadImageError, load_rgb, to_rgb
 from tdsa_fast.distributed import pick_device
 from tdsa_fast.inference import MEAN, STD, TTA_MODES, ModelInfo, load_inference, read_class_names, tta_probabilities
@@ -82,9 +82,7 @@ class Predictor:
         if isinstance(image, (str, Path)):
             image = load_rgb(image)
         if isinstance(image, Image.Image):
-            # the trainer's test transform: PIL's bilinear resize to s x s, then (x - 127.5) / 127.5
-            pixels = apply_augment_pil(to_rgb(image), Augment(None, False), self.info.img_size, "released")
-            return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().sub_(127.5).div_(127.5)
+            return test_image(to_rgb(image), self.info.img_size)[1]
         if isinstance(image, Tensor):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"an image tensor must be [3, H, W], got {tuple(image.shape)}")

@@ -115,11 +115,11 @@ def class_maps(out: ModelOutput, class_index: int, cnum_high: int, *, sample: in
 
 
 def load_model(path, device: str | torch.device = "cpu"):
-    """Rebuilds the model of the checkpoint at ``path`` (as ``tdsa_fast.evaluate`` does) and
+    """Rebuilds the model of the checkpoint at ``path`` (with :mod:`tdsa_fast.runs`, as evaluation,
+    prediction and export do) and
     returns ``(model in eval mode, config dict)``. Raises ``ValueError`` for a checkpoint of a
     loss whose model has no class-grouped channels."""
-    from tdsa_fast.config import model_widths, small_input
-    from tdsa_fast.models import build_model
+    from tdsa_fast.runs import build_network, load_state
 
     ckpt = checkpoint.load(path)
     cfg = dict(ckpt["config"])
@@ -129,22 +129,18 @@ def load_model(path, device: str | torch.device = "cpu"):
             f"{path} was trained with --loss {loss}, whose model keeps the backbone's standard widths: "
             f"no channels grouped by class to visualise. fig6 supports checkpoints of --loss tdsa and "
             f"tdsa-noattn (middle and high levels) and mc (the high level only)")
-    middle_cnum, high_cnum = model_widths(loss, cfg["xi"], cfg["cnum_high"])
-    model = build_model(cfg["model"], cfg["num_classes"], middle_cnum=middle_cnum, high_cnum=high_cnum,
-                        img_size=cfg["img_size"], small_input=small_input(cfg))
-    model.load_state_dict(ckpt["model"])
+    model = build_network(cfg, cfg["num_classes"])
+    load_state(model, ckpt["model"], "model", cfg)
     return model.to(device).eval(), cfg
 
 
 def preprocess(path, img_size: int) -> tuple[np.ndarray, torch.Tensor]:
     """The trainer's test transform: ``(uint8 [s, s, 3] shown image, float32 [1, 3, s, s] in [-1, 1])``."""
+    from tdsa_fast.data.augment import test_image
     from tdsa_fast.data.decode import load_rgb
-    from tdsa_fast.data.augment import Augment
-    from tdsa_fast.data.augment import apply_augment_pil
 
-    shown = apply_augment_pil(load_rgb(path), Augment(None, False), img_size, "released")
-    x = torch.from_numpy(shown.copy()).permute(2, 0, 1)[None].float().sub_(127.5).div_(127.5)
-    return shown, x
+    shown, x = test_image(load_rgb(path), img_size)
+    return shown, x[None]
 
 
 def _overlay(ax, image: np.ndarray, fmap: torch.Tensor, title: str) -> None:

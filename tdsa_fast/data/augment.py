@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 __all__ = ["RECIPES", "PAD", "Augment", "draw_augment", "apply_augment_pil", "apply_augment_tensor",
-           "pil_bilinear_weights", "finish_images"]
+           "pil_bilinear_weights", "test_image", "finish_images"]
 
 #: Training augmentation recipes accepted by :func:`train_transform`.
 RECIPES = ("released", "rrc")
@@ -127,6 +127,13 @@ def draw_augment(*, train: bool, recipe: str, img_size: int, seed: int, epoch: i
     else:
         raise ValueError(f"unknown augmentation recipe {recipe!r}; valid recipes: {', '.join(RECIPES)}")
     return Augment(box, bool(rng.random() < 0.5))
+
+
+def test_image(img: Image.Image, img_size: int) -> tuple[np.ndarray, torch.Tensor]:
+    """The test transform of one RGB image, as the loaders apply it: ``(uint8 [s, s, 3] pixels,
+    float32 [3, s, s] network input in [-1, 1])``."""
+    pixels = apply_augment_pil(img, Augment(None, False), img_size, "released")
+    return pixels, torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().sub_(127.5).div_(127.5)
 
 
 def finish_images(images: torch.Tensor, *, device: torch.device, channels_last: bool, dtype: torch.dtype,
