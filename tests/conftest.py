@@ -12,3 +12,24 @@ sys.path.insert(1, str(REPO / "bench"))  # released_recipe: the released code's 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+# The slow tier (``python -m pytest -m slow``, which .ci/run runs after the README's fast tier):
+# the tests that train a model end to end carry ``@pytest.mark.slow`` themselves; so does, through
+# this hook, every test that uses one of these fixtures, each of which compiles or trains first.
+SLOW_FIXTURES = {
+    "kernels": "compiles every CUDA kernel with ptxas for two architectures (bench/cuda_static.py)",
+    "emu": "compiles the CUDA kernels' sources for the CPU emulation",
+    "plugin": "builds the DALI plugin",
+    "trained": "trains a tiny run",
+    "runs": "trains tiny runs",
+    "ddp_run": "trains with two torchrun processes",
+    "uninterrupted": "trains the run that the interrupted ones are compared with",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -4,8 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +15,9 @@ from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
 from tdsa_fast.evaluate import evaluate_checkpoint
 from tdsa_fast.models import build_model
 from tdsa_fast.objective import TrainingObjective
-from tdsa_fast.train import run
+from tdsa_fast.train import main, run
+
+from cli_helpers import run_main
 
 # A tiny version of the built-in data: 4 classes of 8 training images, so that a CI-sized run
 # can learn them; held-out accuracy on this data needs minutes of training (README).
@@ -93,14 +93,14 @@ def test_tdsa_puts_gradient_on_both_levels_and_through_the_gate():
     assert torch.allclose(ungated, own), "without the gate the middle term must not reach the high level"
 
 
-def test_unknown_dataset_and_model_list_the_valid_ones():
+def test_unknown_dataset_and_model_list_the_valid_ones(capsys):
     for argv, words in ((["--dataset", "imagenet"], ["default", "cub", "aircraft", "cars", "flowers"]),
                         (["--model", "vit"], ["vgg16", "resnet18"]),
                         (["--loss", "triplet"], ["ce", "center", "arcface", "circle", "mc", "tdsa", "tdsa-noattn"])):
-        p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", *argv], capture_output=True, text=True)
-        assert p.returncode == 2
+        rc, _, err = run_main(main, argv, capsys)
+        assert rc == 2
         for w in words:
-            assert w in p.stderr, (argv, p.stderr)
+            assert w in err, (argv, err)
 
 
 def test_real_dataset_without_data_root_is_refused():
@@ -108,13 +108,11 @@ def test_real_dataset_without_data_root_is_refused():
         _cfg(["--dataset", "flowers"])
 
 
-def test_missing_split_file_names_the_file(tmp_path):
+def test_missing_split_file_names_the_file(tmp_path, capsys):
     (tmp_path / "jpg").mkdir()
-    p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", "--dataset", "flowers", "--data-root",
-                        str(tmp_path), "--output", str(tmp_path / "out")], capture_output=True, text=True)
-    assert p.returncode == 2
-    assert "imagelabels.mat" in p.stderr or "setid.mat" in p.stderr, p.stderr
-    assert "Traceback" not in p.stderr
+    rc, _, err = run_main(main, ["--dataset", "flowers", "--data-root", tmp_path, "--output", tmp_path / "out"], capsys)
+    assert rc == 2
+    assert "imagelabels.mat" in err or "setid.mat" in err, err
 
 
 def _folder_dataset(root, bad=None):
@@ -141,9 +139,10 @@ def _loaders():
     return ["torch", dali]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", _loaders())
 @pytest.mark.parametrize("kind", ["corrupt", "truncated", "missing"])
-def test_bad_image_names_the_file_or_is_skipped_and_counted(kind, loader, tmp_path):
+def test_bad_image_names_the_file_or_is_skipped_and_counted(kind, loader, tmp_path, capsys):
     def damage(path):
         if kind == "corrupt":
             path.write_bytes(b"this is not a jpeg at all")
@@ -163,20 +162,19 @@ def test_bad_image_names_the_file_or_is_skipped_and_counted(kind, loader, tmp_pa
     else:
         args = FAST
     args = args + ["--loader", loader]
-    p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", *args, "--data-root", str(root),
-                        "--output", str(tmp_path / "out")], capture_output=True, text=True)
-    assert p.returncode == 2, p.stderr
-    assert bad in p.stderr and "Traceback" not in p.stderr, p.stderr
+    rc, _, err = run_main(main, [*args, "--data-root", root, "--output", tmp_path / "out"], capsys)
+    assert rc == 2 and bad in err, err
 
-    p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", *args, "--data-root", str(root),
-                        "--output", str(tmp_path / "out2"), "--skip-bad-images"], capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    assert "1 unreadable images skipped" in p.stdout, p.stdout
+    rc, out, err = run_main(main, [*args, "--data-root", root, "--output", tmp_path / "out2", "--skip-bad-images"],
+                            capsys)
+    assert rc == 0, err
+    assert "1 unreadable images skipped" in out, out
     rows = list(csv.DictReader(open(tmp_path / "out2" / "metrics.csv")))
     assert rows[0]["skipped_images"] == "1"
     assert json.loads((tmp_path / "out2" / "config.json").read_text())["loader_used"] == loader
 
 
+@pytest.mark.slow
 def test_output_folder_with_a_run_is_not_overwritten(tmp_path):
     root = _folder_dataset(tmp_path / "data")
     out = tmp_path / "out"
@@ -186,6 +184,7 @@ def test_output_folder_with_a_run_is_not_overwritten(tmp_path):
         run(_cfg(argv), log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_checkpoints_load_safely_and_refuse_pickled_objects(tmp_path):
     root = _folder_dataset(tmp_path / "data")
     out = tmp_path / "out"
@@ -203,6 +202,7 @@ class _Pickled:
     pass
 
 
+@pytest.mark.slow
 def test_amp_on_the_cpu_trains_in_bfloat16_with_the_fused_loss(tmp_path):
     root = _folder_dataset(tmp_path / "data")
     lines = []
@@ -245,11 +245,10 @@ def test_conflicting_or_bad_run_flags_are_refused_before_training(extra, message
     pytest.param(["--loader", "auto", "--torch-decode", "device"], "--loader auto chose DALI",
                  marks=pytest.mark.skipif(not dali_available(), reason="DALI is not installed: auto picks torch")),
 ])
-def test_flags_the_device_rules_out_are_refused_before_training(extra, message, tmp_path):
+def test_flags_the_device_rules_out_are_refused_before_training(extra, message, tmp_path, capsys):
     root = _folder_dataset(tmp_path / "data")
-    p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", *FAST, *extra, "--data-root", str(root),
-                        "--output", str(tmp_path / "out")], capture_output=True, text=True)
-    assert p.returncode == 2 and message in p.stderr, p.stderr
+    rc, _, err = run_main(main, [*FAST, *extra, "--data-root", root, "--output", tmp_path / "out"], capsys)
+    assert rc == 2 and message in err, err
     assert not (tmp_path / "out" / "metrics.csv").exists()
 
 
@@ -261,6 +260,7 @@ def test_unwritable_output_folder_is_refused(tmp_path):
         run(_cfg(FAST + ["--data-root", str(root), "--output", str(blocker / "run")]), log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_run_folder_has_logs_tensorboard_curves_and_summary(tmp_path, monkeypatch):
     root = _folder_dataset(tmp_path / "data")
     out = tmp_path / "o"
@@ -314,13 +314,11 @@ def test_config_file_sets_defaults_that_the_command_line_overrides(tmp_path):
     ("loss_args: 3\n", "loss_args must be a mapping of a baseline loss's options"),
     ("loss_args: {margin: wide}\n", "loss_args: margin: expected a number (or null), got 'wide'"),
 ])
-def test_bad_config_files_are_refused_with_the_reason(text, message, tmp_path):
+def test_bad_config_files_are_refused_with_the_reason(text, message, tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(text)
-    p = subprocess.run([sys.executable, "-m", "tdsa_fast.train", "--config", str(path)], capture_output=True,
-                       text=True)
-    assert p.returncode == 2 and message in p.stderr, p.stderr
-    assert "Traceback" not in p.stderr
+    rc, _, err = run_main(main, ["--config", path], capsys)
+    assert rc == 2 and message in err, err
 
 
 def test_baseline_loss_options_from_the_command_line_and_a_config_file_reach_the_loss(tmp_path):
@@ -368,6 +366,7 @@ def test_a_baseline_option_out_of_range_fails_before_the_run_folder_is_made(tmp_
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_run_with_baseline_options_saves_them_and_evaluate_rebuilds_the_loss(tmp_path):
     root = _folder_dataset(tmp_path / "data")
     out = tmp_path / "out"
@@ -398,6 +397,7 @@ def test_config_file_never_runs_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_last_batch_of_one_image_trains(tmp_path):
     """BatchNorm needs two values per channel: a batch of one image runs as two copies of it."""
     root = _folder_dataset(tmp_path / "data")  # 8 training images
@@ -406,6 +406,7 @@ def test_a_last_batch_of_one_image_trains(tmp_path):
     assert results["final_test_acc"] >= 0
 
 
+@pytest.mark.slow
 def test_eval_subset_is_fixed_and_the_final_accuracy_uses_the_whole_split(tiny_root, tmp_path):
     from tdsa_fast.data.datasets import load_split
     from tdsa_fast.train import eval_subset
