@@ -25,6 +25,8 @@ SLOW_FIXTURES = {
     "runs": "trains tiny runs",
     "ddp_run": "trains with two torchrun processes",
     "uninterrupted": "trains the run that the interrupted ones are compared with",
+    "flowers": "decodes the real Flowers-102 test split with two loaders",
+    "flowers_train": "decodes the real Flowers-102 training split with three loaders",
 }
 
 

@@ -34,6 +34,7 @@ def _run_exported(path, fmt, x):
         return torch.jit.load(str(path))(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("model, loss", CASES)
 def test_exported_probabilities_match_pytorch(model, loss, fmt, tmp_path, capsys):

@@ -24,6 +24,7 @@ def _nvcc():
 
 
 @pytest.mark.timeout(1200)
+@pytest.mark.slow
 def test_gpu_check_dry_run(tmp_path):
     if _nvcc() is None:
         pytest.skip("no nvcc: the dry run checks the CUDA toolkit first")

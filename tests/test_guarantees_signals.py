@@ -17,6 +17,8 @@ from tdsa_fast import checkpoint
 from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
 from loader_helpers import require_dali
 
+pytestmark = pytest.mark.slow  # every test here trains (a subprocess trainer, or several)
+
 REPO = Path(__file__).resolve().parents[1]
 SPEC = SyntheticSpec(num_classes=4, train_per_class=10, test_per_class=3, image_size=32, seed=5)
 ARGS = ["--dataset", "cub", "--img-size", "32", "--stem", "standard", "--model", "resnet18", "--loss", "tdsa",
@@ -85,7 +87,6 @@ def test_a_stop_signal_to_the_group_saves_a_dali_loader_run(data_root, tmp_path)
     _assert_saved(*_group_stop(["-m", "tdsa_fast.train"] + args, signal.SIGTERM), run, signal.SIGTERM)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_stop_signal_to_the_group_saves_a_torchrun_run_of_two_processes(data_root, tmp_path):
     """torchrun's agent, both trainer processes and their DataLoader workers share the group:

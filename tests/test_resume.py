@@ -19,6 +19,8 @@ from tdsa_fast import checkpoint
 from tdsa_fast.data.decode import dali_available
 from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
 
+pytestmark = pytest.mark.slow  # every test here trains (a subprocess trainer, or several)
+
 REPO = Path(__file__).resolve().parents[1]
 # 4 classes x 10 training images, batch 5: 8 steps an epoch, 3 epochs (the lr drops after
 # epochs 1 and 2, so the scheduler's state matters on resume).
@@ -97,7 +99,6 @@ _NO_DALI = pytest.mark.skipif(not dali_available() and not os.environ.get("CI"),
                               reason="NVIDIA DALI is not installed (the dali extra)")
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)  # a trainer that hangs fails the test instead of blocking the suite
 @pytest.mark.parametrize("sig, loader", [(signal.SIGTERM, "torch"), (signal.SIGINT, "torch"),
                                          pytest.param(signal.SIGTERM, "dali", marks=_NO_DALI)])
