@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tdsa_fast.data.images import MAX_IMAGE_PIXELS, BadImageError
