@@ -7,8 +7,8 @@
 #   --dry-run  (ops / all) on any machine, without a GPU: checks the tools, prints every
 #         step's command with its timeout, and executes the steps that need no GPU (the
 #         tool checks, the static report bench/cuda_static.py, the sanitizer workload on the
-#         CPU at the tiny shape, the summary on a sample JSON), so the script's own bugs
-#         show before GPU time is spent. tests/test_gpu_check.py runs it.
+#         CPU at the tiny shape, the prediction check and the summary on a sample JSON),
+#         so the script's own bugs show before GPU time is spent. tests/test_gpu_check.py runs it.
 #
 #   ops   (default) build with `pip install --no-build-isolation --no-deps .` for the visible
 #         card's architecture, run the CUDA tests (tests/test_ops.py -k cuda, tests/test_build.py
@@ -17,7 +17,8 @@
 #         stay within the stage's 5-minute budget) and print a short table: the card, the
 #         ratios, the peak memory of the loss, and tdsa_terms' achieved GB/s against the
 #         memory-traffic floor (docs/kernels.md) (read F_l and F_h twice, write dF_l and dF_h once)
-#         over a measured device-to-device copy bandwidth.
+#         over a measured device-to-device copy bandwidth; then the prediction check
+#         (bench/gpu_predict.py --compare: measured against the static model).
 #   all   ops, then the full benchmark table (torch.compile(reference) for every case / phase).
 #   data  no build: the data pipeline's GPU throughput on the Flowers-102 training split
 #         (224 px, batch 32, $DATA_WORKERS workers, default 8): the released code's recipe
@@ -194,6 +195,7 @@ if [ "$DRY_RUN" -eq 1 ]; then
   run_step "CUDA tests" 120 gpu timeout 150 "$PY" -m pytest "$REPO/tests/test_ops.py" -k cuda -q -p no:cacheprovider -rs
   run_step "GPU benchmarks (bf16, B=32 and 64)" 180 gpu "$PY" "$REPO/bench/bench_ops.py" --table --device cuda --dtype bf16 --batch 32 64 --rounds 7 --compiled-cases tdsa_loss --compiled-phases fwdbwd --json "$OUT/bench_cuda_bf16.json"
   SUMMARY_JSON="$REPO/tests/fixtures/gpu_check/bench_sample.json"
+  run_step "prediction check (on the sample JSON, report only)" 60 cpu "$PY" "$REPO/bench/gpu_predict.py" --compare "$SUMMARY_JSON" --report-only --json "$OUT/predicted_vs_measured.json"
 else
 step "environment"
 "$PY" - <<'EOF' | tee "$OUT/env.txt"
@@ -243,6 +245,12 @@ if [ "$STAGE" = "all" ]; then
 fi
 
 SUMMARY_JSON="$OUT/bench_cuda_bf16.json"
+
+# The measured fused times against bench/gpu_predict.py's model (bench/RESULTS.md, "Predicted"):
+# FAIL when one is slower than 1.5x the model's no-overlap time at the run's copy bandwidth.
+step "prediction check: bench/gpu_predict.py --compare"
+timeout 60 "$PY" "$REPO/bench/gpu_predict.py" --compare "$SUMMARY_JSON" --json "$OUT/predicted_vs_measured.json" 2>&1 | tee "$OUT/prediction_check.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
 fi
 
 step "summary"

@@ -151,3 +151,16 @@ def test_main_table(kernels, capsys):
 def test_main_rejects_an_unknown_arch(capsys):
     with pytest.raises(SystemExit):
         cs.main(["--arch", "70"])
+
+
+def test_the_gpu_models_blocks_per_sm_are_the_static_figures(kernels):
+    """bench/gpu_predict.py's last-wave stretch uses the sm_90 bf16 fast-path kernels'
+    resident blocks per SM at the paper shape: they must be this tool's figures."""
+    spec = importlib.util.spec_from_file_location("gpu_predict", REPO / "bench" / "gpu_predict.py")
+    gp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gp)
+    seen = {}
+    for k in _fast(kernels, "90"):
+        if k.dtype == "bf16" and k.kind in gp.BLOCKS_PER_SM:
+            seen[k.kind] = k.blocks_per_sm["paper"]
+    assert seen == gp.BLOCKS_PER_SM

@@ -35,13 +35,14 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, out[-4000:]
     for name in ("tool checks", "static report", "sanitizer workload on the CPU", "sanitize: memcheck",
                  "sanitize: racecheck", "sanitize: synccheck", "sanitize: initcheck", "build", "CUDA tests",
-                 "GPU benchmarks", "summary"):
+                 "GPU benchmarks", "prediction check", "summary"):
         assert f"=== {name}" in out, name
     assert out.count("(dry run: not executed)") == 7  # 4 sanitizers, build, tests, benchmarks
     assert "| `terms_kernel<bf16,true,true,SharedScratch,DenseGroup>`" in out  # the static table ran
     assert "tiny   torch.float32   contiguous" in out and " FAIL" not in out.split("=== summary")[0]
     assert "overall: PASS" in out
     assert (tmp_path / "summary.txt").exists()
+    assert "prediction check: " in out and (tmp_path / "predicted_vs_measured.json").exists()
 
 
 def test_gpu_check_rejects_an_unknown_stage(tmp_path):

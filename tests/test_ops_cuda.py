@@ -1,65 +1,36 @@
 """The CUDA kernels' source, run on the CPU by an emulation of the CUDA execution model.
 
-This workplace has no GPU, so the CUDA kernels (csrc/cuda/*.cuh) are also compiled with the
-host compiler against csrc/emulation/cuda_emulation.h — each block runs as threads (64 per
-block rather than 256, to keep the run short) with real barriers and warp exchanges, shared
-memory and the global workspace start as NaN bytes, and a divergent barrier raises — and
-compared with the reference: values, gradients, non-finite patterns, layouts, dtypes, and
-both scratch placements (shared memory, and the global-memory fallback with fewer blocks
-than groups). What this cannot check:
+This workplace has no GPU, so the CUDA kernels (csrc/cuda/*.cuh) and their host launch code
+(csrc/cuda/*.cu) are also compiled with the host compiler against
+csrc/emulation/cuda_emulation.h — each block runs its 256 threads as fibers with real
+barriers and warp exchanges, shared memory and the global workspace start as NaN bytes
+between checked guard zones, a divergent barrier raises — and compared with the reference:
+values, gradients, non-finite patterns, layouts, dtypes, and both scratch placements (shared
+memory through the real plan, and the global-memory fallback forced with fewer blocks than
+groups). tests/test_cuda_emulation.py runs the paper's and 448 px shapes under several
+schedules and fills, and the planted defects. What this cannot check:
 compilation by nvcc (the package build does that), performance, and hardware-specific
 behaviour (real warp scheduling, memory model); tests/test_ops.py's `cuda` tests run the
 real kernels on a GPU (bench/gpu_check.sh).
 
-The emulation module is compiled on first use with torch.utils.cpp_extension.load (about a
-minute on 2 cores, cached under build/cuda_emulation/ keyed by a hash of csrc/).
+The emulation module is compiled on first use (tests/emulation_helpers.py, cached under
+build/cuda_emulation/ keyed by a hash of csrc/).
 """
 from __future__ import annotations
-
-import hashlib
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
+from emulation_helpers import load_emulation
 from tdsa_fast import reference
 
-REPO = Path(__file__).resolve().parent.parent
-CSRC = REPO / "csrc"
 F64, F32, BF16 = torch.float64, torch.float32, torch.bfloat16
 MODES = ("nearest", "bilinear", "bicubic")
 
 
-def _source_hash() -> str:
-    h = hashlib.sha256()
-    for p in sorted(CSRC.rglob("*")):
-        if p.suffix in (".h", ".cuh", ".cpp", ".cu"):
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()[:12]
-
-
 @pytest.fixture(scope="module")
 def emu():
-    if os.environ.get("TDSA_FAST_SKIP_CUDA_EMULATION") == "1":
-        pytest.skip("TDSA_FAST_SKIP_CUDA_EMULATION=1")
-    from torch.utils import cpp_extension
-
-    tag = _source_hash()
-    build = REPO / "build" / "cuda_emulation" / tag
-    build.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(
-        name=f"tdsa_fast_cuda_emulation_{tag}",
-        sources=[str(CSRC / "emulation" / "emulated_kernels.cpp")],
-        extra_include_paths=[str(CSRC)],
-        # 64 threads per block instead of 256: a quarter of the threads to schedule on a
-        # small CPU; the kernels' loops and reductions are generic in the block size.
-        extra_cflags=["-O2", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-Wno-psabi", "-DTDSA_CUDA_THREADS=64"],
-        build_directory=str(build),
-        with_cuda=False,
-        verbose=False,
-    )
+    return load_emulation()
 
 
 def _rel(a, b):

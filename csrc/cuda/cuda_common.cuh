@@ -4,10 +4,16 @@
 
 // Only light headers here (no ATen): the .cu files compile in seconds per architecture.
 #include <c10/core/ScalarType.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+// csrc/emulation/cuda_emulation.h (included first) stands in for the CUDA runtime: the
+// host code below then runs unchanged on the CPU, against an emulated device.
+#ifndef TDSA_EMULATION
+#include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
+// kernel<<<grid, threads, smem, stream>>>, spelled so that the emulation can redefine it.
+#define TDSA_LAUNCH(kernel, grid, threads, smem, stream) kernel<<<grid, threads, smem, stream>>>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -103,8 +109,8 @@ void launch_planned(Kernel kernel, const ScratchPlan& plan, const Params& p, uns
       kernel_info(reinterpret_cast<const void*>(kernel), d.dev, d.optin, true);
     }
   }
-  kernel<<<static_cast<unsigned>(plan.grid), kThreads, plan.global ? 0 : plan.smem_bytes, stream>>>(
-      p, plan.global ? ws : nullptr, ws_stride, groups);
+  TDSA_LAUNCH(kernel, static_cast<unsigned>(plan.grid), kThreads, plan.global ? 0 : plan.smem_bytes, stream)
+  (p, plan.global ? ws : nullptr, ws_stride, groups);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -21,9 +21,9 @@
 namespace tdsa_fast {
 namespace cuda {
 
-// Threads per block (8 warps). Overridable only for the CPU emulation of the kernels
-// (csrc/emulation/), which runs them with fewer threads to keep the tests fast; the loops
-// and reductions are written for any multiple of 32.
+// Threads per block (8 warps). The CPU emulation (csrc/emulation/) runs the same 256; the
+// macro stays overridable for experiments there: the loops and reductions are written for
+// any multiple of 32.
 #ifndef TDSA_CUDA_THREADS
 #define TDSA_CUDA_THREADS 256
 #endif

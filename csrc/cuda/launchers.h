@@ -3,7 +3,9 @@
 #pragma once
 
 #include <c10/core/ScalarType.h>
+#ifndef TDSA_EMULATION
 #include <cuda_runtime_api.h>
+#endif
 
 #include <cstdint>
 
