@@ -34,6 +34,7 @@ import yaml
 from torch import nn
 
 from tdsa_fast import checkpoint
+from tdsa_fast.class_metrics import ConfusionCounter, write_per_class_csv
 from tdsa_fast.config import build_parser, parse_config, resume_config
 from tdsa_fast.data.datasets import SampleList, load_split
 from tdsa_fast.data.images import BadImageError
@@ -211,10 +212,11 @@ class TrainingModule(nn.Module):
 
 @torch.no_grad()
 def evaluate(model, loader, device, autocast=contextlib.nullcontext, objective=None,
-             procs: Optional[Processes] = None) -> tuple[int, int]:
+             procs: Optional[Processes] = None, counter: Optional[ConfusionCounter] = None) -> tuple[int, int]:
     """Top-1 counts (correct, total) over ``loader`` (summed over the processes, each reading
     its shard); one host read at the end. The scores are ``objective.predict(out)`` (a loss
-    with its own class weights), or the model's logits."""
+    with its own class weights), or the model's logits. ``counter``: also counted into it
+    (summed over the processes too)."""
     model.eval()
     counts = torch.zeros(2, dtype=torch.int64, device=device)
     for batch in loader:
@@ -227,8 +229,12 @@ def evaluate(model, loader, device, autocast=contextlib.nullcontext, objective=N
             logits = out.logits if objective is None else objective.predict(out)
         counts[0] += (logits.argmax(1) == labels).sum()
         counts[1] += n
+        if counter is not None:
+            counter.update(logits.float(), labels)
     if procs is not None:
         procs.all_reduce_sum(counts)
+        if counter is not None:
+            counter.all_reduce(procs)
     correct, total = counts.tolist()
     return int(correct), int(total)
 
