@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 __all__ = ["ConfusionCounter", "ClassReport", "PER_CLASS_FIELDS", "write_per_class_csv", "write_confusion_csv",
-           "plot_confusion", "confusion_order"]
+           "plot_confusion", "worst_classes"]
 
 PER_CLASS_FIELDS = ("class", "name", "images", "accuracy", "most_confused_with", "confused_images")
 
@@ -108,8 +108,13 @@ class ClassReport:
 
     def worst(self, k: int) -> list[int]:
         """The ``k`` classes of lowest accuracy (classes without images last)."""
-        acc = np.nan_to_num(self.class_accuracy, nan=np.inf)
-        return [int(i) for i in np.argsort(acc, kind="stable")[:k]]
+        return worst_classes(self.class_accuracy, k)
+
+
+def worst_classes(class_accuracy: np.ndarray, k: int) -> list[int]:
+    """The indices of the ``k`` lowest accuracies (NaN, a class without images, last; ties in label order)."""
+    acc = np.nan_to_num(np.asarray(class_accuracy, dtype=float), nan=np.inf)
+    return [int(i) for i in np.argsort(acc, kind="stable")[:k]]
 
 
 def write_per_class_csv(report: ClassReport, path: Path) -> None:
@@ -129,56 +134,9 @@ def write_confusion_csv(report: ClassReport, path: Path) -> None:
             w.writerow([name] + counts)
 
 
-def confusion_order(matrix: np.ndarray) -> list[int]:
-    """An order of the classes that puts classes confused with each other next to each other:
-    the leaves of an average-linkage clustering of the symmetrised, row-normalised confusion
-    (distance ``1 - (C_ij + C_ji) / 2``); the label order when there are fewer than 3 classes."""
-    s = matrix.shape[0]
-    if s < 3:
-        return list(range(s))
-    from scipy.cluster.hierarchy import leaves_list, linkage
-    from scipy.spatial.distance import squareform
-
-    rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    similarity = (rates + rates.T) / 2
-    np.fill_diagonal(similarity, 0)
-    distance = 1.0 - similarity / max(similarity.max(), 1e-12)
-    np.fill_diagonal(distance, 0)
-    return [int(i) for i in leaves_list(linkage(squareform(distance, checks=False), method="average"))]
-
-
 def plot_confusion(report: ClassReport, path: Path, *, label_worst: int = 20, title: Optional[str] = None) -> None:
-    """The row-normalised confusion matrix as a PNG: classes in :func:`confusion_order` (so
-    confused classes sit together near the diagonal), a square-root colour scale (a few
-    confused images stay visible), the names of the ``label_worst`` least accurate classes
-    on both axes (all names when there are at most 40 classes)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import PowerNorm
-    from matplotlib.figure import Figure
+    """The confusion-matrix PNG of ``report`` (drawn by :func:`tdsa_fast.plots.render_confusion`)."""
+    from tdsa_fast.plots import render_confusion
 
-    s = len(report.class_names)
-    order = confusion_order(report.matrix)
-    rates = report.matrix / np.maximum(report.matrix.sum(1, keepdims=True), 1)
-    shown = rates[np.ix_(order, order)]
-    labelled = set(range(s)) if s <= 40 else set(report.worst(label_worst))
-    side = min(max(6.0, 0.07 * s + 4), 20.0)
-    fig = Figure(figsize=(side + 2, side))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(shown, cmap="viridis", norm=PowerNorm(0.5, vmin=0, vmax=1), interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="share of the true class's images")
-    acc = report.class_accuracy
-    ticks = [k for k, c in enumerate(order) if c in labelled]
-    names = [f"{report.class_names[order[k]][:28]} ({100 * acc[order[k]]:.0f}%)" for k in ticks]
-    fontsize = 7 if s > 40 else max(5, min(9, 300 // max(s, 1)))
-    ax.set_xticks(ticks, names, rotation=90, fontsize=fontsize)
-    ax.set_yticks(ticks, names, fontsize=fontsize)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    summary = report.summary()
-    worst = "" if s <= 40 else f"; labelled: the {len(labelled)} least accurate classes"
-    ax.set_title((title + "\n" if title else "") + f"top-1 {100 * summary['top1']:.2f}%, mean per-class "
-                 f"{100 * summary['mean_class_accuracy']:.2f}% over {s} classes (ordered by confusion{worst})",
-                 fontsize=9)
-    fig.tight_layout()
+    fig = render_confusion(report.matrix, report.class_names, label_worst=label_worst, title=title)
     fig.savefig(path, dpi=120)

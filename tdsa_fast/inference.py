@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

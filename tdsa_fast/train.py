@@ -34,7 +34,7 @@ import yaml
 from torch import nn
 
 from tdsa_fast import checkpoint
-from tdsa_fast.class_metrics import ConfusionCounter, write_per_class_csv
+from tdsa_fast.class_metrics import ConfusionCounter, write_confusion_csv, write_per_class_csv
 from tdsa_fast.config import build_parser, parse_config, resume_config
 from tdsa_fast.data.datasets import SampleList, load_split
 from tdsa_fast.data.images import BadImageError
@@ -52,7 +52,7 @@ CHECKPOINT_FORMAT = 2  # 2: mid-epoch state, scaler, RNG states, progress counte
 # What a run writes into its folder: a folder that holds any of them is refused as --output
 # (unless --overwrite) and --overwrite removes them.
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "results.json", "summary.json", "config.json", "config.yaml",
-             "training_curves.png", "tensorboard")
+             "training_curves.png", "tensorboard", "per_class.csv", "confusion.csv", "pretrained.json")
 # The entries of a checkpoint that --resume reads, and the saved options it cannot do without.
 RESUME_ENTRIES = ("model", "optimizer", "scheduler", "scaler", "progress", "rng", "config")
 RESUME_CONFIG_KEYS = ("dataset", "data_root", "model", "loss", "epochs", "batch_size", "img_size", "lr", "seed",
@@ -291,6 +291,7 @@ class Training:
     stop: StopRequest
     progress: Progress = field(default_factory=Progress)
     evaluated_images: int = 0  # counted by the last evaluation, over all processes
+    final_counts: Optional[ConfusionCounter] = None  # the last epoch's evaluation, per class
 
     def checkpoint_state(self) -> dict:
         rng = dict(cpu=torch.get_rng_state())
@@ -568,8 +569,10 @@ def _epochs(t: Training) -> None:
         t.procs.broadcast_buffers([t.model, t.objective])
         t.scheduler.step()
         if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:
-            correct, total = evaluate(t.model, t.test_loader, t.device, evaluate_on, t.objective, t.procs)
-            p.test_acc, t.evaluated_images = correct / max(total, 1), total
+            counter = ConfusionCounter(t.saved_cfg["num_classes"], device=t.device) if epoch == cfg["epochs"] \
+                else None
+            correct, total = evaluate(t.model, t.test_loader, t.device, evaluate_on, t.objective, t.procs, counter)
+            p.test_acc, t.evaluated_images, t.final_counts = correct / max(total, 1), total, counter
         else:
             p.test_acc = float("nan")
         row.update(epoch=epoch, lr=lr, test_acc=p.test_acc)
@@ -603,20 +606,30 @@ def _finish(t: Training, test_set: SampleList) -> dict:
         results.update(final_subset_acc=p.test_acc, best_subset_acc=p.best_acc)
         with build_loader(test_set.samples, train=False,
                           **loader_options(cfg, t.device, t.procs.rank, t.procs.world_size)) as full:
+            t.final_counts = ConfusionCounter(t.saved_cfg["num_classes"], device=t.device)
             correct, total = evaluate(t.model, full, t.device, lambda: autocast_context(cfg, t.device),
-                                      t.objective, t.procs)
+                                      t.objective, t.procs, t.final_counts)
         results["final_test_acc"] = test_acc = correct / max(total, 1)
         t.evaluated_images = total
     results["evaluated_images"] = t.evaluated_images
     # the last evaluation was over the whole split (the last epoch's, or the one above)
     results["skipped_test_images"] = skipped = len(test_set.samples) - t.evaluated_images
+    if t.final_counts is not None:  # the final pass over the whole test split, per class
+        report = t.final_counts.report(t.saved_cfg["class_names"])
+        summary = report.summary()
+        results.update(final_test_top5=summary["top5"], final_mean_class_acc=summary["mean_class_accuracy"])
+        if t.procs.is_main:
+            write_per_class_csv(report, out / "per_class.csv")
+            write_confusion_csv(report, out / "confusion.csv")
     if t.procs.is_main:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         t.report.finish(dict(results, dataset=cfg["dataset"], model=cfg["model"], loss=cfg["loss"]))
     on = f"on the {eval_images}-image subset " if eval_images < len(test_set.samples) else ""
+    per_class = (f"; top-5 {100 * results['final_test_top5']:.2f}%, mean per-class "
+                 f"{100 * results['final_mean_class_acc']:.2f}% (per_class.csv)" if "final_test_top5" in results else "")
     scored = f"{t.evaluated_images} test images" + (f" ({skipped} unreadable, skipped)" if skipped else "")
     t.log(f"final test accuracy: {100 * test_acc:.2f}% on {scored} (best {on}"
-          f"{100 * p.best_acc:.2f}% at epoch {p.best_epoch}); run folder {out}")
+          f"{100 * p.best_acc:.2f}% at epoch {p.best_epoch}){per_class}; run folder {out}")
     return results
 
 

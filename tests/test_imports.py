@@ -16,12 +16,12 @@ COMPILED = ("tdsa_fast._C",)  # the extension csrc/ builds: a leaf
 # The debt still to remove (issue #17), listed so that the tests fail on any new cycle or importer
 # and on the removal of a listed one (then shorten the list): data/loading.py is both the loader
 # interface and the factory of the loaders that import it; models/__init__.py defines what
-# resnet.py and vgg.py import from it; evaluate, experiments and visualize take builders from train.
+# resnet.py and vgg.py import from it; experiments and visualize take builders from train.
 KNOWN_CYCLES = [
     ["tdsa_fast.data.dali_loader", "tdsa_fast.data.loading", "tdsa_fast.data.torch_loader"],
     ["tdsa_fast.models", "tdsa_fast.models.resnet", "tdsa_fast.models.vgg"],
 ]
-KNOWN_COMMAND_IMPORTERS = {"tdsa_fast.evaluate", "tdsa_fast.experiments", "tdsa_fast.visualize"}
+KNOWN_COMMAND_IMPORTERS = {"tdsa_fast.experiments", "tdsa_fast.visualize"}
 
 
 def _modules() -> dict[str, Path]:
