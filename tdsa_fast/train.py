@@ -42,6 +42,7 @@ from tdsa_fast.data.loading import build_loader, dali_available
 from tdsa_fast.data.sharding import step_seed
 from tdsa_fast.distributed import Processes, StopRequest, pick_device, setup
 from tdsa_fast.objective import TrainingObjective
+from tdsa_fast.pretrained import load_pretrained, summary_line
 from tdsa_fast.reporting import METRIC_FIELDS, RunReport
 from tdsa_fast.runs import build_network, build_objective, dataset_root, load_state
 
@@ -177,10 +178,20 @@ def prepare_output(out: Path, *, resuming: bool = False, overwrite: bool = False
 
 
 def build_optimizer(cfg: dict, model: nn.Module, objective: nn.Module):
-    """SGD over the model's and the objective's parameters, and the step schedule (x0.1 at
-    1/2 and 3/4 of the epochs, stepped once per epoch)."""
-    optimizer = torch.optim.SGD(list(model.parameters()) + list(objective.parameters()), lr=cfg["lr"],
-                                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    """SGD over the model's and the objective's parameters, and the schedule, stepped once per
+    epoch: ``step`` (x0.1 at 1/2 and 3/4 of the epochs) or ``cosine`` (annealed to 0 over the
+    epochs). With ``--pretrained``, the parameters it loaded (``cfg["pretrained_loaded"]``)
+    form a second group at ``lr * pretrained_lr_scale``; the first group (the new layers and
+    the objective) runs at ``lr``."""
+    pretrained = set(cfg.get("pretrained_loaded") or ()) if cfg.get("pretrained_lr_scale", 1.0) != 1.0 else set()
+    new = [p for n, p in model.named_parameters() if n not in pretrained] + list(objective.parameters())
+    groups = [dict(params=new, lr=cfg["lr"])]
+    loaded = [p for n, p in model.named_parameters() if n in pretrained]
+    if loaded:
+        groups.append(dict(params=loaded, lr=cfg["lr"] * cfg["pretrained_lr_scale"]))
+    optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    if cfg.get("schedule", "step") == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
     milestones = sorted({max(1, cfg["epochs"] // 2), max(1, (3 * cfg["epochs"]) // 4)})
     return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
@@ -493,7 +504,12 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
     if resuming and cfg.get("num_classes") not in (None, num_classes):
         raise ValueError(f"the data now has {num_classes} classes, but the resumed run was trained on "
                          f"{cfg['num_classes']}")
-    model = build_network(cfg, num_classes).to(device)
+    model = build_network(cfg, num_classes)
+    pretrained = None
+    if cfg.get("pretrained") not in (None, "none") and not resuming:  # a resumed run has its weights in the checkpoint
+        pretrained = load_pretrained(model, cfg["pretrained"])
+        cfg = dict(cfg, pretrained_loaded=pretrained["loaded"])
+    model = model.to(device)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     objective = build_objective(cfg, num_classes).to(device)  # a bad loss option fails here, before the folder
@@ -515,6 +531,9 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
         if resuming:
             t.restore(resume_from)
         if procs.is_main:
+            if pretrained is not None:
+                (out / "pretrained.json").write_text(json.dumps(pretrained, indent=2))
+                log(summary_line(pretrained))
             (out / "config.json").write_text(json.dumps(saved_cfg, indent=2))
             (out / "config.yaml").write_text(yaml.safe_dump(config_file_view(saved_cfg), sort_keys=False))
         t.report = RunReport(out, enabled=procs.is_main, tensorboard=cfg["tensorboard"],

@@ -15,10 +15,10 @@
   builds a ``ModelOutput`` from three tensors keeps working.
 
 Widths. ``middle_cnum=None`` keeps the backbone's standard width at the middle level
-(VGG16-BN conv4_3: 512; ResNet18 layer3: 256); an int ``n`` makes that level
+(VGG16-BN conv4_3: 512; ResNet18 layer3: 256; ResNet50 layer3: 1024); an int ``n`` makes that level
 ``num_classes * n`` channels, grouped contiguously by class (class ``i`` owns channels
-``[i*n, (i+1)*n)``). The same holds for ``high_cnum`` (standard widths: 512 for both
-backbones). The trainer maps its losses to widths as::
+``[i*n, (i+1)*n)``). The same holds for ``high_cnum`` (standard widths: 512 for VGG16-BN
+and ResNet18, 2048 for ResNet50). The trainer maps its losses to widths as::
 
     ce and the other baselines (center, asoftmax, focal, coco, lgm, lmcl, arcface, circle)
                        -> (None, None)
@@ -52,7 +52,7 @@ __all__ = [
     "head_forward",
 ]
 
-MODELS = ("vgg16", "resnet18")
+MODELS = ("vgg16", "resnet18", "resnet50")
 IMG_SIZE_MIN = 32
 IMG_SIZE_MAX = 448
 HEAD_HIDDEN = 512
@@ -134,10 +134,10 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-from .resnet import ResNet18  # noqa: E402  (needs the helpers above)
+from .resnet import ResNet, ResNet18, ResNet50  # noqa: E402  (needs the helpers above)
 from .vgg import VGG16BN  # noqa: E402
 
-__all__ += ["VGG16BN", "ResNet18"]
+__all__ += ["VGG16BN", "ResNet", "ResNet18", "ResNet50"]
 
 
 def build_model(
@@ -153,7 +153,7 @@ def build_model(
 
     arch: one of :data:`MODELS`. ``middle_cnum`` / ``high_cnum``: channels per class at the
     middle / high level (``None``: standard width). ``img_size``: the training/eval input
-    size (see the module docstring for the rules). ``small_input`` (ResNet18 only; ``None``
+    size (see the module docstring for the rules). ``small_input`` (the ResNets only; ``None``
     means ``img_size < 128``): use the light stem. Bad arguments raise ``ValueError``.
     """
     if arch not in MODELS:
@@ -165,10 +165,11 @@ def build_model(
         raise ValueError(f"small_input must be None or a bool, got {small_input!r}")
     if arch == "vgg16":
         if small_input:
-            raise ValueError("small_input=True applies to resnet18 only (vgg16 has no stem option)")
+            raise ValueError("small_input=True applies to the ResNets only (vgg16 has no stem option)")
         return VGG16BN(num_classes, middle_cnum=middle_cnum, high_cnum=high_cnum, img_size=img_size)
-    return ResNet18(
+    return ResNet(
         num_classes,
+        arch=arch,
         middle_cnum=middle_cnum,
         high_cnum=high_cnum,
         img_size=img_size,
