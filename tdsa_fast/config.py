@@ -38,6 +38,17 @@ PAPER_RECIPE = dict(model="vgg16", epochs=300, batch_size=32, img_size=224, lr=0
 # CPU than the small stem (8x8 / 4x4); lr 0.01 learns this from-scratch problem where 0.05 did not.
 DEFAULT_RECIPE = dict(model="resnet18", epochs=20, batch_size=32, img_size=64, lr=0.01, workers=0, stem="standard")
 PRESETS = {name: (DEFAULT_RECIPE if name == "default" else PAPER_RECIPE) for name in DATASETS}
+# The usual FGVC fine-tuning recipe (README "Fine-tuning from ImageNet weights"): torchvision's ImageNet
+# ResNet50 at 448 px, SGD lr 0.01 for the new layers (head, grouped levels) and 10x lower for the
+# pretrained ones, cosine schedule over 50 epochs, batch 16.
+FINETUNE_RECIPE = dict(model="resnet50", epochs=50, batch_size=16, img_size=448, lr=0.01, workers=4, stem="auto",
+                       pretrained="torchvision", pretrained_lr_scale=0.1, schedule="cosine")
+# --recipe: paper (from scratch, PAPER_RECIPE), default (the built-in data's), finetune; unset: the dataset's preset
+RECIPES = {"paper": PAPER_RECIPE, "default": DEFAULT_RECIPE, "finetune": FINETUNE_RECIPE}
+# what every recipe leaves as is unless it says otherwise
+RECIPE_BASE = dict(pretrained="none", pretrained_lr_scale=1.0, schedule="step")
+SCHEDULES = ("step", "cosine")
+RESNETS = ("resnet18", "resnet50")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,10 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip unreadable images (counted and reported) instead of stopping with an error")
 
     m = p.add_argument_group("model")
-    m.add_argument("--model", default=None, choices=MODELS, help="backbone (preset: resnet18 default data, vgg16 real)")
+    m.add_argument("--model", default=None, choices=MODELS,
+                   help="backbone (preset: resnet18 default data, vgg16 real, resnet50 --recipe finetune)")
+    m.add_argument("--pretrained", default=None, metavar="{none,torchvision,PATH}",
+                   help="initialise from ImageNet weights in torchvision's layout: torchvision's own (downloaded "
+                        "into torch's cache; needs a network the first time) or a local .pth state dict; every "
+                        "layer whose shape matches is loaded, the layers the grouped losses widen and the head "
+                        "are freshly initialised; the list goes to RUN/pretrained.json (preset: none; "
+                        "torchvision with --recipe finetune)")
     m.add_argument("--xi", type=int, default=3, help="middle/high channel ratio ξ (1..5 in the paper)")
     m.add_argument("--stem", default=None, choices=("auto", "standard", "small"),
-                   help="ResNet18 stem: standard (conv7x7/2 + max-pool), small (conv3x3/2, no max-pool: "
+                   help="ResNet stem: standard (conv7x7/2 + max-pool), small (conv3x3/2, no max-pool: "
                         "2x larger maps, about 3x the compute), auto = small below 128 px")
 
     lo = p.add_argument_group("loss")
@@ -108,9 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
                                               for n in BASELINES))
 
     o = p.add_argument_group("optimisation")
+    o.add_argument("--recipe", default=None, choices=tuple(RECIPES),
+                   help="preset of the unset options: paper (the paper's from-scratch recipe: vgg16, 300 epochs, "
+                        "lr 0.1, 224 px), default (the built-in data's), finetune (resnet50 from torchvision's "
+                        "ImageNet weights, 448 px, 50 epochs, batch 16, lr 0.01 for the new layers and 0.001 for "
+                        "the pretrained ones, cosine schedule); unset: default for the built-in data, paper else")
     o.add_argument("--epochs", type=int, default=None)
     o.add_argument("--batch-size", type=int, default=None)
-    o.add_argument("--lr", type=float, default=None, help="SGD learning rate (x0.1 at 1/2 and 3/4 of the epochs)")
+    o.add_argument("--lr", type=float, default=None, help="SGD learning rate (of the new layers with --pretrained)")
+    o.add_argument("--pretrained-lr-scale", type=float, default=None,
+                   help="with --pretrained: the loaded layers learn at lr x this (preset 1; 0.1 with --recipe finetune)")
+    o.add_argument("--schedule", default=None, choices=SCHEDULES,
+                   help="step: lr x0.1 at 1/2 and 3/4 of the epochs (the paper's); cosine: cosine annealing to 0 "
+                        "over the epochs (preset: step; cosine with --recipe finetune)")
     o.add_argument("--momentum", type=float, default=0.9)
     o.add_argument("--weight-decay", type=float, default=5e-4)
 
@@ -357,19 +385,27 @@ def resolve(args: argparse.Namespace) -> dict:
     """Fills preset values and checks the combination; returns a plain dict (saved with the run)."""
     cfg = dict(vars(args))
     stem_given = cfg["stem"] is not None
-    for key, value in PRESETS[cfg["dataset"]].items():
+    recipe = RECIPES[cfg["recipe"]] if cfg.get("recipe") else PRESETS[cfg["dataset"]]
+    for key, value in {**RECIPE_BASE, **recipe}.items():
         if cfg.get(key) is None:
             cfg[key] = value
-    if not stem_given and cfg["model"] != "resnet18":
+    if not stem_given and cfg["model"] != recipe["model"]:
         cfg["stem"] = "auto"
     if cfg["dataset"] not in ("default",) and cfg["data_root"] is None:
         raise ValueError(f"--dataset {cfg['dataset']} needs --data-root: the folder that holds its native files")
     check_minimums(cfg, MINIMUMS)
-    if cfg["stem"] != "auto" and cfg["model"] != "resnet18":
-        raise ValueError(f"--stem applies to resnet18 only, not to --model {cfg['model']}")
+    if cfg["stem"] != "auto" and cfg["model"] not in RESNETS:
+        raise ValueError(f"--stem applies to {' and '.join(RESNETS)} only, not to --model {cfg['model']}")
     check_finite(cfg)
     if cfg["lr"] <= 0:
         raise ValueError(f"--lr must be positive, got {cfg['lr']}")
+    if cfg["pretrained_lr_scale"] < 0:
+        raise ValueError(f"--pretrained-lr-scale must be >= 0, got {cfg['pretrained_lr_scale']}")
+    if cfg["pretrained"] not in ("none", "torchvision"):
+        if not Path(cfg["pretrained"]).is_file():
+            raise ValueError(f"--pretrained {cfg['pretrained']}: no such file (expected none, torchvision or the "
+                             "path of a .pth state dict in torchvision's layout)")
+        cfg["pretrained"] = str(Path(cfg["pretrained"]).resolve())
     if not SEED_RANGE[0] <= cfg["seed"] <= SEED_RANGE[1]:
         raise ValueError(f"--seed must be in [-2**63, 2**64 - 1] (torch.manual_seed's range), got {cfg['seed']}")
     if cfg["amp_dtype"] is not None and not cfg["amp"]:

@@ -72,7 +72,7 @@ SPEC_KEYS = ("table", "output", "data_roots", "base", "grid", "description")
 TABLES = ("II", "III", "IV", "V", "VI", "VII", "VIII")
 ROW_KEY = {"II": "loss", "III": "loss", "IV": "loss", "V": "xi", "VI": "xi", "VII": "upsample", "VIII": "upsample"}
 METHOD = {name: spec.label for name, spec in LOSSES.items()}  # the row labels of the paper's tables
-BACKBONE = {"vgg16": "VGG16", "resnet18": "ResNet18"}
+BACKBONE = {"vgg16": "VGG16", "resnet18": "ResNet18", "resnet50": "ResNet50"}
 DATASET_COLUMN = {"cub": "CUB-200-2011", "aircraft": "FGVC-Aircraft", "cars": "Stanford Cars",
                   "flowers": "Flowers-102"}
 UNNAMED_COLUMN = "dataset not stated"  # Tables VII and VIII

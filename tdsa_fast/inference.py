@@ -101,9 +101,11 @@ def read_class_names(path) -> list[str]:
     return names
 
 
-def _class_names(cfg: dict, path: Path, override: Optional[Sequence[str]]) -> tuple[str, ...]:
+def _class_names(cfg: dict, path: Path, override: Optional[Sequence[str]], required: bool) -> tuple[str, ...]:
     num_classes = cfg.get("num_classes")
     names = list(override) if override is not None else cfg.get("class_names")
+    if names is None and not required:
+        return ()
     if names is None:
         raise ValueError(f"{path} has no class-name table (it was written by a trainer before class names "
                          "were saved); give the names in label order, one per line: --class-names FILE "
@@ -115,12 +117,14 @@ def _class_names(cfg: dict, path: Path, override: Optional[Sequence[str]]) -> tu
 
 
 def load_inference(path, *, device="cpu", class_names: Optional[Sequence[str]] = None,
-                   probabilities: bool = False) -> tuple[InferenceNetwork, ModelInfo, dict]:
+                   probabilities: bool = False, require_class_names: bool = True
+                   ) -> tuple[InferenceNetwork, ModelInfo, dict]:
     """(network in eval mode on ``device``, its :class:`ModelInfo`, the run's saved config) of
     the checkpoint ``path`` (a ``.pt`` file or a run folder: its ``best.pt``).
 
     ``class_names`` replaces the checkpoint's table (needed for checkpoints written before
-    it was saved). Raises FileNotFoundError (no file) or ValueError (a file that is not a
+    it was saved); with ``require_class_names=False`` a checkpoint without them gives
+    ``info.class_names == ()`` (the caller takes them from the dataset). Raises FileNotFoundError (no file) or ValueError (a file that is not a
     tdsa_fast checkpoint, of an unknown format, without class names, or whose weights do
     not fit its config), naming the file."""
     path = checkpoint_file(path)
@@ -133,7 +137,7 @@ def load_inference(path, *, device="cpu", class_names: Optional[Sequence[str]] =
     missing = [k for k in ("model", "loss", "num_classes", "img_size") if k not in cfg]
     if missing:
         raise ValueError(f"{path}: its config lacks {', '.join(missing)}; not a checkpoint of tdsa_fast.train")
-    names = _class_names(cfg, path, class_names)
+    names = _class_names(cfg, path, class_names, require_class_names)
     model = build_network(cfg, cfg["num_classes"])
     load_state(model, ckpt["model"], "model", cfg)
     objective = build_objective(cfg, cfg["num_classes"])

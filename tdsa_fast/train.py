@@ -34,6 +34,7 @@ import yaml
 from torch import nn
 
 from tdsa_fast import checkpoint
+from tdsa_fast.class_metrics import ConfusionCounter, write_confusion_csv, write_per_class_csv
 from tdsa_fast.config import build_parser, parse_config, resume_config
 from tdsa_fast.data.datasets import SampleList, load_split
 from tdsa_fast.data.decode import BadImageError
@@ -41,6 +42,7 @@ from tdsa_fast.data.loading import build_loader
 from tdsa_fast.data.sharding import step_seed
 from tdsa_fast.distributed import Processes, StopRequest, pick_device, setup
 from tdsa_fast.objective import TrainingObjective
+from tdsa_fast.pretrained import load_pretrained, summary_line
 from tdsa_fast.reporting import METRIC_FIELDS, RunReport
 from tdsa_fast.runs import build_network, build_objective, check_run_options, dataset_root, load_state, resolve_loader
 
@@ -50,7 +52,7 @@ __all__ = ["METRIC_FIELDS", "run", "main", "build_network", "build_objective", "
 # What a run writes into its folder: a folder that holds any of them is refused as --output
 # (unless --overwrite) and --overwrite removes them.
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "results.json", "summary.json", "config.json", "config.yaml",
-             "training_curves.png", "tensorboard")
+             "training_curves.png", "tensorboard", "per_class.csv", "confusion.csv", "pretrained.json")
 # The entries of a checkpoint that --resume reads, and the saved options it cannot do without.
 RESUME_ENTRIES = ("model", "optimizer", "scheduler", "scaler", "progress", "rng", "config")
 RESUME_CONFIG_KEYS = ("dataset", "data_root", "model", "loss", "epochs", "batch_size", "img_size", "lr", "seed",
@@ -156,10 +158,20 @@ def prepare_output(out: Path, *, resuming: bool = False, overwrite: bool = False
 
 
 def build_optimizer(cfg: dict, model: nn.Module, objective: nn.Module):
-    """SGD over the model's and the objective's parameters, and the step schedule (x0.1 at
-    1/2 and 3/4 of the epochs, stepped once per epoch)."""
-    optimizer = torch.optim.SGD(list(model.parameters()) + list(objective.parameters()), lr=cfg["lr"],
-                                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    """SGD over the model's and the objective's parameters, and the schedule, stepped once per
+    epoch: ``step`` (x0.1 at 1/2 and 3/4 of the epochs) or ``cosine`` (annealed to 0 over the
+    epochs). With ``--pretrained``, the parameters it loaded (``cfg["pretrained_loaded"]``)
+    form a second group at ``lr * pretrained_lr_scale``; the first group (the new layers and
+    the objective) runs at ``lr``."""
+    pretrained = set(cfg.get("pretrained_loaded") or ()) if cfg.get("pretrained_lr_scale", 1.0) != 1.0 else set()
+    new = [p for n, p in model.named_parameters() if n not in pretrained] + list(objective.parameters())
+    groups = [dict(params=new, lr=cfg["lr"])]
+    loaded = [p for n, p in model.named_parameters() if n in pretrained]
+    if loaded:
+        groups.append(dict(params=loaded, lr=cfg["lr"] * cfg["pretrained_lr_scale"]))
+    optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    if cfg.get("schedule", "step") == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
     milestones = sorted({max(1, cfg["epochs"] // 2), max(1, (3 * cfg["epochs"]) // 4)})
     return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
@@ -191,10 +203,11 @@ class TrainingModule(nn.Module):
 
 @torch.no_grad()
 def evaluate(model, loader, device, autocast=contextlib.nullcontext, objective=None,
-             procs: Optional[Processes] = None) -> tuple[int, int]:
+             procs: Optional[Processes] = None, counter: Optional[ConfusionCounter] = None) -> tuple[int, int]:
     """Top-1 counts (correct, total) over ``loader`` (summed over the processes, each reading
     its shard); one host read at the end. The scores are ``objective.predict(out)`` (a loss
-    with its own class weights), or the model's logits."""
+    with its own class weights), or the model's logits. ``counter``: also counted into it
+    (summed over the processes too)."""
     model.eval()
     counts = torch.zeros(2, dtype=torch.int64, device=device)
     for batch in loader:
@@ -207,8 +220,12 @@ def evaluate(model, loader, device, autocast=contextlib.nullcontext, objective=N
             logits = out.logits if objective is None else objective.predict(out)
         counts[0] += (logits.argmax(1) == labels).sum()
         counts[1] += n
+        if counter is not None:
+            counter.update(logits.float(), labels)
     if procs is not None:
         procs.all_reduce_sum(counts)
+        if counter is not None:
+            counter.all_reduce(procs)
     correct, total = counts.tolist()
     return int(correct), int(total)
 
@@ -265,6 +282,7 @@ class Training:
     stop: StopRequest
     progress: Progress = field(default_factory=Progress)
     evaluated_images: int = 0  # counted by the last evaluation, over all processes
+    final_counts: Optional[ConfusionCounter] = None  # the last epoch's evaluation, per class
 
     def checkpoint_state(self) -> dict:
         rng = dict(cpu=torch.get_rng_state())
@@ -467,7 +485,12 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
     if resuming and cfg.get("num_classes") not in (None, num_classes):
         raise ValueError(f"the data now has {num_classes} classes, but the resumed run was trained on "
                          f"{cfg['num_classes']}")
-    model = build_network(cfg, num_classes).to(device)
+    model = build_network(cfg, num_classes)
+    pretrained = None
+    if cfg.get("pretrained") not in (None, "none") and not resuming:  # a resumed run has its weights in the checkpoint
+        pretrained = load_pretrained(model, cfg["pretrained"])
+        cfg = dict(cfg, pretrained_loaded=pretrained["loaded"])
+    model = model.to(device)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     objective = build_objective(cfg, num_classes).to(device)  # a bad loss option fails here, before the folder
@@ -489,6 +512,9 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
         if resuming:
             t.restore(resume_from)
         if procs.is_main:
+            if pretrained is not None:
+                (out / "pretrained.json").write_text(json.dumps(pretrained, indent=2))
+                log(summary_line(pretrained))
             (out / "config.json").write_text(json.dumps(saved_cfg, indent=2))
             (out / "config.yaml").write_text(yaml.safe_dump(config_file_view(saved_cfg), sort_keys=False))
         t.report = RunReport(out, enabled=procs.is_main, tensorboard=cfg["tensorboard"],
@@ -543,8 +569,10 @@ def _epochs(t: Training) -> None:
         t.procs.broadcast_buffers([t.model, t.objective])
         t.scheduler.step()
         if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:
-            correct, total = evaluate(t.model, t.test_loader, t.device, evaluate_on, t.objective, t.procs)
-            p.test_acc, t.evaluated_images = correct / max(total, 1), total
+            counter = ConfusionCounter(t.saved_cfg["num_classes"], device=t.device) if epoch == cfg["epochs"] \
+                else None
+            correct, total = evaluate(t.model, t.test_loader, t.device, evaluate_on, t.objective, t.procs, counter)
+            p.test_acc, t.evaluated_images, t.final_counts = correct / max(total, 1), total, counter
         else:
             p.test_acc = float("nan")
         row.update(epoch=epoch, lr=lr, test_acc=p.test_acc)
@@ -578,21 +606,32 @@ def _finish(t: Training, test_set: SampleList) -> dict:
         results.update(final_subset_acc=p.test_acc, best_subset_acc=p.best_acc)
         with build_loader(test_set.samples, train=False,
                           **loader_options(cfg, t.device, t.procs.rank, t.procs.world_size)) as full:
+            t.final_counts = ConfusionCounter(t.saved_cfg["num_classes"], device=t.device)
             correct, total = evaluate(t.model, full, t.device, lambda: autocast_context(cfg, t.device),
-                                      t.objective, t.procs)
+                                      t.objective, t.procs, t.final_counts)
         results["final_test_acc"] = test_acc = correct / max(total, 1)
         t.evaluated_images = total
     results["evaluated_images"] = t.evaluated_images
     # the last evaluation was over the whole split (the last epoch's, or the one above)
     results["skipped_test_images"] = skipped = len(test_set.samples) - t.evaluated_images
+    if t.final_counts is not None:  # the final pass over the whole test split, per class
+        report = t.final_counts.report(t.saved_cfg["class_names"])
+        summary = report.summary()
+        results.update(final_test_top5=summary["top5"], final_mean_class_acc=summary["mean_class_accuracy"])
+        if t.procs.is_main:
+            write_per_class_csv(report, out / "per_class.csv")
+            write_confusion_csv(report, out / "confusion.csv")
     if t.procs.is_main:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         t.report.finish(dict(results, dataset=cfg["dataset"], model=cfg["model"], loss=cfg["loss"]))
     on = f"on the {eval_images}-image subset " if eval_images < len(test_set.samples) else ""
+    per_class = (f"; top-5 {100 * results['final_test_top5']:.2f}%, mean per-class "
+                 f"{100 * results['final_mean_class_acc']:.2f}% (per_class.csv)" if "final_test_top5" in results else "")
     scored = f"{t.evaluated_images} test images" + (f" ({skipped} unreadable, skipped)" if skipped else "")
     chance = 100 / test_set.num_classes
     t.log(f"final test accuracy: {100 * test_acc:.2f}% on {scored}, against {chance:.3g}% by chance for "
-          f"{test_set.num_classes} classes (best {on}{100 * p.best_acc:.2f}% at epoch {p.best_epoch}); run folder {out}")
+          f"{test_set.num_classes} classes (best {on}{100 * p.best_acc:.2f}% at epoch {p.best_epoch}){per_class}; "
+          f"run folder {out}")
     return results
 
 

@@ -13,7 +13,7 @@ S = 3  # classes
 XI = 3  # middle/high ratio -> middle_cnum = 3 * XI
 # the width combinations the trainer uses: ce, mc, tdsa / tdsa-noattn (xi = 3 and xi = 2)
 WIDTHS = [(None, None), (None, 3), (3 * XI, 3), (6, 3)]
-STANDARD = {"vgg16": (512, 512), "resnet18": (256, 512)}
+STANDARD = {"vgg16": (512, 512), "resnet18": (256, 512), "resnet50": (1024, 2048)}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -200,7 +200,7 @@ def test_same_seed_same_model(arch):
 
 def test_unknown_arch_lists_valid_ones():
     with pytest.raises(ValueError) as info:
-        build_model("resnet50", S)
+        build_model("resnet101", S)
     for name in MODELS:
         assert name in str(info.value)
 

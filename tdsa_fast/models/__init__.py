@@ -15,10 +15,10 @@
   builds a ``ModelOutput`` from three tensors keeps working.
 
 Widths. ``middle_cnum=None`` keeps the backbone's standard width at the middle level
-(VGG16-BN conv4_3: 512; ResNet18 layer3: 256); an int ``n`` makes that level
+(VGG16-BN conv4_3: 512; ResNet18 layer3: 256; ResNet50 layer3: 1024); an int ``n`` makes that level
 ``num_classes * n`` channels, grouped contiguously by class (class ``i`` owns channels
-``[i*n, (i+1)*n)``). The same holds for ``high_cnum`` (standard widths: 512 for both
-backbones). The trainer maps its losses to widths as::
+``[i*n, (i+1)*n)``). The same holds for ``high_cnum`` (standard widths: 512 for VGG16-BN
+and ResNet18, 2048 for ResNet50). The trainer maps its losses to widths as::
 
     ce and the other baselines (center, asoftmax, focal, coco, lgm, lmcl, arcface, circle)
                        -> (None, None)
@@ -45,7 +45,7 @@ from torch import nn
 
 from tdsa_fast._checks import int_at_least
 from tdsa_fast.models.common import HEAD_HIDDEN, IMG_SIZE_MAX, IMG_SIZE_MIN, ModelOutput, check_cnum, head_forward
-from tdsa_fast.models.resnet import ResNet18
+from tdsa_fast.models.resnet import ResNet, ResNet18, ResNet50
 from tdsa_fast.models.vgg import VGG16BN
 
 __all__ = [
@@ -57,10 +57,12 @@ __all__ = [
     "head_forward",
     "HEAD_HIDDEN",
     "VGG16BN",
+    "ResNet",
     "ResNet18",
+    "ResNet50",
 ]
 
-MODELS = ("vgg16", "resnet18")
+MODELS = ("vgg16", "resnet18", "resnet50")
 
 
 def build_model(
@@ -76,7 +78,7 @@ def build_model(
 
     arch: one of :data:`MODELS`. ``middle_cnum`` / ``high_cnum``: channels per class at the
     middle / high level (``None``: standard width). ``img_size``: the training/eval input
-    size (see the module docstring for the rules). ``small_input`` (ResNet18 only; ``None``
+    size (see the module docstring for the rules). ``small_input`` (the ResNets only; ``None``
     means ``img_size < 128``): use the light stem. Bad arguments raise ``ValueError``.
     """
     if arch not in MODELS:
@@ -88,10 +90,11 @@ def build_model(
         raise ValueError(f"small_input must be None or a bool, got {small_input!r}")
     if arch == "vgg16":
         if small_input:
-            raise ValueError("small_input=True applies to resnet18 only (vgg16 has no stem option)")
+            raise ValueError("small_input=True applies to the ResNets only (vgg16 has no stem option)")
         return VGG16BN(num_classes, middle_cnum=middle_cnum, high_cnum=high_cnum, img_size=img_size)
-    return ResNet18(
+    return ResNet(
         num_classes,
+        arch=arch,
         middle_cnum=middle_cnum,
         high_cnum=high_cnum,
         img_size=img_size,
