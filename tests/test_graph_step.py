@@ -157,6 +157,13 @@ def test_trainer_cuda_graph_matches_the_plain_run(tiny_root, tmp_path, capsys):
         for key in ("train_loss", "train_ce", "train_acc", "lr"):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6, abs=1e-9), key
     assert graph["config"]["cuda_graph"] is True
+    # stopped mid-epoch 2 (--max-steps) and resumed: the replay-safe step starts afresh, same weights
+    assert train.main(_cli(tiny_root, tmp_path / "resumed", "--cuda-graph", "--max-steps", "6")) == 0
+    assert train.main(["--resume", str(tmp_path / "resumed"), "--max-steps", "0"]) == 0
+    resumed = checkpoint.load(tmp_path / "resumed" / "last.pt")
+    for name, value in plain["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(resumed["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_trainer_refuses_what_it_cannot_replay(tiny_root, tmp_path, capsys):
