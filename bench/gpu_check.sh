@@ -2,7 +2,7 @@
 # GPU check of the tdsa_fast kernels on a bare CUDA machine (its own torch, e.g. 2.11 with
 # Python 3.12; no internet, no DALI). Usage, from anywhere:
 #
-#   bash bench/gpu_check.sh [--dry-run] [ops|all|data|train]
+#   bash bench/gpu_check.sh [--dry-run] [ops|all|data|train|graph]
 #
 #   --dry-run  (ops / all) on any machine, without a GPU: checks the tools, prints every
 #         step's command with its timeout, and executes the steps that need no GPU (the
@@ -36,6 +36,12 @@
 #         the released code's recipe (PIL DataLoader, float32, eager reference loss) against ours
 #         (decode_jpeg on the GPU, bf16 autocast, channels_last, fused loss), $DATA_WORKERS
 #         workers (default 8); prints the card and the ratios, JSON in $OUT/bench_train_cuda.json.
+#   graph no data; no build when the installed tdsa_fast has the CUDA kernels (else the ops
+#         stage's build): bench/graph_check.py, --cuda-graph's captured step against the plain
+#         step on the same random batches (ResNet18, 224 px, batch 32, CE / MC / TDSA, fp32 and
+#         bf16 channels_last, an lr change midway that recaptures): the largest weight difference,
+#         the loss sums and the step times; JSON in $OUT/graph_check*.json. The train stage runs it
+#         too, and the dry run runs it on the CPU (uncaptured, tiny).
 #
 # Results (logs and JSON) go to $OUT (default: ${TMPDIR:-/tmp}/tdsa_gpu_check).
 set -uo pipefail
@@ -84,6 +90,20 @@ build_extension() {
   fi
 }
 
+# --cuda-graph's captured step against the plain one (fp32, then bf16 channels_last), from $OUT.
+graph_check() {
+  local rc=0
+  echo "=== --cuda-graph: captured vs plain step, fp32 ($(date +%T))"
+  timeout --kill-after=10 240 "$PY" "$REPO/bench/graph_check.py" --device cuda --json "$OUT/graph_check.json" \
+    2>&1 | tee "$OUT/graph_check.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+  echo "=== --cuda-graph: captured vs plain step, bf16 channels_last ($(date +%T))"
+  timeout --kill-after=10 240 "$PY" "$REPO/bench/graph_check.py" --device cuda --bf16 --channels-last \
+    --json "$OUT/graph_check_bf16.json" 2>&1 | tee "$OUT/graph_check_bf16.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+  return $rc
+}
+
 # The data and train stages: a visible GPU and the carried Flowers-102 copy ($DATA_ROOT).
 require_gpu_and_data() {
   DATA_ROOT="${DATA_ROOT:-$REPO/.gpu_data/flowers102}"
@@ -109,6 +129,15 @@ case "$STAGE" in
     echo "results in $OUT; overall: $([ $fail -eq 0 ] && echo PASS || echo FAIL)"
     exit $fail
     ;;
+  graph)
+    "$PY" -c "import sys, torch; print('torch', torch.__version__, '| card:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'); sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device visible" >&2; exit 1; }
+    has_cuda_kernels || build_extension || { echo "no CUDA kernels in the installed tdsa_fast; overall: FAIL" >&2; exit 1; }
+    cd "$OUT"
+    fail=0
+    graph_check || fail=1
+    echo "results in $OUT; overall: $([ $fail -eq 0 ] && echo PASS || echo FAIL)"
+    exit $fail
+    ;;
   train)
     require_gpu_and_data
     fail=0
@@ -126,6 +155,7 @@ case "$STAGE" in
     # reference loss) against ours (nvJPEG decode, bf16 autocast, channels_last, fused loss);
     # VGG16 and ResNet18 at 224 px, batch 32 and 64; 2 interleaved windows of 20 steps per
     # path after 5 warm-up steps (loader start-up not timed).
+    graph_check || fail=1
     echo "=== end-to-end training throughput on CUDA ($(date +%T))"
     "$PY" "$REPO/bench/bench_train.py" --mode e2e --device cuda --models vgg16 resnet18 --batches 32 64 \
       --img-size 224 --workers "${DATA_WORKERS:-8}" --warmup 5 --steps 20 --rounds 2 --data-root "$DATA_ROOT" \
@@ -136,7 +166,7 @@ case "$STAGE" in
     ;;
   ops | all) ;;
   *)
-    echo "usage: $0 [ops|all|data|train]" >&2
+    echo "usage: $0 [ops|all|data|train|graph]" >&2
     exit 2
     ;;
 esac
@@ -194,6 +224,8 @@ if [ "$DRY_RUN" -eq 1 ]; then
   run_step "build" 240 gpu "$PY" -m pip install --no-build-isolation --no-deps "$REPO"
   run_step "CUDA tests" 120 gpu timeout 150 "$PY" -m pytest "$REPO/tests/test_ops.py" -k cuda -q -p no:cacheprovider -rs
   run_step "GPU benchmarks (bf16, B=32 and 64)" 180 gpu "$PY" "$REPO/bench/bench_ops.py" --table --device cuda --dtype bf16 --batch 32 64 --rounds 7 --compiled-cases tdsa_loss --compiled-phases fwdbwd --json "$OUT/bench_cuda_bf16.json"
+  run_step "graph step on the CPU (uncaptured, tiny): bench/graph_check.py" 600 cpu env PYTHONPATH="$REPO" "$PY" "$REPO/bench/graph_check.py" --device cpu --tiny --json "$OUT/graph_check_cpu.json"
+  run_step "graph step captured (graph stage)" 240 gpu "$PY" "$REPO/bench/graph_check.py" --device cuda --json "$OUT/graph_check.json"
   SUMMARY_JSON="$REPO/tests/fixtures/gpu_check/bench_sample.json"
   run_step "prediction check (on the sample JSON, report only)" 60 cpu "$PY" "$REPO/bench/gpu_predict.py" --compare "$SUMMARY_JSON" --report-only --json "$OUT/predicted_vs_measured.json"
 else

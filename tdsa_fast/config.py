@@ -26,7 +26,7 @@ AMP_DTYPES = ("bfloat16", "float16")
 # Options that may differ from the saved config when a run is resumed: where and how fast it
 # runs, not what it computes (the data pipeline's rounding aside).
 RESUME_OVERRIDABLE = ("device", "workers", "threads", "log_interval", "loader", "torch_decode", "tensorboard",
-                      "max_steps", "memory_cache")
+                      "max_steps", "memory_cache", "cuda_graph")
 # The least value of the integer options (checked by resolve, and again for what --resume overrides).
 MINIMUMS = dict(epochs=1, batch_size=1, img_size=1, xi=1, cnum_high=1, log_interval=1, eval_every=1,
                 eval_subset=0, workers=0, max_steps=0, threads=1, memory_size=1)
@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--channels-last", action="store_true",
                    help="NHWC memory format for the model and its input batches")
     r.add_argument("--compile", action="store_true", help="torch.compile the model and the loss")
+    r.add_argument("--cuda-graph", action="store_true",
+                   help="capture the fixed-shape training step (forward, loss, backward, SGD) in a CUDA graph "
+                        "and replay it for every full batch (the partial last batch runs eagerly); one process, "
+                        "no float16 scaler. Without CUDA the same replay-safe step runs uncaptured")
     r.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms only (torch.use_deterministic_algorithms; no cuDNN autotuning): "
                         "a resumed run then ends bitwise equal to an uninterrupted one on the CPU")

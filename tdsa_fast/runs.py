@@ -15,6 +15,7 @@ from torch import nn
 from tdsa_fast.config import model_widths, small_input
 from tdsa_fast.data.decode import dali_available
 from tdsa_fast.distributed import Processes
+from tdsa_fast.graph_step import check_graph_options
 from tdsa_fast.models import build_model
 from tdsa_fast.objective import TrainingObjective
 
@@ -74,6 +75,7 @@ def check_run_options(cfg: dict, device: torch.device, procs: Processes) -> None
     if cfg.get("sync_bn") and (device.type != "cuda" or not procs.enabled):
         raise ValueError("--sync-bn needs several processes on CUDA (torchrun with NCCL); BatchNorm statistics "
                          "stay per process on the CPU")
+    check_graph_options(cfg, device, procs.world_size)
     if cfg.get("torch_decode") == "device" and resolve_loader(cfg["loader"]) == "dali":  # after auto's choice
         raise ValueError("--torch-decode applies to --loader torch; DALI decodes on the training device itself"
                          + (" (--loader auto chose DALI, which is installed)" if cfg["loader"] == "auto" else ""))

@@ -41,6 +41,7 @@ from tdsa_fast.data.decode import BadImageError
 from tdsa_fast.data.loading import build_loader
 from tdsa_fast.data.sharding import step_seed
 from tdsa_fast.distributed import Processes, StopRequest, pick_device, setup
+from tdsa_fast.graph_step import GraphStep
 from tdsa_fast.objective import TrainingObjective
 from tdsa_fast.pretrained import load_pretrained, summary_line
 from tdsa_fast.reporting import METRIC_FIELDS, RunReport
@@ -180,8 +181,8 @@ class TrainingModule(nn.Module):
     """The model and the objective in one module (what DistributedDataParallel wraps, so the
     objective's own parameters are all-reduced too).
 
-    forward(images [n, 3, s, s], labels [n], generator) -> (total loss, ce, class scores [n, S]);
-    the channel masks are drawn from ``generator``. In training, a batch of one image runs as
+    forward(images [n, 3, s, s], labels [n], generator, masks=None) -> (total loss, ce, class scores
+    [n, S]); the channel masks are drawn from ``generator`` unless ``masks`` are given. In training, a batch of one image runs as
     two copies of it (the head's BatchNorm needs two values per channel; the mean loss is the
     image's own), so an epoch whose last batch holds one image does not fail.
     """
@@ -190,12 +191,16 @@ class TrainingModule(nn.Module):
         super().__init__()
         self.model, self.objective = model, objective
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, generator: Optional[torch.Generator] = None):
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, generator: Optional[torch.Generator] = None,
+                masks: Optional[tuple] = None):
         single = self.training and images.shape[0] == 1
         if single:
             images, labels = torch.cat([images, images]), torch.cat([labels, labels])
         out = self.model(images)
-        masks = self.objective.draw_masks(out, generator)
+        if masks is None:
+            masks = self.objective.draw_masks(out, generator)
+            # what the replay-safe step (tdsa_fast.graph_step) draws its later masks like
+            self.drawn_masks, self.map_shapes = masks, (tuple(out.middle.shape), tuple(out.high.shape))
         total, ce = self.objective(out, labels, masks)
         scores = self.objective.predict(out)
         return total, ce, scores[:1] if single else scores
@@ -281,6 +286,7 @@ class Training:
     log: object
     stop: StopRequest
     progress: Progress = field(default_factory=Progress)
+    graph_step: Optional[GraphStep] = None  # --cuda-graph: the replay-safe step of the full batches
     evaluated_images: int = 0  # counted by the last evaluation, over all processes
     final_counts: Optional[ConfusionCounter] = None  # the last epoch's evaluation, per class
 
@@ -360,6 +366,32 @@ def _dummy_batch(cfg: dict, labels_like: torch.Tensor, images_like: torch.Tensor
     return images, torch.zeros(2, dtype=labels_like.dtype, device=labels_like.device)
 
 
+def _plain_step(t: Training, images, labels, generator, n: int, total: int) -> None:
+    """The eager step: forward, loss, backward, optimiser, and the running sums (on the device)."""
+    p, procs = t.progress, t.procs
+    with autocast_context(t.cfg, t.device):
+        loss, ce, scores = t.net(images, labels, generator)
+    # the processes' gradients are averaged: weigh each by its share of the step's real samples
+    weight = procs.world_size * n / total
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(loss * weight).backward()
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    if n:  # summed on the device: no host read here
+        p.sums += torch.stack([loss.detach().double() * n, ce.detach().double() * n,
+                               (scores.detach().argmax(1) == labels).sum().double()])
+        p.seen += n
+
+
+def graph_note(cfg: dict, device: torch.device) -> str:
+    """The start line's word on --cuda-graph."""
+    if not cfg.get("cuda_graph"):
+        return ""
+    if device.type == "cuda":
+        return ", CUDA-graph step (full batches replayed)"
+    return f", replay-safe step uncaptured (--cuda-graph: no CUDA graph on {device.type})"
+
+
 def train_one_epoch(t: Training, epoch: int) -> Optional[dict]:
     """Trains one epoch (from ``t.progress.batches_done`` on); returns its metrics row, or
     None when a stop was requested (SIGTERM/SIGINT, ``--max-steps``): ``t.progress`` then
@@ -392,18 +424,11 @@ def train_one_epoch(t: Training, epoch: int) -> Optional[dict]:
         else:
             images, labels = _dummy_batch(cfg, batch.labels, batch.images)
         generator.manual_seed(step_seed(cfg["seed"], p.global_step, procs.rank))
-        with autocast_context(cfg, device):
-            loss, ce, scores = t.net(images, labels, generator)
-        # the processes' gradients are averaged: weigh each by its share of the step's real samples
-        weight = procs.world_size * n / total
-        t.optimizer.zero_grad(set_to_none=True)
-        t.scaler.scale(loss * weight).backward()
-        t.scaler.step(t.optimizer)
-        t.scaler.update()
-        if n:  # summed on the device: no host read here
-            p.sums += torch.stack([loss.detach().double() * n, ce.detach().double() * n,
-                                   (scores.detach().argmax(1) == labels).sum().double()])
+        if t.graph_step is not None and n and t.graph_step.fits(images, labels, n):
+            p.sums += t.graph_step.step(images, labels, generator)  # a full batch: the graph's replay
             p.seen += n
+        else:
+            _plain_step(t, images, labels, generator, n, total)
         if k % cfg["log_interval"] == 0 or k == steps:
             loss_sum, ce_sum, correct, seen = _epoch_totals(p, procs)
             now = time.perf_counter()
@@ -508,6 +533,9 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
     t = Training(cfg=cfg, device=device, procs=procs, model=model, objective=objective, net=net,
                  optimizer=optimizer, scheduler=scheduler, scaler=scaler, train_loader=train_loader,
                  test_loader=test_loader, out=out, saved_cfg=saved_cfg, report=None, log=log, stop=stop)
+    if cfg.get("cuda_graph"):
+        t.graph_step = GraphStep(net, objective, optimizer, device, amp_dtype=amp_dtype(cfg, device),
+                                 capture=device.type == "cuda", log=log)
     try:
         if resuming:
             t.restore(resume_from)
@@ -525,7 +553,8 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
             f"{num_classes} classes; {cfg['model']} + {cfg['loss']} on {device}"
             f"{f' x {procs.world_size} processes' if procs.enabled else ''}, {train_loader.kind} loader"
             f"{', ' + str(amp_dtype(cfg, device)).replace('torch.', '') + ' autocast' if cfg['amp'] else ''}"
-            f"{', compiled' if cfg['compile'] else ''}; output {out}{'; ' + where if where else ''}")
+            f"{', compiled' if cfg['compile'] else ''}{graph_note(cfg, device)}; output {out}"
+            f"{'; ' + where if where else ''}")
         with stop:  # the stop's checkpoint too: a repeated SIGTERM while it is written is ignored
             _epochs(t)
             if t.progress.stopped:

@@ -35,9 +35,10 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, out[-4000:]
     for name in ("tool checks", "static report", "sanitizer workload on the CPU", "sanitize: memcheck",
                  "sanitize: racecheck", "sanitize: synccheck", "sanitize: initcheck", "build", "CUDA tests",
-                 "GPU benchmarks", "prediction check", "summary"):
+                 "GPU benchmarks", "graph step on the CPU", "graph step captured", "prediction check", "summary"):
         assert f"=== {name}" in out, name
-    assert out.count("(dry run: not executed)") == 7  # 4 sanitizers, build, tests, benchmarks
+    assert out.count("(dry run: not executed)") == 8  # 4 sanitizers, build, tests, benchmarks, graph step
+    assert "graph check: PASS" in out  # bench/graph_check.py on the CPU, uncaptured
     assert "| `terms_kernel<bf16,true,true,SharedScratch,DenseGroup>`" in out  # the static table ran
     assert "tiny   torch.float32   contiguous" in out and " FAIL" not in out.split("=== summary")[0]
     assert "overall: PASS" in out
