@@ -14,6 +14,8 @@ from tdsa_fast import checkpoint
 from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
 from tdsa_fast.train import main
 
+from cli_helpers import run_main
+
 # 4 classes x 2 training images, batch 4: 2 steps an epoch; 2 test images a class
 SPEC = SyntheticSpec(num_classes=4, train_per_class=2, test_per_class=2, image_size=32, seed=11)
 BASE = ["--dataset", "cub", "--img-size", "32", "--stem", "standard", "--model", "resnet18", "--loss", "tdsa",
@@ -32,12 +34,9 @@ def _args(data_root, out, *extra) -> list[str]:
 
 def _refused(argv, capsys) -> str:
     """The message of a command line refused before training: argparse's exit 2, or main's 2."""
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
+    rc, _, err = run_main(main, argv, capsys)
     assert rc == 2, f"accepted: {argv}"
-    return capsys.readouterr().err
+    return err
 
 
 # --- 2, 3: nothing overwritten -----------------------------------------------------------------------

@@ -133,7 +133,9 @@ def test_image(img: Image.Image, img_size: int) -> tuple[np.ndarray, torch.Tenso
     """The test transform of one RGB image, as the loaders apply it: ``(uint8 [s, s, 3] pixels,
     float32 [3, s, s] network input in [-1, 1])``."""
     pixels = apply_augment_pil(img, Augment(None, False), img_size, "released")
-    return pixels, torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().sub_(127.5).div_(127.5)
+    x = finish_images(torch.from_numpy(pixels.copy())[None], device=torch.device("cpu"), channels_last=False,
+                      dtype=torch.float32, layout="NHWC")
+    return pixels, x[0]
 
 
 def finish_images(images: torch.Tensor, *, device: torch.device, channels_last: bool, dtype: torch.dtype,
