@@ -61,18 +61,18 @@ def evaluate_checkpoint(path, *, split: str = "test", data_root=None, batch_size
         raise ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     path = checkpoint_file(path)
     device = pick_device(device)
-    network, info, cfg = load_inference(path, device=device, require_class_names=False)
+    network, info, (cfg, facts) = load_inference(path, device=device, require_class_names=False)
     if data_root is not None:
-        cfg["data_root"] = data_root
-    samples = load_split(cfg["dataset"], dataset_root(cfg), split)
-    if samples.num_classes != cfg["num_classes"]:
+        cfg = cfg.replace(data_root=str(data_root))
+    samples = load_split(cfg.dataset, dataset_root(cfg), split)
+    if samples.num_classes != facts.num_classes:
         raise ValueError(f"the {split} split has {samples.num_classes} classes but the checkpoint "
-                         f"was trained on {cfg['num_classes']}")
+                         f"was trained on {facts.num_classes}")
     if not info.class_names:  # a checkpoint from before the class names were saved: the data's own
         info = dataclasses.replace(info, class_names=tuple(samples.class_names))
-    counter = ConfusionCounter(cfg["num_classes"], device=device)
-    with build_loader(samples.samples, loader=loader, img_size=cfg["img_size"], train=False,
-                      batch_size=batch_size or cfg["batch_size"], workers=workers, skip_bad=skip_bad_images,
+    counter = ConfusionCounter(facts.num_classes, device=device)
+    with build_loader(samples.samples, loader=loader, img_size=cfg.img_size, train=False,
+                      batch_size=batch_size or cfg.batch_size, workers=workers, skip_bad=skip_bad_images,
                       device=device) as batches, torch.no_grad():
         for batch in batches:
             n = batch.num_real

@@ -63,7 +63,8 @@ import yaml
 
 from tdsa_fast._checks import int_at_least
 
-from tdsa_fast.config import build_parser, loss_arg_pairs, loss_args_dict, parse_config
+from tdsa_fast.config import OPTION_NAMES, config_from_options, options_from_mapping, saved_run
+from tdsa_fast.config import trainer_argv as options_argv
 from tdsa_fast.loss_specs import LOSSES
 
 __all__ = ["Spec", "RunPlan", "load_spec", "plan_runs", "run_grid", "visible_gpus", "write_tables", "main"]
@@ -79,10 +80,6 @@ UNNAMED_COLUMN = "dataset not stated"  # Tables VII and VIII
 PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.csv"
 # Options the runner sets itself.
 RESERVED = ("output", "data_root")
-
-
-def _trainer_options() -> dict[str, argparse.Action]:
-    return {a.dest: a for a in build_parser()._actions if a.dest != "help"}
 
 
 @dataclass(frozen=True)
@@ -125,12 +122,11 @@ def load_spec(path) -> Spec:
         raise ValueError(f"{path}: table must be one of {', '.join(TABLES)} or null, got {table!r}")
     if not raw.get("output"):
         raise ValueError(f"{path}: 'output' (the folder of the runs) is required")
-    options = _trainer_options()
     base = {_norm_key(k): v for k, v in (raw.get("base") or {}).items()}
     grid = {_norm_key(k): v for k, v in (raw.get("grid") or {}).items()}
     for where, mapping in (("base", base), ("grid", grid)):
         for key in mapping:
-            if key not in options:
+            if key not in OPTION_NAMES:
                 raise ValueError(f"{path}: {where}.{key} is not a trainer option (python -m tdsa_fast.train --help)")
             if key in RESERVED:
                 raise ValueError(f"{path}: {where}.{key} is set by the runner (use 'output' / 'data_roots')")
@@ -182,33 +178,16 @@ def _check_options(spec: Spec, run: RunPlan) -> None:
     from tdsa_fast.runs import build_objective, check_run_options
 
     try:
-        cfg, _ = parse_config(trainer_argv(run.options, run.folder))
+        cfg = config_from_options({**run.options, "output": str(run.folder)}, "options")
         build_objective(cfg, num_classes=2)
-        check_run_options(cfg, pick_device(cfg["device"]), Processes())
-    except SystemExit:  # argparse has printed why
-        raise ValueError(f"{spec.path}: the trainer refuses the options of run {run.name!r} (see above)") from None
+        check_run_options(cfg, pick_device(cfg.device), Processes())
     except ValueError as e:
         raise ValueError(f"{spec.path}: run {run.name!r}: {e}") from None
 
 
 def trainer_argv(options: dict, output: Path) -> list[str]:
-    """``python -m tdsa_fast.train`` arguments for ``options`` (dest names)."""
-    actions = _trainer_options()
-    argv = []
-    for key, value in options.items():
-        flag = actions[key].option_strings[0]
-        if isinstance(actions[key], argparse._StoreTrueAction):
-            if value:
-                argv.append(flag)
-        elif isinstance(actions[key], argparse._StoreFalseAction):  # tensorboard: false -> --no-tensorboard
-            if value is False:
-                argv.append(flag)
-        elif key == "loss_args":  # {margin: 0.3} -> --loss-arg margin=0.3
-            for k, v in loss_args_dict(loss_arg_pairs(value)).items():
-                argv += [flag, f"{k}={'null' if v is None else v}"]
-        elif value is not None:
-            argv += [flag, str(value)]
-    return argv + ["--output", str(output)]
+    """``python -m tdsa_fast.train`` arguments for a run's ``options`` (field names)."""
+    return options_argv(options_from_mapping(options, "options")) + ["--output", str(output)]
 
 
 def run_state(folder: Path) -> str:
@@ -469,16 +448,17 @@ def read_paper_results(path: Path = PAPER_RESULTS) -> dict:
     return out
 
 
-def _paper_key(table: str, cfg: dict) -> tuple:
-    method = METHOD.get(cfg["loss"], cfg["loss"])
-    backbone = BACKBONE.get(cfg["model"], cfg["model"])
+def _paper_key(table: str, row: dict) -> tuple:
+    """The paper's cell of a results row (:func:`collect_results`'s)."""
+    method = METHOD.get(row["loss"], row["loss"])
+    backbone = BACKBONE.get(row["model"], row["model"])
     if table in ("V", "VI"):
-        variant = f"xi={cfg['xi']}"
+        variant = f"xi={row['xi']}"
     elif table in ("VII", "VIII"):
-        variant = f"xi={cfg['xi']} upsample={cfg['upsample']}"
+        variant = f"xi={row['xi']} upsample={row['upsample']}"
     else:
         variant = ""
-    column = UNNAMED_COLUMN if table in ("VII", "VIII") else DATASET_COLUMN.get(cfg["dataset"], cfg["dataset"])
+    column = UNNAMED_COLUMN if table in ("VII", "VIII") else DATASET_COLUMN.get(row["dataset"], row["dataset"])
     return (table, method, backbone, variant, column)
 
 
@@ -488,9 +468,9 @@ def collect_results(spec: Spec) -> list[dict]:
         if run_state(run.folder) != "done":
             continue
         results = json.loads((run.folder / "results.json").read_text())
-        cfg = json.loads((run.folder / "config.json").read_text())
-        rows.append(dict(name=run.name, dataset=cfg["dataset"], model=cfg["model"], loss=cfg["loss"], xi=cfg["xi"],
-                         upsample=cfg["upsample"], seed=cfg["seed"], img_size=cfg["img_size"], epochs=cfg["epochs"],
+        cfg = saved_run(json.loads((run.folder / "config.json").read_text()), str(run.folder / "config.json")).config
+        rows.append(dict(name=run.name, dataset=cfg.dataset, model=cfg.model, loss=cfg.loss, xi=cfg.xi,
+                         upsample=cfg.upsample, seed=cfg.seed, img_size=cfg.img_size, epochs=cfg.epochs,
                          final_test_acc=results["final_test_acc"], best_test_acc=results["best_test_acc"],
                          best_epoch=results["best_epoch"]))
     return rows

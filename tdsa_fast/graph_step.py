@@ -35,12 +35,15 @@ with the plain step.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import nn
 
 from tdsa_fast.models import ModelOutput
+
+if TYPE_CHECKING:
+    from tdsa_fast.config import TrainConfig
 
 __all__ = ["GraphCaptureError", "GraphStep", "check_graph_options"]
 
@@ -49,14 +52,14 @@ class GraphCaptureError(ValueError):
     """The step cannot be captured in a CUDA graph (a host sync, a dynamic shape, ...)."""
 
 
-def check_graph_options(cfg: dict, device: torch.device, world_size: int) -> None:
+def check_graph_options(cfg: TrainConfig, device: torch.device, world_size: int) -> None:
     """Refuses ``--cuda-graph`` with the options whose step cannot be replayed as captured."""
-    if not cfg.get("cuda_graph"):
+    if not cfg.cuda_graph:
         return
     if world_size > 1:
         raise ValueError("--cuda-graph runs in one process only: the DistributedDataParallel all-reduce (and "
                          "--skip-bad-images' per-step vote) is not captured; drop --cuda-graph under torchrun")
-    if cfg.get("amp") and cfg.get("amp_dtype") == "float16":
+    if cfg.amp and cfg.amp_dtype == "float16":
         raise ValueError("--cuda-graph with --amp-dtype float16: the gradient scaler reads its inf check back "
                          "to the host every step, which a CUDA graph cannot replay; use --amp (bfloat16, no "
                          "scaler) or drop --cuda-graph")

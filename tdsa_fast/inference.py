@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tdsa_fast import checkpoint
+from tdsa_fast.config import RunFacts, SavedRun, saved_run
 from tdsa_fast.runs import build_network, build_objective, load_state
 
 __all__ = ["MEAN", "STD", "TTA_MODES", "ModelInfo", "InferenceNetwork", "checkpoint_file", "load_inference",
@@ -101,9 +102,9 @@ def read_class_names(path) -> list[str]:
     return names
 
 
-def _class_names(cfg: dict, path: Path, override: Optional[Sequence[str]], required: bool) -> tuple[str, ...]:
-    num_classes = cfg.get("num_classes")
-    names = list(override) if override is not None else cfg.get("class_names")
+def _class_names(facts: RunFacts, path: Path, override: Optional[Sequence[str]], required: bool) -> tuple[str, ...]:
+    num_classes = facts.num_classes
+    names = list(override) if override is not None else facts.class_names
     if names is None and not required:
         return ()
     if names is None:
@@ -118,8 +119,8 @@ def _class_names(cfg: dict, path: Path, override: Optional[Sequence[str]], requi
 
 def load_inference(path, *, device="cpu", class_names: Optional[Sequence[str]] = None,
                    probabilities: bool = False, require_class_names: bool = True
-                   ) -> tuple[InferenceNetwork, ModelInfo, dict]:
-    """(network in eval mode on ``device``, its :class:`ModelInfo`, the run's saved config) of
+                   ) -> tuple[InferenceNetwork, ModelInfo, SavedRun]:
+    """(network in eval mode on ``device``, its :class:`ModelInfo`, the run's saved config and facts) of
     the checkpoint ``path`` (a ``.pt`` file or a run folder: its ``best.pt``).
 
     ``class_names`` replaces the checkpoint's table (needed for checkpoints written before
@@ -133,19 +134,20 @@ def load_inference(path, *, device="cpu", class_names: Optional[Sequence[str]] =
     if fmt not in checkpoint.MODEL_FORMATS:
         raise ValueError(f"{path} has checkpoint format {fmt!r}; this version of tdsa_fast reads formats "
                          f"{', '.join(map(str, checkpoint.MODEL_FORMATS))} (a newer tdsa_fast wrote it?)")
-    cfg = dict(ckpt["config"])
-    missing = [k for k in ("model", "loss", "num_classes", "img_size") if k not in cfg]
+    missing = [k for k in ("model", "loss", "num_classes", "img_size") if k not in ckpt["config"]]
     if missing:
         raise ValueError(f"{path}: its config lacks {', '.join(missing)}; not a checkpoint of tdsa_fast.train")
-    names = _class_names(cfg, path, class_names, require_class_names)
-    model = build_network(cfg, cfg["num_classes"])
-    load_state(model, ckpt["model"], "model", cfg)
-    objective = build_objective(cfg, cfg["num_classes"])
-    load_state(objective, ckpt.get("objective", {}), "objective", cfg)
+    saved = saved_run(ckpt["config"], f"{path}: config")
+    cfg, n = saved.config, saved.facts.num_classes
+    names = _class_names(saved.facts, path, class_names, require_class_names)
+    model = build_network(cfg, n)
+    load_state(model, ckpt["model"], "model", cfg, n)
+    objective = build_objective(cfg, n)
+    load_state(objective, ckpt.get("objective", {}), "objective", cfg, n)
     net = InferenceNetwork(model, objective, probabilities=probabilities).to(device).eval()
-    info = ModelInfo(class_names=names, img_size=int(cfg["img_size"]), model=cfg["model"], loss=cfg["loss"],
-                     dataset=str(cfg.get("dataset", "?")))
-    return net, info, cfg
+    info = ModelInfo(class_names=names, img_size=int(cfg.img_size), model=cfg.model, loss=cfg.loss,
+                     dataset=cfg.dataset)
+    return net, info, saved
 
 
 def tta_probabilities(net: nn.Module, x: Tensor, tta: str = "none") -> Tensor:

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from tdsa_fast.config import saved_run
 from tdsa_fast.plots import render_curves
 
 __all__ = ["METRIC_FIELDS", "RunReport", "read_metrics", "run_label"]
@@ -107,9 +108,9 @@ def run_label(run_dir) -> str:
     """``loss / model / dataset`` from ``run_dir/config.json`` (the folder's name without one)."""
     cfg_path = Path(run_dir) / "config.json"
     try:
-        cfg = json.loads(cfg_path.read_text())
-        return " / ".join(str(cfg[k]) for k in ("loss", "model", "dataset"))
-    except (OSError, ValueError, KeyError, TypeError):
+        cfg = saved_run(json.loads(cfg_path.read_text()), str(cfg_path)).config
+        return f"{cfg.loss} / {cfg.model} / {cfg.dataset}"
+    except (OSError, ValueError, TypeError):
         return Path(run_dir).name
 
 

@@ -35,7 +35,8 @@ from torch import nn
 
 from tdsa_fast import checkpoint
 from tdsa_fast.class_metrics import ConfusionCounter, write_confusion_csv, write_per_class_csv
-from tdsa_fast.config import build_parser, parse_config, resume_config
+from tdsa_fast.config import (RunFacts, TrainConfig, build_parser, file_view, parse_config, resume_config, saved_record,
+                              saved_run)
 from tdsa_fast.data.datasets import SampleList, load_split
 from tdsa_fast.data.decode import BadImageError
 from tdsa_fast.data.loading import build_loader
@@ -60,9 +61,9 @@ RESUME_CONFIG_KEYS = ("dataset", "data_root", "model", "loss", "epochs", "batch_
                       "num_classes")
 
 
-def load_splits(cfg: dict) -> tuple[SampleList, SampleList]:
+def load_splits(cfg: TrainConfig) -> tuple[SampleList, SampleList]:
     root = dataset_root(cfg)
-    train, test = load_split(cfg["dataset"], root, "train"), load_split(cfg["dataset"], root, "test")
+    train, test = load_split(cfg.dataset, root, "train"), load_split(cfg.dataset, root, "test")
     if train.num_classes != test.num_classes:
         raise ValueError(f"train and test splits disagree on the class count: {train.num_classes} vs {test.num_classes}")
     return train, test
@@ -79,59 +80,59 @@ def eval_subset(test: SampleList, size: int) -> list:
     return [samples[i] for i in keep]
 
 
-def amp_dtype(cfg: dict, device: torch.device) -> Optional[torch.dtype]:
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype, or None without ``--amp``: bfloat16 on the CPU."""
-    if not cfg.get("amp"):
+    if not cfg.amp:
         return None
     if device.type == "cpu":
         return torch.bfloat16
-    return getattr(torch, cfg.get("amp_dtype") or "bfloat16")
+    return getattr(torch, cfg.amp_dtype or "bfloat16")
 
 
-def loader_options(cfg: dict, device: torch.device, rank: int = 0, world_size: int = 1) -> dict:
+def loader_options(cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1) -> dict:
     """The ``build_loader`` arguments of ``cfg`` shared by the training and test loaders:
     batches arrive on ``device``, in the autocast dtype under ``--amp`` on CUDA, NHWC under
     ``--channels-last``."""
-    kind = resolve_loader(cfg["loader"])
+    kind = resolve_loader(cfg.loader)
     dtype = amp_dtype(cfg, device) if device.type == "cuda" else None
-    options = dict(loader=kind, img_size=cfg["img_size"], batch_size=cfg["batch_size"], workers=cfg["workers"],
-                   skip_bad=cfg["skip_bad_images"], device=device, channels_last=cfg["channels_last"],
-                   dtype=dtype or torch.float32, rank=rank, world_size=world_size, seed=cfg["seed"])
+    options = dict(loader=kind, img_size=cfg.img_size, batch_size=cfg.batch_size, workers=cfg.workers,
+                   skip_bad=cfg.skip_bad_images, device=device, channels_last=cfg.channels_last,
+                   dtype=dtype or torch.float32, rank=rank, world_size=world_size, seed=cfg.seed)
     if kind == "torch":
-        options["decode"] = cfg["torch_decode"]
-    if cfg["loader"] == "auto" and device.type == "cuda":
+        options["decode"] = cfg.torch_decode
+    if cfg.loader == "auto" and device.type == "cuda":
         options["loader"] = "auto"  # build_loader picks memory for each split that fits on the card
     if options["loader"] in ("memory", "auto"):
-        options.update(cache_dir=cfg.get("memory_cache"), stored_size=cfg.get("memory_size"))
+        options.update(cache_dir=cfg.memory_cache, stored_size=cfg.memory_size)
     return options
 
 
-def build_loaders(cfg: dict, train_set: SampleList, test_set: SampleList, device: torch.device,
+def build_loaders(cfg: TrainConfig, train_set: SampleList, test_set: SampleList, device: torch.device,
                   rank: int = 0, world_size: int = 1):
     """The training loader (``--augment none``: the test transform on shuffled batches) and
     the per-epoch test loader (``--eval-subset``) of ``cfg``, sharded for ``rank``."""
     common = loader_options(cfg, device, rank, world_size)
-    if cfg["augment"] == "none":
+    if cfg.augment == "none":
         train_loader = build_loader(train_set.samples, train=False, shuffle=True, **common)
     else:
-        train_loader = build_loader(train_set.samples, train=True, recipe=cfg["augment"], **common)
+        train_loader = build_loader(train_set.samples, train=True, recipe=cfg.augment, **common)
     try:
-        test_loader = build_loader(eval_subset(test_set, cfg["eval_subset"]), train=False, **common)
+        test_loader = build_loader(eval_subset(test_set, cfg.eval_subset), train=False, **common)
     except BaseException:
         train_loader.close()
         raise
     return train_loader, test_loader
 
 
-def autocast_context(cfg: dict, device: torch.device):
+def autocast_context(cfg: TrainConfig, device: torch.device):
     dtype = amp_dtype(cfg, device)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 
 
-def default_output(cfg: dict) -> Path:
-    return Path(cfg["output"] or f"runs/{cfg['dataset']}-{cfg['model']}-{cfg['loss']}-{datetime.now():%Y%m%d-%H%M%S}")
+def default_output(cfg: TrainConfig) -> Path:
+    return Path(cfg.output or f"runs/{cfg.dataset}-{cfg.model}-{cfg.loss}-{datetime.now():%Y%m%d-%H%M%S}")
 
 
 def prepare_output(out: Path, *, resuming: bool = False, overwrite: bool = False) -> Path:
@@ -158,22 +159,22 @@ def prepare_output(out: Path, *, resuming: bool = False, overwrite: bool = False
     return out
 
 
-def build_optimizer(cfg: dict, model: nn.Module, objective: nn.Module):
+def build_optimizer(cfg: TrainConfig, model: nn.Module, objective: nn.Module, pretrained_loaded=()):
     """SGD over the model's and the objective's parameters, and the schedule, stepped once per
     epoch: ``step`` (x0.1 at 1/2 and 3/4 of the epochs) or ``cosine`` (annealed to 0 over the
-    epochs). With ``--pretrained``, the parameters it loaded (``cfg["pretrained_loaded"]``)
+    epochs). With ``--pretrained``, the parameters it loaded (``pretrained_loaded``, names)
     form a second group at ``lr * pretrained_lr_scale``; the first group (the new layers and
     the objective) runs at ``lr``."""
-    pretrained = set(cfg.get("pretrained_loaded") or ()) if cfg.get("pretrained_lr_scale", 1.0) != 1.0 else set()
+    pretrained = set(pretrained_loaded or ()) if cfg.pretrained_lr_scale != 1.0 else set()
     new = [p for n, p in model.named_parameters() if n not in pretrained] + list(objective.parameters())
-    groups = [dict(params=new, lr=cfg["lr"])]
+    groups = [dict(params=new, lr=cfg.lr)]
     loaded = [p for n, p in model.named_parameters() if n in pretrained]
     if loaded:
-        groups.append(dict(params=loaded, lr=cfg["lr"] * cfg["pretrained_lr_scale"]))
-    optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-    if cfg.get("schedule", "step") == "cosine":
-        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
-    milestones = sorted({max(1, cfg["epochs"] // 2), max(1, (3 * cfg["epochs"]) // 4)})
+        groups.append(dict(params=loaded, lr=cfg.lr * cfg.pretrained_lr_scale))
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    milestones = sorted({max(1, cfg.epochs // 2), max(1, (3 * cfg.epochs) // 4)})
     return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
 
@@ -269,7 +270,7 @@ class Progress:
 class Training:
     """Everything one process trains with."""
 
-    cfg: dict
+    cfg: TrainConfig
     device: torch.device
     procs: Processes
     model: nn.Module  # the plain modules (their state is what checkpoints hold)
@@ -281,7 +282,7 @@ class Training:
     train_loader: object
     test_loader: object
     out: Path
-    saved_cfg: dict
+    facts: RunFacts  # saved beside the options in every checkpoint
     report: RunReport
     log: object
     stop: StopRequest
@@ -298,7 +299,7 @@ class Training:
                     optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                     scaler=self.scaler.state_dict(), progress=self.progress.state(), rng=rng,
                     epoch=self.progress.completed_epochs, test_acc=self.progress.test_acc,
-                    best_acc=self.progress.best_acc, config=self.saved_cfg)
+                    best_acc=self.progress.best_acc, config=saved_record(self.cfg, self.facts))
 
     def save(self, name: str = "last.pt") -> None:
         if self.procs.is_main:
@@ -306,8 +307,8 @@ class Training:
 
     def restore(self, ckpt: dict) -> None:
         check_resumable(ckpt, self.out / "last.pt")
-        load_state(self.model, ckpt["model"], "model", self.saved_cfg)
-        load_state(self.objective, ckpt.get("objective", {}), "objective", self.saved_cfg)
+        load_state(self.model, ckpt["model"], "model", self.cfg, self.facts.num_classes)
+        load_state(self.objective, ckpt.get("objective", {}), "objective", self.cfg, self.facts.num_classes)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -340,28 +341,28 @@ def check_resumable(ckpt: dict, path) -> None:
                          "python -m tdsa_fast.train)")
 
 
-def wrap_for_training(cfg: dict, model: nn.Module, objective: nn.Module, device: torch.device,
+def wrap_for_training(cfg: TrainConfig, model: nn.Module, objective: nn.Module, device: torch.device,
                       procs: Processes) -> nn.Module:
     """TrainingModule(model, objective), with ``--compile`` (model and loss compiled) and, with
     several processes, DistributedDataParallel (and ``--sync-bn``) around it."""
-    net = TrainingModule(torch.compile(model) if cfg["compile"] else model,
-                         torch.compile(objective) if cfg["compile"] else objective)
+    net = TrainingModule(torch.compile(model) if cfg.compile else model,
+                         torch.compile(objective) if cfg.compile else objective)
     if procs.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        if cfg["sync_bn"]:
+        if cfg.sync_bn:
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=objective.owns_class_weights)
     return net
 
 
-def _dummy_batch(cfg: dict, labels_like: torch.Tensor, images_like: torch.Tensor):
+def _dummy_batch(cfg: TrainConfig, labels_like: torch.Tensor, images_like: torch.Tensor):
     """Two blank images, for a process whose batch lost every image (``--skip-bad-images``)
     while the others still step: it joins the gradient all-reduce with weight zero."""
-    s = cfg["img_size"]
+    s = cfg.img_size
     images = torch.zeros((2, 3, s, s), dtype=images_like.dtype, device=images_like.device)
-    if cfg["channels_last"]:
+    if cfg.channels_last:
         images = images.to(memory_format=torch.channels_last)
     return images, torch.zeros(2, dtype=labels_like.dtype, device=labels_like.device)
 
@@ -383,9 +384,9 @@ def _plain_step(t: Training, images, labels, generator, n: int, total: int) -> N
         p.seen += n
 
 
-def graph_note(cfg: dict, device: torch.device) -> str:
+def graph_note(cfg: TrainConfig, device: torch.device) -> str:
     """The start line's word on --cuda-graph."""
-    if not cfg.get("cuda_graph"):
+    if not cfg.cuda_graph:
         return ""
     if device.type == "cuda":
         return ", CUDA-graph step (full batches replayed)"
@@ -408,11 +409,11 @@ def train_one_epoch(t: Training, epoch: int) -> Optional[dict]:
     seconds_before, first_batch = p.seconds, p.batches_done
     window_start, window_seen = start, _epoch_totals(p, procs)[3]
     for k, batch in enumerate(t.train_loader, p.batches_done + 1):
-        stop = t.stop.requested is not None or (cfg["max_steps"] and p.global_step >= cfg["max_steps"])
+        stop = t.stop.requested is not None or (cfg.max_steps and p.global_step >= cfg.max_steps)
         n = batch.num_real
         stop_votes, total, skipped = procs.agree([int(bool(stop)), n, batch.skipped])
         if stop_votes:
-            p.stopped = t.stop.requested or (f"--max-steps {cfg['max_steps']}" if stop else "another process")
+            p.stopped = t.stop.requested or (f"--max-steps {cfg.max_steps}" if stop else "another process")
             p.seconds = seconds_before + time.perf_counter() - start
             return None
         p.skipped += skipped
@@ -423,20 +424,20 @@ def train_one_epoch(t: Training, epoch: int) -> Optional[dict]:
             images, labels = batch.images[:n], batch.labels[:n]
         else:
             images, labels = _dummy_batch(cfg, batch.labels, batch.images)
-        generator.manual_seed(step_seed(cfg["seed"], p.global_step, procs.rank))
+        generator.manual_seed(step_seed(cfg.seed, p.global_step, procs.rank))
         if t.graph_step is not None and n and t.graph_step.fits(images, labels, n):
             p.sums += t.graph_step.step(images, labels, generator)  # a full batch: the graph's replay
             p.seen += n
         else:
             _plain_step(t, images, labels, generator, n, total)
-        if k % cfg["log_interval"] == 0 or k == steps:
+        if k % cfg.log_interval == 0 or k == steps:
             loss_sum, ce_sum, correct, seen = _epoch_totals(p, procs)
             now = time.perf_counter()
             rate = (seen - window_seen) / max(now - window_start, 1e-9)
             step_time = (now - start) / (k - first_batch)
-            remaining = (steps - k) + steps * (cfg["epochs"] - epoch)
+            remaining = (steps - k) + steps * (cfg.epochs - epoch)
             if procs.is_main:
-                t.log(f"epoch {epoch}/{cfg['epochs']} step {k}/{steps} loss {loss_sum / max(seen, 1):.4f} "
+                t.log(f"epoch {epoch}/{cfg.epochs} step {k}/{steps} loss {loss_sum / max(seen, 1):.4f} "
                       f"ce {ce_sum / max(seen, 1):.4f} acc {correct / max(seen, 1):.4f} lr {t.optimizer.param_groups[0]['lr']:.4g} "
                       f"{rate:.1f} img/s "
                       f"eta epoch {_duration(step_time * (steps - k))} run {_duration(step_time * remaining)}")
@@ -474,11 +475,11 @@ def _duration(seconds: float) -> str:
         else f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def run(cfg: dict, log=print, resume_from: Optional[dict] = None) -> dict:
+def run(cfg: TrainConfig, log=print, resume_from: Optional[dict] = None) -> dict:
     """Trains with the resolved config ``cfg`` (see :mod:`tdsa_fast.config`); returns the
     results dict (``stopped`` set when the run stopped early with a checkpoint).
     ``resume_from``: a checkpoint of this run to continue (``cfg`` is then its config)."""
-    procs, device = setup(cfg["device"])
+    procs, device = setup(cfg.device)
     deterministic, benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     try:
         return _run(cfg, log if procs.is_main else (lambda *a, **k: None), resume_from, procs, device)
@@ -490,50 +491,50 @@ def run(cfg: dict, log=print, resume_from: Optional[dict] = None) -> dict:
 
 def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
     check_run_options(cfg, device, procs)
-    trained_by = cfg.get("world_size", 1)
-    if resume_from is not None and trained_by != procs.world_size:
-        raise ValueError(f"the run was trained by {trained_by} process(es) and this is {procs.world_size}: "
+    before = saved_run(resume_from["config"])[1] if resume_from is not None else RunFacts()
+    if resume_from is not None and before.world_size != procs.world_size:
+        raise ValueError(f"the run was trained by {before.world_size} process(es) and this is {procs.world_size}: "
                          "resume it with the same number (the shards, the global batch and the position in the "
                          "epoch depend on it)")
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    if cfg["deterministic"]:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(cfg.seed)
     resuming = resume_from is not None
     train_set, test_set = load_splits(cfg)
     num_classes = train_set.num_classes
-    if resuming and cfg.get("num_classes") not in (None, num_classes):
+    if resuming and before.num_classes not in (None, num_classes):
         raise ValueError(f"the data now has {num_classes} classes, but the resumed run was trained on "
-                         f"{cfg['num_classes']}")
+                         f"{before.num_classes}")
     model = build_network(cfg, num_classes)
-    pretrained = None
-    if cfg.get("pretrained") not in (None, "none") and not resuming:  # a resumed run has its weights in the checkpoint
-        pretrained = load_pretrained(model, cfg["pretrained"])
-        cfg = dict(cfg, pretrained_loaded=pretrained["loaded"])
+    pretrained, loaded = None, before.pretrained_loaded
+    if cfg.pretrained not in (None, "none") and not resuming:  # a resumed run has its weights in the checkpoint
+        pretrained = load_pretrained(model, cfg.pretrained)
+        loaded = pretrained["loaded"]
     model = model.to(device)
-    if cfg["channels_last"]:
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     objective = build_objective(cfg, num_classes).to(device)  # a bad loss option fails here, before the folder
-    optimizer, scheduler = build_optimizer(cfg, model, objective)  # bad SGD settings fail before the folder
+    optimizer, scheduler = build_optimizer(cfg, model, objective, loaded)  # bad SGD settings fail before the folder
     out = Path(procs.from_main(lambda: str(prepare_output(default_output(cfg), resuming=resuming,
-                                                          overwrite=bool(cfg.get("overwrite"))))))
+                                                          overwrite=cfg.overwrite))))
+    cfg = cfg.replace(output=str(out))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(cfg, device) == torch.float16)
     net = wrap_for_training(cfg, model, objective, device, procs)
 
     train_loader, test_loader = build_loaders(cfg, train_set, test_set, device, procs.rank, procs.world_size)
-    saved_cfg = {k: v for k, v in cfg.items() if k not in ("resume", "config")}
-    saved_cfg.update(output=str(out), num_classes=num_classes, class_names=train_set.class_names,
-                     device_used=str(device), loader_used=train_loader.kind, world_size=procs.world_size)
+    facts = RunFacts(num_classes=num_classes, class_names=train_set.class_names, device_used=str(device),
+                     loader_used=train_loader.kind, world_size=procs.world_size, pretrained_loaded=loaded)
     stop = StopRequest()
     t = Training(cfg=cfg, device=device, procs=procs, model=model, objective=objective, net=net,
                  optimizer=optimizer, scheduler=scheduler, scaler=scaler, train_loader=train_loader,
-                 test_loader=test_loader, out=out, saved_cfg=saved_cfg, report=None, log=log, stop=stop)
-    if cfg.get("cuda_graph"):
+                 test_loader=test_loader, out=out, facts=facts, report=None, log=log, stop=stop)
+    if cfg.cuda_graph:
         t.graph_step = GraphStep(net, objective, optimizer, device, amp_dtype=amp_dtype(cfg, device),
                                  capture=device.type == "cuda", log=log)
     try:
@@ -543,17 +544,17 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
             if pretrained is not None:
                 (out / "pretrained.json").write_text(json.dumps(pretrained, indent=2))
                 log(summary_line(pretrained))
-            (out / "config.json").write_text(json.dumps(saved_cfg, indent=2))
-            (out / "config.yaml").write_text(yaml.safe_dump(config_file_view(saved_cfg), sort_keys=False))
-        t.report = RunReport(out, enabled=procs.is_main, tensorboard=cfg["tensorboard"],
+            (out / "config.json").write_text(json.dumps(saved_record(cfg, facts), indent=2))
+            (out / "config.yaml").write_text(yaml.safe_dump(file_view(cfg), sort_keys=False))
+        t.report = RunReport(out, enabled=procs.is_main, tensorboard=cfg.tensorboard,
                              resume_epoch=t.progress.completed_epochs if resuming else None)
         where = (f"resuming at epoch {t.progress.completed_epochs + 1} batch {t.progress.batches_done}"
                  if resuming else "")
-        log(f"{cfg['dataset']}: {len(train_set.samples)} train / {len(test_set.samples)} test images, "
-            f"{num_classes} classes; {cfg['model']} + {cfg['loss']} on {device}"
+        log(f"{cfg.dataset}: {len(train_set.samples)} train / {len(test_set.samples)} test images, "
+            f"{num_classes} classes; {cfg.model} + {cfg.loss} on {device}"
             f"{f' x {procs.world_size} processes' if procs.enabled else ''}, {train_loader.kind} loader"
-            f"{', ' + str(amp_dtype(cfg, device)).replace('torch.', '') + ' autocast' if cfg['amp'] else ''}"
-            f"{', compiled' if cfg['compile'] else ''}{graph_note(cfg, device)}; output {out}"
+            f"{', ' + str(amp_dtype(cfg, device)).replace('torch.', '') + ' autocast' if cfg.amp else ''}"
+            f"{', compiled' if cfg.compile else ''}{graph_note(cfg, device)}; output {out}"
             f"{'; ' + where if where else ''}")
         with stop:  # the stop's checkpoint too: a repeated SIGTERM while it is written is ignored
             _epochs(t)
@@ -578,17 +579,10 @@ def _run(cfg, log, resume_from, procs: Processes, device: torch.device) -> dict:
             t.report.close()
 
 
-def config_file_view(saved_cfg: dict) -> dict:
-    """The saved config as a ``--config`` file: the trainer's options only (no run facts), and
-    not ``output``, so that ``--config RUN/config.yaml`` repeats the run in a new folder."""
-    options = {a.dest for a in build_parser()._actions} - {"help", "config", "resume", "output", "overwrite"}
-    return {k: v for k, v in saved_cfg.items() if k in options}
-
-
 def _epochs(t: Training) -> None:
     cfg, p = t.cfg, t.progress
     evaluate_on = lambda: autocast_context(cfg, t.device)  # noqa: E731
-    for epoch in range(p.completed_epochs + 1, cfg["epochs"] + 1):
+    for epoch in range(p.completed_epochs + 1, cfg.epochs + 1):
         lr = t.optimizer.param_groups[0]["lr"]
         row = train_one_epoch(t, epoch)
         if row is None:
@@ -597,8 +591,8 @@ def _epochs(t: Training) -> None:
         # (and loss state), where each process had updated its own with its last batch
         t.procs.broadcast_buffers([t.model, t.objective])
         t.scheduler.step()
-        if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:
-            counter = ConfusionCounter(t.saved_cfg["num_classes"], device=t.device) if epoch == cfg["epochs"] \
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            counter = ConfusionCounter(t.facts.num_classes, device=t.device) if epoch == cfg.epochs \
                 else None
             correct, total = evaluate(t.model, t.test_loader, t.device, evaluate_on, t.objective, t.procs, counter)
             p.test_acc, t.evaluated_images, t.final_counts = correct / max(total, 1), total, counter
@@ -615,11 +609,11 @@ def _epochs(t: Training) -> None:
             t.save("best.pt")
         t.save()
         skipped = f", {row['skipped_images']} unreadable images skipped" if row["skipped_images"] else ""
-        t.log(f"epoch {epoch}/{cfg['epochs']} done in {row['epoch_seconds']:.1f}s: train loss "
+        t.log(f"epoch {epoch}/{cfg.epochs} done in {row['epoch_seconds']:.1f}s: train loss "
               f"{row['train_loss']:.4f} acc {row['train_acc']:.4f}, test acc {p.test_acc:.4f} "
               f"(best {p.best_acc:.4f} @ {p.best_epoch}){skipped}")
         # agreed, like the in-epoch vote: a process stopping alone would leave the others in a collective
-        if t.procs.agree([int(t.stop.requested is not None)])[0] and epoch < cfg["epochs"]:
+        if t.procs.agree([int(t.stop.requested is not None)])[0] and epoch < cfg.epochs:
             p.stopped = t.stop.requested or "another process"
             return
 
@@ -628,14 +622,14 @@ def _finish(t: Training, test_set: SampleList) -> dict:
     cfg, p, out = t.cfg, t.progress, t.out
     eval_images = len(t.test_loader.samples)
     results = dict(final_test_acc=p.test_acc, best_test_acc=p.best_acc, best_epoch=p.best_epoch,
-                   epochs=cfg["epochs"], test_images=len(test_set.samples), eval_images=eval_images,
+                   epochs=cfg.epochs, test_images=len(test_set.samples), eval_images=eval_images,
                    train_seconds=p.train_seconds, world_size=t.procs.world_size, output=str(out))
     test_acc = p.test_acc
     if eval_images < len(test_set.samples):  # per-epoch figures are on the subset: the final one on all
         results.update(final_subset_acc=p.test_acc, best_subset_acc=p.best_acc)
         with build_loader(test_set.samples, train=False,
                           **loader_options(cfg, t.device, t.procs.rank, t.procs.world_size)) as full:
-            t.final_counts = ConfusionCounter(t.saved_cfg["num_classes"], device=t.device)
+            t.final_counts = ConfusionCounter(t.facts.num_classes, device=t.device)
             correct, total = evaluate(t.model, full, t.device, lambda: autocast_context(cfg, t.device),
                                       t.objective, t.procs, t.final_counts)
         results["final_test_acc"] = test_acc = correct / max(total, 1)
@@ -644,7 +638,7 @@ def _finish(t: Training, test_set: SampleList) -> dict:
     # the last evaluation was over the whole split (the last epoch's, or the one above)
     results["skipped_test_images"] = skipped = len(test_set.samples) - t.evaluated_images
     if t.final_counts is not None:  # the final pass over the whole test split, per class
-        report = t.final_counts.report(t.saved_cfg["class_names"])
+        report = t.final_counts.report(t.facts.class_names)
         summary = report.summary()
         results.update(final_test_top5=summary["top5"], final_mean_class_acc=summary["mean_class_accuracy"])
         if t.procs.is_main:
@@ -652,7 +646,7 @@ def _finish(t: Training, test_set: SampleList) -> dict:
             write_confusion_csv(report, out / "confusion.csv")
     if t.procs.is_main:
         (out / "results.json").write_text(json.dumps(results, indent=2))
-        t.report.finish(dict(results, dataset=cfg["dataset"], model=cfg["model"], loss=cfg["loss"]))
+        t.report.finish(dict(results, dataset=cfg.dataset, model=cfg.model, loss=cfg.loss))
     on = f"on the {eval_images}-image subset " if eval_images < len(test_set.samples) else ""
     per_class = (f"; top-5 {100 * results['final_test_top5']:.2f}%, mean per-class "
                  f"{100 * results['final_mean_class_acc']:.2f}% (per_class.csv)" if "final_test_top5" in results else "")
@@ -679,31 +673,29 @@ def resume_checkpoint(path: str) -> Path:
     return path
 
 
-def prepare_resume(given: dict, explicit: set[str]) -> tuple[dict, dict]:
+def prepare_resume(given: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, dict]:
     """(config, checkpoint) of ``--resume``: the run's saved config with the allowed command
     line changes; the run continues in the checkpoint's folder."""
-    path = resume_checkpoint(given["resume"])
+    path = resume_checkpoint(given.resume)
     ckpt = checkpoint.load(path)
     check_resumable(ckpt, path)
     folder = path.parent
-    if "output" in explicit and Path(given["output"]).resolve() != folder.resolve():
-        raise ValueError(f"--output {given['output']} conflicts with --resume {given['resume']}: a resumed run "
+    if "output" in explicit and Path(given.output).resolve() != folder.resolve():
+        raise ValueError(f"--output {given.output} conflicts with --resume {given.resume}: a resumed run "
                          f"continues in its own folder ({folder})")
+    saved, _ = saved_run(ckpt["config"], f"{path}: config")
     progress = ckpt.get("progress") or {}
-    if progress.get("completed_epochs", ckpt.get("epoch")) == ckpt["config"].get("epochs") \
-            and not progress.get("batches_done"):
-        raise ValueError(f"--resume {given['resume']}: the run has finished all its "
-                         f"{ckpt['config'].get('epochs')} epochs; nothing to resume")
-    cfg = resume_config(ckpt["config"], given, explicit)
-    cfg["output"] = str(folder)
-    return cfg, ckpt
+    if progress.get("completed_epochs", ckpt.get("epoch")) == saved.epochs and not progress.get("batches_done"):
+        raise ValueError(f"--resume {given.resume}: the run has finished all its {saved.epochs} epochs; "
+                         "nothing to resume")
+    return resume_config(ckpt["config"], given, explicit).replace(output=str(folder)), ckpt
 
 
 def main(argv=None) -> int:
     try:
         cfg, explicit = parse_config(argv)
         ckpt = None
-        if cfg.get("resume"):
+        if cfg.resume:
             cfg, ckpt = prepare_resume(cfg, explicit)
     except (ValueError, FileNotFoundError) as e:
         build_parser().error(str(e))

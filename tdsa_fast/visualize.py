@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from tdsa_fast import checkpoint, reference
+from tdsa_fast.config import TrainConfig, saved_run
 from tdsa_fast.loss_specs import LOSSES
 from tdsa_fast.models import ModelOutput
 from tdsa_fast.plots import render_curves
@@ -117,21 +118,21 @@ def class_maps(out: ModelOutput, class_index: int, cnum_high: int, *, sample: in
 def load_model(path, device: str | torch.device = "cpu"):
     """Rebuilds the model of the checkpoint at ``path`` (with :mod:`tdsa_fast.runs`, as evaluation,
     prediction and export do) and
-    returns ``(model in eval mode, config dict)``. Raises ``ValueError`` for a checkpoint of a
+    returns ``(model in eval mode, SavedRun: the run's config and facts)``. Raises ``ValueError`` for a checkpoint of a
     loss whose model has no class-grouped channels."""
     from tdsa_fast.runs import build_network, load_state
 
     ckpt = checkpoint.load(path)
-    cfg = dict(ckpt["config"])
-    loss = cfg.get("loss")
+    saved = saved_run(ckpt["config"], f"{path}: config")
+    cfg, loss = saved.config, saved.config.loss
     if loss not in LOSSES or not LOSSES[loss].grouped:
         raise ValueError(
             f"{path} was trained with --loss {loss}, whose model keeps the backbone's standard widths: "
             f"no channels grouped by class to visualise. fig6 supports checkpoints of --loss tdsa and "
             f"tdsa-noattn (middle and high levels) and mc (the high level only)")
-    model = build_network(cfg, cfg["num_classes"])
-    load_state(model, ckpt["model"], "model", cfg)
-    return model.to(device).eval(), cfg
+    model = build_network(cfg, saved.facts.num_classes)
+    load_state(model, ckpt["model"], "model", cfg, saved.facts.num_classes)
+    return model.to(device).eval(), saved
 
 
 def preprocess(path, img_size: int) -> tuple[np.ndarray, torch.Tensor]:
@@ -199,7 +200,7 @@ def render_fig6(image: np.ndarray, maps: ClassMaps, *, middle: str = "raw", titl
     return fig
 
 
-def _pick_image(cfg: dict, image, split: str, index, data_root) -> tuple[str, Optional[int]]:
+def _pick_image(cfg: TrainConfig, image, split: str, index, data_root) -> tuple[str, Optional[int]]:
     """``(path, true label or None)`` of ``--image`` or of ``--split``/``--index``."""
     if image is not None:
         return str(image), None
@@ -207,8 +208,8 @@ def _pick_image(cfg: dict, image, split: str, index, data_root) -> tuple[str, Op
     from tdsa_fast.runs import dataset_root
 
     if data_root is not None:
-        cfg = dict(cfg, data_root=str(data_root))
-    samples = load_split(cfg["dataset"], dataset_root(cfg), split).samples
+        cfg = cfg.replace(data_root=str(data_root))
+    samples = load_split(cfg.dataset, dataset_root(cfg), split).samples
     if not 0 <= index < len(samples):
         raise ValueError(f"--index {index} is out of range: the {split} split has {len(samples)} images")
     return samples[index]
@@ -221,25 +222,25 @@ def fig6(checkpoint_path, out_path, *, image=None, split: str = "test", index: O
     dataset) and returns ``dict(out, class_index, predicted, label, path, probability)``."""
     if (image is None) == (index is None):
         raise ValueError("give exactly one of --image PATH and --index N (with --split)")
-    model, cfg = load_model(checkpoint_path, device)
+    model, (cfg, facts) = load_model(checkpoint_path, device)
     path, label = _pick_image(cfg, image, split, index, data_root)
-    shown, x = preprocess(path, cfg["img_size"])
+    shown, x = preprocess(path, cfg.img_size)
     out = model(x.to(device))
     probs = out.logits.float().softmax(1)[0].cpu()
     predicted = int(probs.argmax())
     cls = predicted if class_index is None else class_index
-    spec = LOSSES[cfg["loss"]]
-    maps = class_maps(ModelOutput(*(t.cpu() if t is not None else None for t in out)), cls, cfg["cnum_high"],
-                      middle_grouped=spec.has_middle, gate=spec.gate, mode=cfg.get("upsample", "nearest"))
-    names = cfg.get("class_names") or []
+    spec = LOSSES[cfg.loss]
+    maps = class_maps(ModelOutput(*(t.cpu() if t is not None else None for t in out)), cls, cfg.cnum_high,
+                      middle_grouped=spec.has_middle, gate=spec.gate, mode=cfg.upsample)
+    names = facts.class_names or []
 
     def name(i):
         if i >= len(names):
             return str(i)
         return f"{i} ({names[i] if len(names[i]) <= 48 else names[i][:45] + '...'})"
 
-    widths = f"ξ={cfg['xi']}, cnum_high={cfg['cnum_high']}" if spec.has_middle else f"cnum_high={cfg['cnum_high']}"
-    title = (f"{Path(path).name}: {cfg['model']} + {cfg['loss']} ({widths})\n"
+    widths = f"ξ={cfg.xi}, cnum_high={cfg.cnum_high}" if spec.has_middle else f"cnum_high={cfg.cnum_high}"
+    title = (f"{Path(path).name}: {cfg.model} + {cfg.loss} ({widths})\n"
              f"class {name(cls)}, p={float(probs[cls]):.2f}\npredicted {name(predicted)}"
              + (f"; true {name(label)}" if label is not None else ""))
     fig = render_fig6(shown, maps, middle=middle, title=title)

@@ -41,7 +41,7 @@ def _accumulated_reference(cfg: dict, *, weights=None) -> dict:
     """One process: per step, the ranks' micro-batches in rank order, each loss weighted by its
     share of the step's real samples (``weights(step, ns)`` overrides that), then one SGD step."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(cfg["threads"])  # as each rank: the same kernels, the same rounding
+    torch.set_num_threads(cfg.threads)  # as each rank: the same kernels, the same rounding
     try:
         return _accumulate(cfg, weights)
     finally:
@@ -49,7 +49,7 @@ def _accumulated_reference(cfg: dict, *, weights=None) -> dict:
 
 
 def _accumulate(cfg: dict, weights) -> dict:
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(cfg.seed)
     train_set, test_set = load_splits(cfg)
     model = build_network(cfg, train_set.num_classes)
     objective = build_objective(cfg, train_set.num_classes)
@@ -64,7 +64,7 @@ def _accumulate(cfg: dict, weights) -> dict:
             ns = [b.num_real for b in batches]
             optimizer.zero_grad(set_to_none=True)
             for rank, (batch, n) in enumerate(zip(batches, ns)):
-                generator.manual_seed(step_seed(cfg["seed"], step, rank))
+                generator.manual_seed(step_seed(cfg.seed, step, rank))
                 loss, _, _ = net(batch.images[:n], batch.labels[:n], generator)
                 w = n / sum(ns) if weights is None else weights(step, ns)[rank]
                 (loss * w).backward()

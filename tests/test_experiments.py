@@ -90,7 +90,7 @@ def test_baseline_options_and_switched_off_flags_become_trainer_arguments(tmp_pa
     argv = ex.trainer_argv(runs[0].options, runs[0].folder)
     assert "--no-tensorboard" in argv and argv[argv.index("--loss-arg") + 1] == "margin=0.2"
     cfg = resolve(build_parser().parse_args(argv))
-    assert cfg["loss_args"] == {"margin": 0.2, "scale": 30} and cfg["tensorboard"] is False
+    assert cfg.loss_args == {"margin": 0.2, "scale": 30} and cfg.tensorboard is False
 
 
 def test_paper_numbers_are_paired_by_table_method_backbone_and_dataset():

@@ -11,7 +11,7 @@ import torch
 
 from tdsa_fast import checkpoint
 from tdsa_fast import train
-from tdsa_fast.config import build_parser, resolve
+from tdsa_fast.config import TrainConfig, build_parser, resolve
 from tdsa_fast.data.sharding import step_seed
 from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
 from tdsa_fast.graph_step import GraphStep, check_graph_options
@@ -109,14 +109,14 @@ def test_fits_only_the_captured_shape():
 
 def test_refusals():
     cuda = torch.device("cuda")
-    cfg = dict(cuda_graph=True, amp=False, amp_dtype=None)
+    cfg = TrainConfig(cuda_graph=True, amp=False, amp_dtype=None)
     check_graph_options(cfg, cuda, 1)
-    check_graph_options(dict(cfg, cuda_graph=False), cuda, 4)  # off: nothing to refuse
+    check_graph_options(cfg.replace(cuda_graph=False), cuda, 4)  # off: nothing to refuse
     with pytest.raises(ValueError, match="one process only"):
         check_graph_options(cfg, cuda, 2)
     with pytest.raises(ValueError, match="float16"):
-        check_graph_options(dict(cfg, amp=True, amp_dtype="float16"), cuda, 1)
-    check_graph_options(dict(cfg, amp=True, amp_dtype="bfloat16"), cuda, 1)
+        check_graph_options(cfg.replace(amp=True, amp_dtype="float16"), cuda, 1)
+    check_graph_options(cfg.replace(amp=True, amp_dtype="bfloat16"), cuda, 1)
     _, net, objective, optimizer, _ = _parts("ce")
     with pytest.raises(ValueError, match="needs a CUDA device"):
         GraphStep(net, objective, optimizer, torch.device("cpu"), capture=True)
@@ -171,5 +171,5 @@ def test_trainer_refuses_what_it_cannot_replay(tiny_root, tmp_path, capsys):
     with pytest.raises(ValueError, match="one process only"):
         train.check_run_options(cfg, torch.device("cuda"), type("P", (), dict(enabled=True, world_size=2))())
     with pytest.raises(ValueError, match="float16"):
-        train.check_run_options(dict(cfg, amp=True, amp_dtype="float16"), torch.device("cuda"),
+        train.check_run_options(cfg.replace(amp=True, amp_dtype="float16"), torch.device("cuda"),
                                 type("P", (), dict(enabled=False, world_size=1))())

@@ -139,8 +139,8 @@ def test_the_trainers_default_objective_is_the_released_codes(loss, beta, backen
     from tdsa_fast.train import build_objective
 
     cfg, _ = parse_config(["--loss", loss])
-    assert (cfg["div_form"], cfg["beta"], cfg["mu"]) == ("code", beta, 1.5)
-    objective = build_objective(dict(cfg, cnum_high=CNUM_HIGH), num_classes=S)
+    assert (cfg.div_form, cfg.beta, cfg.mu) == ("code", beta, 1.5)
+    objective = build_objective(cfg.replace(cnum_high=CNUM_HIGH), num_classes=S)
     objective.term.backend = backend
     low, high, logits, target, masks = _inputs(2)
     leaves = [t.clone().requires_grad_() for t in (low, high, logits)]
@@ -208,17 +208,17 @@ def test_the_trainers_loss_weight_options():
     a run saved before an option existed resumes with that option's default."""
     from tdsa_fast.config import parse_config, resume_config
 
-    assert parse_config(["--loss", "mc"])[0]["beta"] == 20.0
-    assert parse_config(["--loss", "tdsa", "--beta", "7"])[0]["beta"] == 7.0
-    assert parse_config(["--loss", "tdsa-noattn", "--div-form", "paper"])[0]["div_form"] == "paper"
+    assert parse_config(["--loss", "mc"])[0].beta == 20.0
+    assert parse_config(["--loss", "tdsa", "--beta", "7"])[0].beta == 7.0
+    assert parse_config(["--loss", "tdsa-noattn", "--div-form", "paper"])[0].div_form == "paper"
     cfg, _ = parse_config(["--loss", "tdsa", "--beta-middle", "2", "--lam-middle", "0.5"])
-    assert (cfg["beta_middle"], cfg["lam_middle"]) == (2.0, 0.5)
+    assert (cfg.beta_middle, cfg.lam_middle) == (2.0, 0.5)
     for loss in ("mc", "ce"):
         for flag in ("--beta-middle", "--lam-middle"):
             with pytest.raises(ValueError, match="middle level"):
                 parse_config(["--loss", loss, flag, "1"])
     saved, _ = parse_config(["--loss", "tdsa", "--div-form", "paper"])
-    old = {k: v for k, v in saved.items() if k not in ("beta_middle", "lam_middle")}
+    old = {k: v for k, v in saved.options().items() if k not in ("beta_middle", "lam_middle")}
     given, explicit = parse_config(["--resume", "RUN"])
     resumed = resume_config(old, given, explicit)
-    assert (resumed["div_form"], resumed["beta_middle"], resumed["lam_middle"]) == ("paper", None, None)
+    assert (resumed.div_form, resumed.beta_middle, resumed.lam_middle) == ("paper", None, None)

@@ -135,18 +135,18 @@ def _cfg(*argv):
 
 def test_the_finetune_recipe_and_the_option_checks(files, tmp_path):
     cfg = _cfg("--recipe", "finetune")
-    assert (cfg["model"], cfg["img_size"], cfg["pretrained"], cfg["schedule"]) == ("resnet50", 448, "torchvision",
+    assert (cfg.model, cfg.img_size, cfg.pretrained, cfg.schedule) == ("resnet50", 448, "torchvision",
                                                                                   "cosine")
-    assert cfg["pretrained_lr_scale"] == 0.1 and cfg["epochs"] < 300
+    assert cfg.pretrained_lr_scale == 0.1 and cfg.epochs < 300
     cfg = _cfg("--recipe", "finetune", "--model", "vgg16", "--epochs", "7", "--pretrained", str(files["vgg16"]))
-    assert (cfg["model"], cfg["epochs"], cfg["img_size"]) == ("vgg16", 7, 448)
-    assert cfg["pretrained"] == str(files["vgg16"].resolve())
+    assert (cfg.model, cfg.epochs, cfg.img_size) == ("vgg16", 7, 448)
+    assert cfg.pretrained == str(files["vgg16"].resolve())
     paper = _cfg("--recipe", "paper")
-    assert (paper["model"], paper["epochs"], paper["lr"], paper["pretrained"], paper["schedule"]) == \
+    assert (paper.model, paper.epochs, paper.lr, paper.pretrained, paper.schedule) == \
         ("vgg16", 300, 0.1, "none", "step")
     default = _cfg()
-    assert (default["pretrained"], default["pretrained_lr_scale"], default["schedule"]) == ("none", 1.0, "step")
-    assert _cfg("--model", "resnet50", "--stem", "small")["stem"] == "small"
+    assert (default.pretrained, default.pretrained_lr_scale, default.schedule) == ("none", 1.0, "step")
+    assert _cfg("--model", "resnet50", "--stem", "small").stem == "small"
     with pytest.raises(ValueError, match="no such file"):
         _cfg("--pretrained", str(tmp_path / "nothing.pth"))
     with pytest.raises(ValueError, match="pretrained-lr-scale"):
@@ -159,11 +159,11 @@ def test_learning_rate_groups_and_the_cosine_schedule():
     model = build_model("resnet18", S, img_size=64)
     from tdsa_fast.runs import build_objective
 
-    cfg["pretrained_loaded"] = [n for n, _ in model.named_parameters() if n.startswith("layer1.")]
-    optimizer, scheduler = build_optimizer(cfg, model, build_objective(cfg, S))
+    loaded = [n for n, _ in model.named_parameters() if n.startswith("layer1.")]
+    optimizer, scheduler = build_optimizer(cfg, model, build_objective(cfg, S), loaded)
     new, old = optimizer.param_groups
     assert new["lr"] == 0.1 and old["lr"] == pytest.approx(0.01)
-    assert len(old["params"]) == len(cfg["pretrained_loaded"])
+    assert len(old["params"]) == len(loaded)
     for _ in range(2):
         optimizer.step()  # no gradients: nothing moves
         scheduler.step()

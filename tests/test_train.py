@@ -296,9 +296,9 @@ def test_config_file_sets_defaults_that_the_command_line_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("loss: mc\nbatch-size: 16\nlr: 0.5\namp: true\ntensorboard: false\nmu: 2\n")
     cfg, explicit = parse_config(["--config", str(path), "--lr", "0.1"])
-    assert (cfg["loss"], cfg["batch_size"], cfg["lr"], cfg["amp"], cfg["tensorboard"], cfg["mu"]) == \
+    assert (cfg.loss, cfg.batch_size, cfg.lr, cfg.amp, cfg.tensorboard, cfg.mu) == \
         ("mc", 16, 0.1, True, False, 2.0)
-    assert isinstance(cfg["mu"], float) and "lr" in explicit and "loss" not in explicit
+    assert isinstance(cfg.mu, float) and "lr" in explicit and "loss" not in explicit
 
 
 @pytest.mark.parametrize("text, message", [
@@ -326,15 +326,15 @@ def test_baseline_loss_options_from_the_command_line_and_a_config_file_reach_the
     from tdsa_fast.train import build_objective
     cfg = _cfg(FAST + ["--data-root", str(tmp_path), "--loss", "arcface", "--loss-arg", "margin=0.3",
                        "--loss-arg", "scale=30"])
-    assert cfg["loss_args"] == {"margin": 0.3, "scale": 30}
+    assert cfg.loss_args == {"margin": 0.3, "scale": 30}
     loss = build_objective(cfg, 5).baseline
     assert (loss.margin, loss.scale) == (0.3, 30.0)
-    assert _cfg(FAST + ["--data-root", str(tmp_path), "--loss", "arcface"])["loss_args"] == {}
+    assert _cfg(FAST + ["--data-root", str(tmp_path), "--loss", "arcface"]).loss_args == {}
     for text in ("loss: coco\nloss_args: {p: 0.9, scale: null}\n", "loss: coco\nloss-args: [p=0.9, scale=none]\n"):
         path = tmp_path / "c.yaml"
         path.write_text(text)
         cfg, _ = parse_config(["--config", str(path), "--data-root", str(tmp_path)])
-        assert cfg["loss_args"] == {"p": 0.9, "scale": None}
+        assert cfg.loss_args == {"p": 0.9, "scale": None}
         assert build_objective(cfg, 5).baseline.p == 0.9
 
 
@@ -379,12 +379,12 @@ def test_a_run_with_baseline_options_saves_them_and_evaluate_rebuilds_the_loss(t
 
 
 def test_resume_accepts_the_same_baseline_options_and_refuses_others():
-    from tdsa_fast.config import resume_config
+    from tdsa_fast.config import TrainConfig, resume_config
     saved = {"loss": "lmcl", "loss_args": {"scale": 16}, "lr": 0.1}
-    same = resume_config(saved, {"loss_args": [("scale", 16)], "resume": "r"}, {"loss_args", "resume"})
-    assert same["loss_args"] == {"scale": 16}
+    same = resume_config(saved, TrainConfig(loss_args=[("scale", 16)], resume="r"), {"loss_args", "resume"})
+    assert same.loss_args == {"scale": 16} and same.resume == "r"
     with pytest.raises(ValueError, match="conflicts with the resumed run's saved value"):
-        resume_config(saved, {"loss_args": [("scale", 32)], "resume": "r"}, {"loss_args", "resume"})
+        resume_config(saved, TrainConfig(loss_args=[("scale", 32)], resume="r"), {"loss_args", "resume"})
 
 
 def test_config_file_never_runs_code(tmp_path):
