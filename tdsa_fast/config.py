@@ -138,7 +138,7 @@ class TrainConfig:
     lam_middle: float | None = option(None, "λ of the middle level alone (tdsa, tdsa-noattn; default: --lam)",
                                       "loss")
     cnum_high: int = option(3, "channels per class at the high level", "loss", minimum=1)
-    loss_args: dict | None = option(None, _loss_arg_help(), "loss", flag="--loss-arg", metavar="KEY=VALUE")
+    loss_args: dict | list | None = option(None, _loss_arg_help(), "loss", flag="--loss-arg", metavar="KEY=VALUE")
     # optimisation
     recipe: str | None = option(
         None, "preset of the unset options: paper (the paper's from-scratch recipe: vgg16, 300 epochs, lr 0.1, "
