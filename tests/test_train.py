@@ -277,18 +277,21 @@ def test_run_folder_has_logs_tensorboard_curves_and_summary(tmp_path, monkeypatc
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_completed"] == 2 and summary["model"] == "resnet18"
     # the saved config.yaml reproduces the run's options through --config, in a new folder
-    from tdsa_fast.config import parse_config
+    from tdsa_fast.config import parse_config, saved_run
+
+    def options(cfg):
+        return {k: v for k, v in cfg.options().items() if k != "output"}
+
     again, _ = parse_config(["--config", str(out / "config.yaml")])
-    saved = json.loads((out / "config.json").read_text())
-    options = [k for k in again if k not in ("config", "resume", "output")]
-    assert {k: again[k] for k in options} == {k: saved[k] for k in options}
-    assert again["output"] is None and "output" not in (out / "config.yaml").read_text()
+    saved = saved_run(json.loads((out / "config.json").read_text()), "config.json").config
+    assert options(again) == options(saved)
+    assert again.output is None and "output" not in (out / "config.yaml").read_text()
     monkeypatch.chdir(tmp_path)  # the default folder, runs/..., lands here
     run(again, log=lambda *_: None)
     folders = list((tmp_path / "runs").iterdir())
     assert len(folders) == 1 and (folders[0] / "last.pt").is_file()
-    redone = json.loads((folders[0] / "config.json").read_text())
-    assert {k: redone[k] for k in options} == {k: saved[k] for k in options}
+    redone = saved_run(json.loads((folders[0] / "config.json").read_text()), "config.json").config
+    assert options(redone) == options(saved)
 
 
 def test_config_file_sets_defaults_that_the_command_line_overrides(tmp_path):
