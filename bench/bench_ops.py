@@ -5,7 +5,7 @@ Cases (docs/method.md paper shapes: S = 200 classes, xi = 3, upsample "nearest")
 
 * ``mc_terms``   high level  [B, 600, 14, 14], cnum 3
 * ``tdsa_terms`` middle level [B, 1800, 28, 28] gated by the high level [B, 600, 14, 14], cnum 9
-* ``tdsa_loss``  both together (mc_terms(high) + tdsa_terms(low, high)): the loss terms of one
+* ``tdsa_loss``  both together (mc_terms(high) + tdsa_terms(middle, high)): the loss terms of one
   training step, the case of the targets (fused >= 5x eager, >= 2x compiled, fwd+bwd, CPU B=4)
 
 Phases: ``fwd`` (no grad), ``bwd`` (backward only, from a fresh forward per round),
@@ -47,13 +47,13 @@ CASES = ("mc_terms", "tdsa_terms", "tdsa_loss")
 PHASES = ("fwd", "bwd", "fwdbwd")
 IMPLS = ("fused", "eager", "compiled")
 S, CNUM_HIGH, XI = 200, 3, 3
-CNUM_LOW = CNUM_HIGH * XI
+CNUM_MIDDLE = CNUM_HIGH * XI
 MODE = "nearest"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def shapes(smoke: bool):
-    """(classes, high HxW, low HxW): the paper's middle / high levels, or tiny ones."""
+    """(classes, high HxW, middle HxW): the paper's middle / high levels, or tiny ones."""
     return (4, (4, 4), (8, 8)) if smoke else (S, (14, 14), (28, 28))
 
 
@@ -62,11 +62,11 @@ def make_inputs(batch: int, device: str, dtype: torch.dtype, smoke: bool = False
     s, (hh, wh), (hl, wl) = shapes(smoke)
     gen = torch.Generator().manual_seed(seed)
     high = torch.randn(batch, s * CNUM_HIGH, hh, wh, generator=gen).clamp_min(0)
-    low = torch.randn(batch, s * CNUM_LOW, hl, wl, generator=gen).clamp_min(0)
+    middle = torch.randn(batch, s * CNUM_MIDDLE, hl, wl, generator=gen).clamp_min(0)
     return {
-        "low": low.to(device=device, dtype=dtype),
+        "middle": middle.to(device=device, dtype=dtype),
         "high": high.to(device=device, dtype=dtype),
-        "mask_low": TF.channel_mask(1, s, CNUM_LOW, generator=gen).to(device),
+        "mask_middle": TF.channel_mask(1, s, CNUM_MIDDLE, generator=gen).to(device),
         "mask_high": TF.channel_mask(1, s, CNUM_HIGH, generator=gen).to(device),
         "w": torch.randn(4, batch, s, generator=gen).to(device),
     }
@@ -81,20 +81,20 @@ def _loss_fused(case):
         return _weighted(x["w"], *TF.mc_terms(x["high"], x["mask_high"], CNUM_HIGH, backend="fused"))
 
     def td(x):
-        return _weighted(x["w"], *TF.tdsa_terms(x["low"], x["high"], x["mask_low"], CNUM_LOW, mode=MODE, backend="fused"))
+        return _weighted(x["w"], *TF.tdsa_terms(x["middle"], x["high"], x["mask_middle"], CNUM_MIDDLE, mode=MODE, backend="fused"))
 
     return {"mc_terms": mc, "tdsa_terms": td, "tdsa_loss": lambda x: mc(x) + td(x)}[case]
 
 
 def _loss_ref(case):
-    def mc(low, high, mask_low, mask_high, w):
+    def mc(middle, high, mask_middle, mask_high, w):
         return _weighted(w, *reference.mc_terms(high, mask_high, CNUM_HIGH))
 
-    def td(low, high, mask_low, mask_high, w):
-        return _weighted(w, *reference.tdsa_terms(low, high, mask_low, CNUM_LOW, MODE))
+    def td(middle, high, mask_middle, mask_high, w):
+        return _weighted(w, *reference.tdsa_terms(middle, high, mask_middle, CNUM_MIDDLE, MODE))
 
-    def both(low, high, mask_low, mask_high, w):
-        return mc(low, high, mask_low, mask_high, w) + td(low, high, mask_low, mask_high, w)
+    def both(middle, high, mask_middle, mask_high, w):
+        return mc(middle, high, mask_middle, mask_high, w) + td(middle, high, mask_middle, mask_high, w)
 
     return {"mc_terms": mc, "tdsa_terms": td, "tdsa_loss": both}[case]
 
@@ -111,17 +111,17 @@ def loss_fn(case: str, impl: str):
         if case not in _COMPILED:
             _COMPILED[case] = torch.compile(fn)
         fn = _COMPILED[case]
-    return lambda x: fn(x["low"], x["high"], x["mask_low"], x["mask_high"], x["w"])
+    return lambda x: fn(x["middle"], x["high"], x["mask_middle"], x["mask_high"], x["w"])
 
 
 def differentiable(x: dict, case: str) -> list[torch.Tensor]:
-    return [x["high"]] if case == "mc_terms" else [x["low"], x["high"]]
+    return [x["high"]] if case == "mc_terms" else [x["middle"], x["high"]]
 
 
 def fresh(x: dict, case: str, grad: bool) -> dict:
     """A shallow copy of x whose feature maps are new leaves (requires_grad as asked)."""
     y = dict(x)
-    for k in ("low", "high"):
+    for k in ("middle", "high"):
         y[k] = x[k].detach().requires_grad_(grad and (k == "high" or case != "mc_terms"))
     return y
 
@@ -157,7 +157,7 @@ def saved_bytes(case: str, impl: str, x: dict) -> dict:
     """Bytes the autograd graph of one forward keeps for backward: all saved tensors, and
     those that are not the inputs themselves (the memory the loss adds to the step)."""
     y = fresh(x, case, True)
-    inputs = {t.data_ptr() for t in (y["low"], y["high"], y["mask_low"], y["mask_high"], y["w"])}
+    inputs = {t.data_ptr() for t in (y["middle"], y["high"], y["mask_middle"], y["mask_high"], y["w"])}
     seen: dict = {}
 
     def pack(t):
@@ -222,7 +222,7 @@ def copy_bandwidth(device: str, nbytes: int = 1 << 30) -> float:
 
 def traffic_floor(x: dict) -> int:
     """The traffic floor (docs/kernels.md): tdsa_terms fwd + bwd reads F_l and F_h twice and writes dF_l and dF_h once."""
-    fl = x["low"].numel() * x["low"].element_size()
+    fl = x["middle"].numel() * x["middle"].element_size()
     fh = x["high"].numel() * x["high"].element_size()
     return 2 * (fl + fh) + (fl + fh)
 

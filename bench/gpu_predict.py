@@ -43,8 +43,8 @@ import sys
 from pathlib import Path
 
 S, CNUM_HIGH, XI = 200, 3, 3
-HIGH_HW, LOW_HW = 14 * 14, 28 * 28
-CNUM_LOW = CNUM_HIGH * XI
+HIGH_HW, MIDDLE_HW = 14 * 14, 28 * 28
+CNUM_MIDDLE = CNUM_HIGH * XI
 STORAGE_BYTES = 2  # bf16
 ACC_BYTES = 4      # the float g, h, grad_g, grad_h and the float mask
 
@@ -81,10 +81,10 @@ def kernel_launches(case: str, phase: str) -> list[str]:
 def kernel_bytes(kernel: str, batch: int) -> int:
     """Bytes a launch must move: inputs read once, outputs written once."""
     fh = batch * S * CNUM_HIGH * HIGH_HW * STORAGE_BYTES
-    fl = batch * S * CNUM_LOW * LOW_HW * STORAGE_BYTES
+    fl = batch * S * CNUM_MIDDLE * MIDDLE_HW * STORAGE_BYTES
     gh = batch * S * ACC_BYTES  # one of g, h, grad_g, grad_h
     kind, d = kernel.split("_")
-    mask = S * (CNUM_HIGH if kind == "mc" else CNUM_LOW) * ACC_BYTES  # a shared [1, C] float mask
+    mask = S * (CNUM_HIGH if kind == "mc" else CNUM_MIDDLE) * ACC_BYTES  # a shared [1, C] float mask
     maps = fh if kind == "mc" else fl + fh
     if d == "fwd":
         return maps + mask + 2 * gh
@@ -93,7 +93,7 @@ def kernel_bytes(kernel: str, batch: int) -> int:
 
 def kernel_elements(kernel: str, batch: int) -> int:
     kind = kernel.split("_")[0]
-    return batch * S * (CNUM_HIGH * HIGH_HW if kind == "mc" else CNUM_LOW * LOW_HW)
+    return batch * S * (CNUM_HIGH * HIGH_HW if kind == "mc" else CNUM_MIDDLE * MIDDLE_HW)
 
 
 def predict_kernel(kernel: str, batch: int, dev: dict = H200) -> dict:

@@ -22,7 +22,7 @@ except ImportError:
 from tdsa_fast import functional as TF  # noqa: E402
 from tdsa_fast import reference  # noqa: E402
 
-# (classes, cnum_high, xi, high HxW, low HxW)
+# (classes, cnum_high, xi, high HxW, middle HxW)
 SHAPES = {"tiny": (2, 3, 3, (3, 5), (7, 9)), "paper": (200, 3, 3, (14, 14), (28, 28))}
 
 
@@ -35,17 +35,17 @@ def check(shape: str, dtype: torch.dtype, layout: str, device: str, batch: int) 
     s, cnum, xi, (hh, wh), (hl, wl) = SHAPES[shape]
     gen = torch.Generator().manual_seed(0)
     high = torch.randn(batch, s * cnum, hh, wh, generator=gen).clamp_min(0).to(device, dtype)
-    low = torch.randn(batch, s * cnum * xi, hl, wl, generator=gen).clamp_min(0).to(device, dtype)
+    middle = torch.randn(batch, s * cnum * xi, hl, wl, generator=gen).clamp_min(0).to(device, dtype)
     if layout == "channels_last":
-        high, low = (t.contiguous(memory_format=torch.channels_last) for t in (high, low))
+        high, middle = (t.contiguous(memory_format=torch.channels_last) for t in (high, middle))
     mask = TF.channel_mask(1, s, cnum * xi, generator=gen).to(device)
     worst = 0.0
     for fn, ref in ((lambda lo, hi: TF.tdsa_terms(lo, hi, mask, cnum * xi, backend="fused"),
                      lambda lo, hi: reference.tdsa_terms(lo, hi, mask, cnum * xi, "nearest")),
                     (lambda lo, hi: (TF.topdown_gate(lo, hi, backend="fused"),),
                      lambda lo, hi: (reference.topdown_gate(lo, hi, "nearest"),))):
-        lo, hi = low.detach().clone().requires_grad_(), high.detach().clone().requires_grad_()
-        rl, rh = low.detach().float().clone().requires_grad_(), high.detach().float().clone().requires_grad_()
+        lo, hi = middle.detach().clone().requires_grad_(), high.detach().clone().requires_grad_()
+        rl, rh = middle.detach().float().clone().requires_grad_(), high.detach().float().clone().requires_grad_()
         out, rout = fn(lo, hi), ref(rl, rh)
         sum(o.float().sum() * (k + 1) for k, o in enumerate(out)).backward()
         sum(o.sum() * (k + 1) for k, o in enumerate(rout)).backward()

@@ -71,43 +71,43 @@ def same_device_dtype(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor
         raise ValueError(f"{a_name} has dtype {a.dtype} but {b_name} has dtype {b.dtype}")
 
 
-def gate_pair(low: torch.Tensor, high: torch.Tensor) -> int:
-    """Checks ``low`` [B, C_l, H_l, W_l] against ``high`` [B, C_h, H_h, W_h]; returns xi = C_l / C_h."""
-    feature_map("low", low)
+def gate_pair(middle: torch.Tensor, high: torch.Tensor) -> int:
+    """Checks ``middle`` [B, C_l, H_l, W_l] against ``high`` [B, C_h, H_h, W_h]; returns xi = C_l / C_h."""
+    feature_map("middle", middle)
     feature_map("high", high)
-    same_device_dtype("low", low, "high", high)
-    if low.shape[0] != high.shape[0]:
+    same_device_dtype("middle", middle, "high", high)
+    if middle.shape[0] != high.shape[0]:
         raise ValueError(
-            f"low and high must have the same batch size, got low {tuple(low.shape)} and high {tuple(high.shape)}"
+            f"middle and high must have the same batch size, got middle {tuple(middle.shape)} and high {tuple(high.shape)}"
         )
-    if low.shape[1] % high.shape[1] != 0:
+    if middle.shape[1] % high.shape[1] != 0:
         raise ValueError(
-            f"low channels must be a multiple of high channels, got low {tuple(low.shape)} and high {tuple(high.shape)}"
+            f"middle channels must be a multiple of high channels, got middle {tuple(middle.shape)} and high {tuple(high.shape)}"
         )
-    if low.shape[2] < high.shape[2] or low.shape[3] < high.shape[3]:
+    if middle.shape[2] < high.shape[2] or middle.shape[3] < high.shape[3]:
         raise ValueError(
-            f"low must be at least as large as high spatially, got low {tuple(low.shape)} and high {tuple(high.shape)}"
+            f"middle must be at least as large as high spatially, got middle {tuple(middle.shape)} and high {tuple(high.shape)}"
         )
-    return low.shape[1] // high.shape[1]
+    return middle.shape[1] // high.shape[1]
 
 
-def class_counts(low: torch.Tensor, cnum_low: int, high: torch.Tensor, xi: int) -> int:
+def class_counts(middle: torch.Tensor, cnum_middle: int, high: torch.Tensor, xi: int) -> int:
     """The gate keeps each class inside its group only when both levels hold the same
-    classes: ``C_low / cnum_low == C_high / cnum_high`` with ``cnum_high = cnum_low / xi``."""
-    s_low = cnum("cnum_low", cnum_low, "low", low)
-    if cnum_low % xi != 0:
+    classes: ``C_middle / cnum_middle == C_high / cnum_high`` with ``cnum_high = cnum_middle / xi``."""
+    s_middle = cnum("cnum_middle", cnum_middle, "middle", middle)
+    if cnum_middle % xi != 0:
         raise ValueError(
-            f"class counts disagree between the levels: low {tuple(low.shape)} with cnum_low={cnum_low} "
-            f"holds {s_low} classes, but high {tuple(high.shape)} would need {cnum_low}/{xi} = "
-            f"{cnum_low / xi:g} channels per class (xi = C_low/C_high = {xi})"
+            f"class counts disagree between the levels: middle {tuple(middle.shape)} with cnum_middle={cnum_middle} "
+            f"holds {s_middle} classes, but high {tuple(high.shape)} would need {cnum_middle}/{xi} = "
+            f"{cnum_middle / xi:g} channels per class (xi = C_middle/C_high = {xi})"
         )
-    return s_low
+    return s_middle
 
 
-def high_classes(low: torch.Tensor, high: torch.Tensor, cnum_high: int) -> tuple[int, int]:
-    """For the loss: S from ``high`` and ``cnum_high``; returns (S, cnum_low = xi * cnum_high).
-    With cnum_low derived this way both levels always hold the same S classes."""
-    xi = gate_pair(low, high)
+def high_classes(middle: torch.Tensor, high: torch.Tensor, cnum_high: int) -> tuple[int, int]:
+    """For the loss: S from ``high`` and ``cnum_high``; returns (S, cnum_middle = xi * cnum_high).
+    With cnum_middle derived this way both levels always hold the same S classes."""
+    xi = gate_pair(middle, high)
     s_high = cnum("cnum_high", cnum_high, "high", high)
     return s_high, cnum_high * xi
 

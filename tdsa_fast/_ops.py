@@ -21,7 +21,7 @@ that goes through ``tdsa_fast.functional`` has these registrations.
 Autocast: the ops are not in autocast's op lists, so under ``torch.autocast`` they run in
 the dtype of their inputs (the Autocast dispatch key falls through to the kernels). The
 kernels accumulate float16 / bfloat16 in float32 and return ``g``, ``h`` in float32.
-``low`` and ``high`` must share a dtype (``tdsa_fast.functional`` raises ``ValueError``
+``middle`` and ``high`` must share a dtype (``tdsa_fast.functional`` raises ``ValueError``
 otherwise; the op raises ``RuntimeError``); masks of any floating or bool dtype are
 accepted (``tdsa_fast.functional`` casts them to the features' dtype first, which is exact
 for 0/1 masks).
@@ -94,22 +94,22 @@ def _register() -> None:
         return torch.empty_like(feat)
 
     @torch.library.register_fake("tdsa_fast::topdown_gate")
-    def _topdown_gate_fake(low, high, mode):
-        torch._check(low.dtype == high.dtype, lambda: "tdsa_fast: low and high must share a dtype")
-        return torch.empty_like(low)
+    def _topdown_gate_fake(middle, high, mode):
+        torch._check(middle.dtype == high.dtype, lambda: "tdsa_fast: middle and high must share a dtype")
+        return torch.empty_like(middle)
 
     @torch.library.register_fake("tdsa_fast::topdown_gate_backward")
-    def _topdown_gate_backward_fake(grad_out, low, high, mode):
-        return torch.empty_like(low), torch.empty_like(high)
+    def _topdown_gate_backward_fake(grad_out, middle, high, mode):
+        return torch.empty_like(middle), torch.empty_like(high)
 
     @torch.library.register_fake("tdsa_fast::tdsa_terms")
-    def _tdsa_terms_fake(low, high, mask_low, cnum_low, mode):
-        torch._check(low.dtype == high.dtype, lambda: "tdsa_fast: low and high must share a dtype")
-        return _terms_like(low, cnum_low)
+    def _tdsa_terms_fake(middle, high, mask_middle, cnum_middle, mode):
+        torch._check(middle.dtype == high.dtype, lambda: "tdsa_fast: middle and high must share a dtype")
+        return _terms_like(middle, cnum_middle)
 
     @torch.library.register_fake("tdsa_fast::tdsa_terms_backward")
-    def _tdsa_terms_backward_fake(grad_g, grad_h, low, high, mask_low, cnum_low, mode):
-        return torch.empty_like(low), torch.empty_like(high)
+    def _tdsa_terms_backward_fake(grad_g, grad_h, middle, high, mask_middle, cnum_middle, mode):
+        return torch.empty_like(middle), torch.empty_like(high)
 
     # ---- autograd ----------------------------------------------------------------------
     def _mc_setup(ctx, inputs, output):
@@ -133,22 +133,22 @@ def _register() -> None:
     torch.library.register_autograd("tdsa_fast::mc_terms", _mc_backward, setup_context=_mc_setup)
 
     def _gate_setup(ctx, inputs, output):
-        low, high, mode = inputs
-        ctx.save_for_backward(low, high)
+        middle, high, mode = inputs
+        ctx.save_for_backward(middle, high)
         ctx.mode = mode
 
     def _gate_backward(ctx, grad_out):
-        low, high = ctx.saved_tensors
+        middle, high = ctx.saved_tensors
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, None
         if torch.is_grad_enabled():
-            return (*_differentiable_grads(lambda lo, hi: reference.topdown_gate(lo, hi, ctx.mode), (low, high),
+            return (*_differentiable_grads(lambda lo, hi: reference.topdown_gate(lo, hi, ctx.mode), (middle, high),
                                            ctx.needs_input_grad[:2], (grad_out,)), None)
-        grad_low, grad_high = torch.ops.tdsa_fast.topdown_gate_backward(
-            _zeros_if_none(grad_out, low), low, high, ctx.mode
+        grad_middle, grad_high = torch.ops.tdsa_fast.topdown_gate_backward(
+            _zeros_if_none(grad_out, middle), middle, high, ctx.mode
         )
         return (
-            grad_low if ctx.needs_input_grad[0] else None,
+            grad_middle if ctx.needs_input_grad[0] else None,
             grad_high if ctx.needs_input_grad[1] else None,
             None,
         )
@@ -156,25 +156,25 @@ def _register() -> None:
     torch.library.register_autograd("tdsa_fast::topdown_gate", _gate_backward, setup_context=_gate_setup)
 
     def _tdsa_setup(ctx, inputs, output):
-        low, high, mask_low, cnum_low, mode = inputs
-        ctx.save_for_backward(low, high, mask_low)
-        ctx.cnum_low = cnum_low
+        middle, high, mask_middle, cnum_middle, mode = inputs
+        ctx.save_for_backward(middle, high, mask_middle)
+        ctx.cnum_middle = cnum_middle
         ctx.mode = mode
 
     def _tdsa_backward(ctx, grad_g, grad_h):
-        low, high, mask_low = ctx.saved_tensors
+        middle, high, mask_middle = ctx.saved_tensors
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, None, None, None
         if torch.is_grad_enabled():
-            terms = lambda lo, hi: reference.tdsa_terms(lo, hi, mask_low, ctx.cnum_low, ctx.mode)  # noqa: E731
-            return (*_differentiable_grads(terms, (low, high), ctx.needs_input_grad[:2], (grad_g, grad_h)),
+            terms = lambda lo, hi: reference.tdsa_terms(lo, hi, mask_middle, ctx.cnum_middle, ctx.mode)  # noqa: E731
+            return (*_differentiable_grads(terms, (middle, high), ctx.needs_input_grad[:2], (grad_g, grad_h)),
                     None, None, None)
-        like = low.new_empty((low.shape[0], low.shape[1] // ctx.cnum_low), dtype=_acc(low.dtype))
-        grad_low, grad_high = torch.ops.tdsa_fast.tdsa_terms_backward(
-            _zeros_if_none(grad_g, like), _zeros_if_none(grad_h, like), low, high, mask_low, ctx.cnum_low, ctx.mode
+        like = middle.new_empty((middle.shape[0], middle.shape[1] // ctx.cnum_middle), dtype=_acc(middle.dtype))
+        grad_middle, grad_high = torch.ops.tdsa_fast.tdsa_terms_backward(
+            _zeros_if_none(grad_g, like), _zeros_if_none(grad_h, like), middle, high, mask_middle, ctx.cnum_middle, ctx.mode
         )
         return (
-            grad_low if ctx.needs_input_grad[0] else None,
+            grad_middle if ctx.needs_input_grad[0] else None,
             grad_high if ctx.needs_input_grad[1] else None,
             None,
             None,

@@ -89,43 +89,43 @@ def mc_terms(
 
 
 def topdown_gate(
-    low: torch.Tensor, high: torch.Tensor, *, mode: str = "nearest", backend: str = "auto"
+    middle: torch.Tensor, high: torch.Tensor, *, mode: str = "nearest", backend: str = "auto"
 ) -> torch.Tensor:
-    """The top-down gate of eq. 7: ``low * sigmoid(Upsample(repeat_interleave(high, xi)))``.
+    """The top-down gate of eq. 7: ``middle * sigmoid(Upsample(repeat_interleave(high, xi)))``.
 
-    low: [B, xi*C_h, H_l, W_l]; high: [B, C_h, H_h, W_h] with H_l >= H_h, W_l >= W_h.
+    middle: [B, xi*C_h, H_l, W_l]; high: [B, C_h, H_h, W_h] with H_l >= H_h, W_l >= W_h.
     mode: "nearest", "bilinear" or "bicubic" (``F.interpolate``, align_corners=False).
-    Returns a tensor shaped like ``low``, in its dtype.
+    Returns a tensor shaped like ``middle``, in its dtype.
     """
-    _checks.gate_pair(low, high)
+    _checks.gate_pair(middle, high)
     _checks.choice("mode", mode, _checks.UPSAMPLE_MODES)
-    if resolve(backend, low.device, "topdown_gate") == "fused":
-        return torch.ops.tdsa_fast.topdown_gate(low, high, mode)
-    return reference.topdown_gate(low, high, mode)
+    if resolve(backend, middle.device, "topdown_gate") == "fused":
+        return torch.ops.tdsa_fast.topdown_gate(middle, high, mode)
+    return reference.topdown_gate(middle, high, mode)
 
 
 def tdsa_terms(
-    low: torch.Tensor,
+    middle: torch.Tensor,
     high: torch.Tensor,
-    mask_low: torch.Tensor,
-    cnum_low: int,
+    mask_middle: torch.Tensor,
+    cnum_middle: int,
     *,
     mode: str = "nearest",
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mc_terms(topdown_gate(low, high, mode=mode), mask_low, cnum_low)``, fused.
+    """``mc_terms(topdown_gate(middle, high, mode=mode), mask_middle, cnum_middle)``, fused.
 
-    low: [B, S*cnum_low, H_l, W_l]; high: [B, S*cnum_low/xi, H_h, W_h]; mask_low: [B or 1, S*cnum_low].
+    middle: [B, S*cnum_middle, H_l, W_l]; high: [B, S*cnum_middle/xi, H_h, W_h]; mask_middle: [B or 1, S*cnum_middle].
     Returns (g [B, S], h [B, S]). The gated map stays in the accumulation dtype (it is
-    not rounded to ``low``'s dtype in between), which is what the fused kernel does.
+    not rounded to ``middle``'s dtype in between), which is what the fused kernel does.
     """
-    xi = _checks.gate_pair(low, high)
-    _checks.class_counts(low, cnum_low, high, xi)
-    _checks.mask("mask_low", mask_low, "low", low)
+    xi = _checks.gate_pair(middle, high)
+    _checks.class_counts(middle, cnum_middle, high, xi)
+    _checks.mask("mask_middle", mask_middle, "middle", middle)
     _checks.choice("mode", mode, _checks.UPSAMPLE_MODES)
-    if resolve(backend, low.device, "tdsa_terms") == "fused":
-        return torch.ops.tdsa_fast.tdsa_terms(low, high, mask_low.to(low.dtype), cnum_low, mode)
-    return reference.tdsa_terms(low, high, mask_low, cnum_low, mode)
+    if resolve(backend, middle.device, "tdsa_terms") == "fused":
+        return torch.ops.tdsa_fast.tdsa_terms(middle, high, mask_middle.to(middle.dtype), cnum_middle, mode)
+    return reference.tdsa_terms(middle, high, mask_middle, cnum_middle, mode)
 
 
 def mc_objective(
@@ -136,24 +136,25 @@ def mc_objective(
     *,
     div_form: str = "code",
     lam: float = 10.0,
-    alpha: float = 1.5,
+    mu: float = 1.5,
     beta: float = 15.0,
 ) -> torch.Tensor:
-    """One level's MC objective from its terms (g, h: [B, S]; target: [B]).
+    """One level's MC objective from its terms (g, h: [B, S]; target: [B]), weighted by ``mu``
+    as the total of eq. 9 adds it to the classifier's cross-entropy: the one place that weights
+    either form.
 
     ``div_form="code"`` (the released code, the default: ``docs/method.md`` says why):
-    ``alpha * CE(g, y) + beta * (1 - mean(h) / cnum)``; alpha plays mu's part, so the total
-    adds it unweighted.
-    ``div_form="paper"`` (eq. 1 as written): ``CE(g, y) - lam * mean(h)``; the paper then
-    weights it by mu in the total (eq. 9). The gradient weight on mean(h) is ``beta / cnum``
-    in the code form against ``mu * lam`` in the paper form: different objectives.
+    ``mu * CE(g, y) + beta * (1 - mean(h) / cnum)`` (the released code's name for mu: alpha).
+    ``div_form="paper"`` (eq. 1 as written, weighted as in eq. 9): ``mu * (CE(g, y) - lam * mean(h))``;
+    ``mu=1`` gives eq. 1 itself. The gradient weight on mean(h) is ``beta / cnum`` in the code
+    form against ``mu * lam`` in the paper form: different objectives.
     """
     _checks.choice("div_form", div_form, _checks.DIV_FORMS)
     dis = F.cross_entropy(g, target.long())  # int32/int16/int8/uint8 class indices too
     div = h.mean()
     if div_form == "paper":
-        return dis - lam * div
-    return alpha * dis + beta * (1.0 - div / cnum)
+        return mu * (dis - lam * div)
+    return mu * dis + beta * (1.0 - div / cnum)
 
 
 def mc_loss(
@@ -164,7 +165,7 @@ def mc_loss(
     lam: float = 10.0,
     mask: torch.Tensor | None = None,
     div_form: str = "code",
-    alpha: float = 1.5,
+    mu: float = 1.5,
     beta: float = RELEASED_BETA["mc"],
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -181,11 +182,11 @@ def mc_loss(
     if mask is None:
         mask = channel_mask(feat.shape[0], s, cnum, device=feat.device)
     g, h = mc_terms(feat, mask, cnum, backend=backend)
-    return mc_objective(g, h, target, cnum, div_form=div_form, lam=lam, alpha=alpha, beta=beta)
+    return mc_objective(g, h, target, cnum, div_form=div_form, lam=lam, mu=mu, beta=beta)
 
 
 def tdsa_loss(
-    low: torch.Tensor,
+    middle: torch.Tensor,
     high: torch.Tensor,
     target: torch.Tensor,
     *,
@@ -195,16 +196,16 @@ def tdsa_loss(
     masks: tuple[torch.Tensor, torch.Tensor] | None = None,
     attention: bool = True,
     div_form: str = "code",
-    alpha: float = 1.5,
+    mu: float = 1.5,
     beta: float = RELEASED_BETA["tdsa"],
     lam_middle: float | None = None,
     beta_middle: float | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """The TDSA loss (eq. 8): ``MC(high; cnum_high) + MC(gate(low, high); xi*cnum_high)``.
+    """The TDSA loss (eq. 8): ``MC(high; cnum_high) + MC(gate(middle, high); xi*cnum_high)``.
 
-    low: [B, S*xi*cnum_high, H_l, W_l] (middle level); high: [B, S*cnum_high, H_h, W_h];
-    target: [B]. ``masks`` = (mask_low [B or 1, C_low], mask_high [B or 1, C_high]) or None to
+    middle: [B, S*xi*cnum_high, H_l, W_l] (middle level); high: [B, S*cnum_high, H_h, W_h];
+    target: [B]. ``masks`` = (mask_middle [B or 1, C_middle], mask_high [B or 1, C_high]) or None to
     draw fresh shared masks. ``attention=False`` drops the gate (the paper's "w/o attention").
     Gradients of the middle term flow through the gate into ``high``. The default β is the
     released TDSA code's.
@@ -212,27 +213,27 @@ def tdsa_loss(
     level's (None: ``lam`` / ``beta`` on both levels).
     Returns a scalar in the accumulation dtype; see :func:`mc_objective` for the two forms.
     """
-    s, cnum_low = _checks.high_classes(low, high, cnum_high)
-    _checks.target("target", target, low.shape[0], low)
+    s, cnum_middle = _checks.high_classes(middle, high, cnum_high)
+    _checks.target("target", target, middle.shape[0], middle)
     _checks.choice("mode", mode, _checks.UPSAMPLE_MODES)
     _checks.choice("div_form", div_form, _checks.DIV_FORMS)
     if masks is None:
-        mask_low = channel_mask(low.shape[0], s, cnum_low, device=low.device)
+        mask_middle = channel_mask(middle.shape[0], s, cnum_middle, device=middle.device)
         mask_high = channel_mask(high.shape[0], s, cnum_high, device=high.device)
     else:
         if not isinstance(masks, (tuple, list)) or len(masks) != 2:
-            raise ValueError("masks must be a pair (mask_low, mask_high) or None")
-        mask_low, mask_high = masks
-    _checks.mask("mask_low", mask_low, "low", low)
+            raise ValueError("masks must be a pair (mask_middle, mask_high) or None")
+        mask_middle, mask_high = masks
+    _checks.mask("mask_middle", mask_middle, "middle", middle)
     _checks.mask("mask_high", mask_high, "high", high)
-    form = dict(div_form=div_form, lam=lam, alpha=alpha, beta=beta)
+    form = dict(div_form=div_form, lam=lam, mu=mu, beta=beta)
     form_middle = dict(form, lam=lam if lam_middle is None else lam_middle,
                        beta=beta if beta_middle is None else beta_middle)
     g_high, h_high = mc_terms(high, mask_high, cnum_high, backend=backend)
     if attention:
-        g_low, h_low = tdsa_terms(low, high, mask_low, cnum_low, mode=mode, backend=backend)
+        g_middle, h_middle = tdsa_terms(middle, high, mask_middle, cnum_middle, mode=mode, backend=backend)
     else:
-        g_low, h_low = mc_terms(low, mask_low, cnum_low, backend=backend)
+        g_middle, h_middle = mc_terms(middle, mask_middle, cnum_middle, backend=backend)
     return mc_objective(g_high, h_high, target, cnum_high, **form) + mc_objective(
-        g_low, h_low, target, cnum_low, **form_middle
+        g_middle, h_middle, target, cnum_middle, **form_middle
     )

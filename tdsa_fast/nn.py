@@ -30,9 +30,7 @@ class _WeightedMC(nn.Module):
         self.shared_mask, self.backend = shared_mask, backend
 
     def _form(self) -> dict:
-        return dict(lam=self.lam, div_form=self.div_form, alpha=self.mu, beta=self.beta, backend=self.backend)
-    def _weight(self, value: torch.Tensor) -> torch.Tensor:
-        return self.mu * value if self.div_form == "paper" else value
+        return dict(lam=self.lam, div_form=self.div_form, mu=self.mu, beta=self.beta, backend=self.backend)
 
     def _mask(self, feat: torch.Tensor, cnum: int, generator: torch.Generator | None = None) -> torch.Tensor:
         s = _checks.cnum("cnum", cnum, "feat", feat)
@@ -60,13 +58,13 @@ class MCLoss(_WeightedMC):
         _checks.feature_map("feat", feat)
         if mask is None:
             mask = self._mask(feat, self.cnum)
-        return self._weight(TF.mc_loss(feat, target, self.cnum, mask=mask, **self._form()))
+        return TF.mc_loss(feat, target, self.cnum, mask=mask, **self._form())
 
 
 class TDSALoss(_WeightedMC):
     """TDSA loss (eq. 8) on the middle and high maps.
 
-    forward(low [B, S*xi*cnum_high, H_l, W_l], high [B, S*cnum_high, H_h, W_h], target [B],
+    forward(middle [B, S*xi*cnum_high, H_l, W_l], high [B, S*cnum_high, H_h, W_h], target [B],
     masks=None) -> scalar. ``attention=False`` is the paper's "w/o attention" ablation.
     ``lam_middle`` / ``beta_middle``: the middle level's λ / β where it should differ from the
     high level's (None: ``lam`` / ``beta`` on both).
@@ -88,15 +86,15 @@ class TDSALoss(_WeightedMC):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", lam_middle={self.lam_middle}, beta_middle={self.beta_middle}"
 
-    def draw_masks(self, low: torch.Tensor, high: torch.Tensor,
+    def draw_masks(self, middle: torch.Tensor, high: torch.Tensor,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mask_low, mask_high) for the maps, drawn from ``generator`` (None: the default one)."""
-        _, cnum_low = _checks.high_classes(low, high, self.cnum_high)
-        return self._mask(low, cnum_low, generator), self._mask(high, self.cnum_high, generator)
+        """(mask_middle, mask_high) for the maps, drawn from ``generator`` (None: the default one)."""
+        _, cnum_middle = _checks.high_classes(middle, high, self.cnum_high)
+        return self._mask(middle, cnum_middle, generator), self._mask(high, self.cnum_high, generator)
 
-    def forward(self, low: torch.Tensor, high: torch.Tensor, target: torch.Tensor,
+    def forward(self, middle: torch.Tensor, high: torch.Tensor, target: torch.Tensor,
                 masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if masks is None:
-            masks = self.draw_masks(low, high)
-        return self._weight(TF.tdsa_loss(low, high, target, cnum_high=self.cnum_high, mode=self.mode,
+            masks = self.draw_masks(middle, high)
+        return (TF.tdsa_loss(middle, high, target, cnum_high=self.cnum_high, mode=self.mode,
                                          masks=masks, attention=self.attention, **self._form()))

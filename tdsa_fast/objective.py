@@ -78,7 +78,7 @@ class TrainingObjective(nn.Module):
 
     def draw_masks(self, out: ModelOutput, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...] | None:
         """The channel masks of the MC/TDSA term for ``out`` (``(mask_high,)`` for ``mc``,
-        ``(mask_low, mask_high)`` for the TDSA losses, None for the others), drawn from
+        ``(mask_middle, mask_high)`` for the TDSA losses, None for the others), drawn from
         ``generator``: the trainer seeds one per step and rank so a run can be replayed."""
         if self.term is None:
             return None

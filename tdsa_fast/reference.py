@@ -44,30 +44,30 @@ def upsample(high: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tens
     return F.interpolate(high, size=size, mode=mode, align_corners=False)
 
 
-def topdown_gate(low: torch.Tensor, high: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
-    """Eq. 7: low * sigmoid(Upsample(R(high))), R = repeat_interleave(C_low / C_high, dim=1).
+def topdown_gate(middle: torch.Tensor, high: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+    """Eq. 7: middle * sigmoid(Upsample(R(high))), R = repeat_interleave(C_middle / C_high, dim=1).
 
-    low: [B, C_l, H_l, W_l]; high: [B, C_h, H_h, W_h] with C_l = xi*C_h, H_l >= H_h, W_l >= W_h.
-    Returns a tensor shaped like low, in low's dtype (computed in the accumulation dtype).
+    middle: [B, C_l, H_l, W_l]; high: [B, C_h, H_h, W_h] with C_l = xi*C_h, H_l >= H_h, W_l >= W_h.
+    Returns a tensor shaped like middle, in middle's dtype (computed in the accumulation dtype).
     Upsampling commutes with the channel repeat, so the smaller map is upsampled first.
     """
-    acc = accumulation_dtype(low.dtype)
-    xi = low.shape[1] // high.shape[1]
-    up = upsample(high.to(acc), (low.shape[2], low.shape[3]), mode)
+    acc = accumulation_dtype(middle.dtype)
+    xi = middle.shape[1] // high.shape[1]
+    up = upsample(high.to(acc), (middle.shape[2], middle.shape[3]), mode)
     gate = torch.sigmoid(up).repeat_interleave(xi, dim=1)
-    return (low.to(acc) * gate).to(low.dtype)
+    return (middle.to(acc) * gate).to(middle.dtype)
 
 
 def tdsa_terms(
-    low: torch.Tensor, high: torch.Tensor, mask_low: torch.Tensor, cnum_low: int, mode: str = "nearest"
+    middle: torch.Tensor, high: torch.Tensor, mask_middle: torch.Tensor, cnum_middle: int, mode: str = "nearest"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """mc_terms of the gated middle map, without rounding the gated map to low's dtype.
+    """mc_terms of the gated middle map, without rounding the gated map to middle's dtype.
 
-    low: [B, S*cnum_low, H_l, W_l]; high: [B, S*cnum_low/xi, H_h, W_h]; mask_low: [B or 1, S*cnum_low].
+    middle: [B, S*cnum_middle, H_l, W_l]; high: [B, S*cnum_middle/xi, H_h, W_h]; mask_middle: [B or 1, S*cnum_middle].
     Returns g, h: [B, S] in the accumulation dtype.
     """
-    acc = accumulation_dtype(low.dtype)
-    xi = low.shape[1] // high.shape[1]
-    up = upsample(high.to(acc), (low.shape[2], low.shape[3]), mode)
-    gated = low.to(acc) * torch.sigmoid(up).repeat_interleave(xi, dim=1)
-    return mc_terms(gated, mask_low, cnum_low)
+    acc = accumulation_dtype(middle.dtype)
+    xi = middle.shape[1] // high.shape[1]
+    up = upsample(high.to(acc), (middle.shape[2], middle.shape[3]), mode)
+    gated = middle.to(acc) * torch.sigmoid(up).repeat_interleave(xi, dim=1)
+    return mc_terms(gated, mask_middle, cnum_middle)

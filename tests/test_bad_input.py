@@ -7,7 +7,7 @@ import torch
 from tdsa_fast import functional as TF
 from tdsa_fast.nn import MCLoss, TDSALoss
 
-LOW = torch.rand(2, 18, 8, 8)    # S=2, cnum_low=9
+LOW = torch.rand(2, 18, 8, 8)    # S=2, cnum_middle=9
 HIGH = torch.rand(2, 6, 4, 4)    # S=2, cnum_high=3, xi=3
 MASK_LOW = torch.ones(1, 18)
 MASK_HIGH = torch.ones(1, 6)
@@ -21,7 +21,7 @@ def raises(match):
 def test_feature_map_not_4d():
     with raises(r"feat must be 4-D.*\(2, 6, 16\)"):
         TF.mc_terms(torch.rand(2, 6, 16), MASK_HIGH, 3)
-    with raises(r"low must be 4-D"):
+    with raises(r"middle must be 4-D"):
         TF.topdown_gate(torch.rand(18, 8, 8), HIGH)
     with raises(r"high must be 4-D"):
         TF.tdsa_terms(LOW, torch.rand(2, 6, 4, 4, 1), MASK_LOW, 9)
@@ -30,27 +30,27 @@ def test_feature_map_not_4d():
 def test_channels_not_divisible_by_cnum():
     with raises(r"feat has 6 channels.*not divisible by cnum=4"):
         TF.mc_terms(HIGH, torch.ones(1, 6), 4)
-    with raises(r"low has 18 channels.*not divisible by cnum_low=4"):
+    with raises(r"middle has 18 channels.*not divisible by cnum_middle=4"):
         TF.tdsa_terms(LOW, HIGH, MASK_LOW, 4)
     with raises(r"high has 6 channels.*not divisible by cnum_high=4"):
         TF.tdsa_loss(LOW, HIGH, Y, cnum_high=4)
 
 
-def test_low_channels_not_a_multiple_of_high_channels():
-    with raises(r"low channels must be a multiple of high channels.*\(2, 18, 8, 8\).*\(2, 4, 4, 4\)"):
+def test_middle_channels_not_a_multiple_of_high_channels():
+    with raises(r"middle channels must be a multiple of high channels.*\(2, 18, 8, 8\).*\(2, 4, 4, 4\)"):
         TF.topdown_gate(LOW, torch.rand(2, 4, 4, 4))
 
 
 def test_class_counts_disagree_between_levels():
     # xi = 3: 9 classes of 2 middle channels would need 2/3 of a high channel each
-    with raises(r"class counts disagree.*low \(2, 18, 8, 8\) with cnum_low=2 holds 9 classes"):
+    with raises(r"class counts disagree.*middle \(2, 18, 8, 8\) with cnum_middle=2 holds 9 classes"):
         TF.tdsa_terms(LOW, HIGH, MASK_LOW, 2)
 
 
-def test_low_spatially_smaller_than_high():
-    with raises(r"low must be at least as large as high.*\(2, 18, 3, 8\).*\(2, 6, 4, 4\)"):
+def test_middle_spatially_smaller_than_high():
+    with raises(r"middle must be at least as large as high.*\(2, 18, 3, 8\).*\(2, 6, 4, 4\)"):
         TF.topdown_gate(torch.rand(2, 18, 3, 8), HIGH)
-    with raises(r"low must be at least as large"):
+    with raises(r"middle must be at least as large"):
         TF.tdsa_loss(torch.rand(2, 18, 8, 2), HIGH, Y)
 
 
@@ -61,7 +61,7 @@ def test_mask_of_the_wrong_shape():
         TF.mc_terms(HIGH, torch.ones(3, 6), 3)
     with raises(r"mask must have shape"):
         TF.mc_terms(HIGH, torch.ones(6), 3)
-    with raises(r"mask_low must have shape \[2, 18\]"):
+    with raises(r"mask_middle must have shape \[2, 18\]"):
         TF.tdsa_terms(LOW, HIGH, MASK_HIGH, 9)
     with raises(r"mask_high must have shape \[2, 6\]"):
         TF.tdsa_loss(LOW, HIGH, Y, masks=(MASK_LOW, MASK_LOW))
@@ -71,7 +71,7 @@ def test_mask_of_the_wrong_shape():
 
 def test_features_on_different_devices():
     meta_high = torch.empty(2, 6, 4, 4, device="meta")
-    with raises(r"low is on cpu but high is on meta"):
+    with raises(r"middle is on cpu but high is on meta"):
         TF.topdown_gate(LOW, meta_high)
     with raises(r"mask is on meta but feat is on cpu"):
         TF.mc_terms(HIGH, torch.ones(1, 6, device="meta"), 3)
@@ -80,7 +80,7 @@ def test_features_on_different_devices():
 
 
 def test_features_of_different_dtypes():
-    with raises(r"low has dtype torch.float32 but high has dtype torch.float16"):
+    with raises(r"middle has dtype torch.float32 but high has dtype torch.float16"):
         TF.tdsa_terms(LOW, HIGH.half(), MASK_LOW, 9)
     with raises(r"feat must be float16, bfloat16, float32 or float64"):
         TF.mc_terms(HIGH.to(torch.int32), MASK_HIGH, 3)
@@ -121,6 +121,6 @@ def test_fused_backend_without_kernels_is_a_clear_error(monkeypatch):
 
 def test_checks_run_before_compute_and_read_only_metadata():
     # meta tensors have no data: a check that touched values would fail differently
-    low = torch.empty(2, 18, 8, 8, device="meta")
-    with raises(r"mask_low must have shape"):
-        TF.tdsa_terms(low, torch.empty(2, 6, 4, 4, device="meta"), torch.empty(1, 17, device="meta"), 9)
+    middle = torch.empty(2, 18, 8, 8, device="meta")
+    with raises(r"mask_middle must have shape"):
+        TF.tdsa_terms(middle, torch.empty(2, 6, 4, 4, device="meta"), torch.empty(1, 17, device="meta"), 9)

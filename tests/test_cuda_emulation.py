@@ -106,11 +106,11 @@ def _views(x, layout):
 def _tdsa_case(emu, b, s, ch, xi, hw, hhw, dtype, layout, mode, seed=0):
     cl = ch * xi
     gen = torch.Generator().manual_seed(seed)
-    low = torch.randn(b, s * cl, *hw, generator=gen, dtype=F64).clamp_min(0)
+    middle = torch.randn(b, s * cl, *hw, generator=gen, dtype=F64).clamp_min(0)
     high = torch.randn(b, s * ch, *hhw, generator=gen, dtype=F64)
     mask = (torch.rand(1, s * cl, generator=gen) > 0.4).double()
     wg, wh = torch.randn(b, s, generator=gen, dtype=F64), torch.randn(b, s, generator=gen, dtype=F64)
-    lo, hi = _views(low.to(dtype), layout), _views(high.to(dtype), layout)
+    lo, hi = _views(middle.to(dtype), layout), _views(high.to(dtype), layout)
     g, h = strict(emu, emu.terms, [], lo, mask.to(dtype), cl, hi, mode, False)
     dl, dh = strict(emu, emu.terms, [wg, wh], lo, mask.to(dtype), cl, hi, mode, False)
     ref_dtype = F64 if dtype == F64 else F32
@@ -181,10 +181,10 @@ def test_mc_terms_at_the_paper_shape(emu, dtype, layout):
 @pytest.mark.parametrize("mode", ["nearest", "bicubic"])
 def test_topdown_gate_at_the_paper_shape(emu, mode):
     gen = torch.Generator().manual_seed(6)
-    low = torch.rand(1, 9, 28, 28, generator=gen, dtype=F64)
+    middle = torch.rand(1, 9, 28, 28, generator=gen, dtype=F64)
     high = torch.randn(1, 3, 14, 14, generator=gen, dtype=F64)
     go = torch.randn(1, 9, 28, 28, generator=gen, dtype=F64)
-    lo, hi = low.to(BF16), high.to(BF16)
+    lo, hi = middle.to(BF16), high.to(BF16)
     (out,) = strict(emu, emu.gate, None, lo, hi, mode, False)
     dl, dh = strict(emu, emu.gate, go.to(BF16), lo, hi, mode, False)
     rl, rh = lo.detach().float().requires_grad_(), hi.detach().float().requires_grad_()

@@ -21,7 +21,7 @@ def _load(name):
 def test_the_floor_is_the_benchmarks_traffic_floor():
     gp, bo = _load("gpu_predict"), _load("bench_ops")
     x = bo.make_inputs(2, "cpu", __import__("torch").bfloat16)
-    small = 2 * gp.S * gp.CNUM_LOW * 4 + 2 * 2 * 2 * gp.S * 4  # the mask twice, g / h and their gradients
+    small = 2 * gp.S * gp.CNUM_MIDDLE * 4 + 2 * 2 * 2 * gp.S * 4  # the mask twice, g / h and their gradients
     assert sum(gp.kernel_bytes(k, 2) for k in ("tdsa_fwd", "tdsa_bwd")) - small == bo.traffic_floor(x)
     row = gp.predict("tdsa_terms", "fwdbwd", 64)
     assert abs(row["floor_ms"] - bo.traffic_floor(bo.make_inputs(1, "cpu", __import__("torch").bfloat16)) * 64

@@ -15,12 +15,12 @@ needs_kernels = pytest.mark.skipif(not fused_available("cpu"), reason="the CPU k
 
 def _inputs(dtype):
     g = torch.Generator().manual_seed(0)
-    low = torch.rand(2, 18, 6, 6, generator=g, dtype=dtype).requires_grad_()   # S=2, cnum_low=9
+    middle = torch.rand(2, 18, 6, 6, generator=g, dtype=dtype).requires_grad_()   # S=2, cnum_middle=9
     high = torch.rand(2, 6, 3, 3, generator=g, dtype=dtype).requires_grad_()   # cnum_high=3, xi=3
-    return low, high
+    return middle, high
 
 
-# the three fused forward ops, each as loss(low, high, backend)
+# the three fused forward ops, each as loss(middle, high, backend)
 OPS = {
     "mc_terms": lambda lo, hi, b: sum(t.pow(2).sum() for t in TF.mc_terms(hi, torch.ones(1, 6, dtype=hi.dtype), 3,
                                                                             backend=b)),
@@ -37,10 +37,10 @@ OPS = {
 def test_double_backward_through_the_fused_ops_equals_the_reference(op, dtype, tol):
     """A gradient penalty: d/dx |dL/dx|^2, for both inputs."""
     def penalty_grads(backend):
-        low, high = _inputs(dtype)
-        grads = torch.autograd.grad(OPS[op](low, high, backend), (low, high), create_graph=True, allow_unused=True)
+        middle, high = _inputs(dtype)
+        grads = torch.autograd.grad(OPS[op](middle, high, backend), (middle, high), create_graph=True, allow_unused=True)
         penalty = sum(g.pow(2).sum() for g in grads if g is not None)
-        return torch.autograd.grad(penalty, (low, high), allow_unused=True)
+        return torch.autograd.grad(penalty, (middle, high), allow_unused=True)
 
     want, got = penalty_grads("reference"), penalty_grads("fused")
     for w, g in zip(want, got):
@@ -52,21 +52,21 @@ def test_double_backward_through_the_fused_ops_equals_the_reference(op, dtype, t
 
 @needs_kernels
 def test_gradgradcheck_of_the_fused_tdsa_terms():
-    g = torch.Generator().manual_seed(1)  # tiny (gradgradcheck differentiates numerically): S=2, cnum_low=3, xi=3
-    low = torch.rand(1, 6, 2, 2, generator=g, dtype=torch.float64).requires_grad_()
+    g = torch.Generator().manual_seed(1)  # tiny (gradgradcheck differentiates numerically): S=2, cnum_middle=3, xi=3
+    middle = torch.rand(1, 6, 2, 2, generator=g, dtype=torch.float64).requires_grad_()
     high = torch.rand(1, 2, 1, 1, generator=g, dtype=torch.float64).requires_grad_()
     mask = torch.ones(1, 6, dtype=torch.float64)
-    assert torch.autograd.gradgradcheck(lambda lo, hi: TF.tdsa_terms(lo, hi, mask, 3, backend="fused"), (low, high))
+    assert torch.autograd.gradgradcheck(lambda lo, hi: TF.tdsa_terms(lo, hi, mask, 3, backend="fused"), (middle, high))
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("fused", marks=needs_kernels)])
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.int8, torch.uint8])
 def test_targets_of_any_integer_dtype_give_the_int64_loss(dtype, backend):
-    low, high = _inputs(torch.float32)
+    middle, high = _inputs(torch.float32)
     y = torch.tensor([1, 0])
     masks = (torch.ones(1, 18), torch.ones(1, 6))
-    want = TF.tdsa_loss(low, high, y, masks=masks, backend=backend)
-    assert torch.equal(TF.tdsa_loss(low, high, y.to(dtype), masks=masks, backend=backend), want)
+    want = TF.tdsa_loss(middle, high, y, masks=masks, backend=backend)
+    assert torch.equal(TF.tdsa_loss(middle, high, y.to(dtype), masks=masks, backend=backend), want)
     assert torch.equal(TF.mc_loss(high, y.to(dtype), 3, mask=masks[1], backend=backend),
                        TF.mc_loss(high, y, 3, mask=masks[1], backend=backend))
 

@@ -22,7 +22,7 @@ from transcription import eq3_g, eq5_h, eq7_gate
 
 F64 = torch.float64
 S, CNUM_HIGH, XI = 3, 3, 2  # classes, high-level channels per class, middle/high ratio
-CNUM_LOW = CNUM_HIGH * XI
+CNUM_MIDDLE = CNUM_HIGH * XI
 MU, LAM, BETA = 0.7, 3.0, 11.0
 
 BACKENDS = ["reference", pytest.param("fused", marks=pytest.mark.skipif(
@@ -34,32 +34,33 @@ def _inputs(seed: int = 0):
     per-sample one for the middle level, a shared one for the high level."""
     gen = torch.Generator().manual_seed(seed)
     b = 2
-    low = torch.rand(b, S * CNUM_LOW, 4, 5, generator=gen, dtype=F64)
+    middle = torch.rand(b, S * CNUM_MIDDLE, 4, 5, generator=gen, dtype=F64)
     high = torch.rand(b, S * CNUM_HIGH, 2, 3, generator=gen, dtype=F64) * 2
     logits = torch.randn(b, S, generator=gen, dtype=F64)
     target = torch.tensor([2, 0])
-    mask_low = TF.channel_mask(b, S, CNUM_LOW, shared=False, generator=gen).to(F64)
+    mask_middle = TF.channel_mask(b, S, CNUM_MIDDLE, shared=False, generator=gen).to(F64)
     mask_high = TF.channel_mask(1, S, CNUM_HIGH, generator=gen).to(F64)
-    return low, high, logits, target, (mask_low, mask_high)
+    return middle, high, logits, target, (mask_middle, mask_high)
 
 
 def _level(feat, mask, cnum, target, div_form):
-    """One level's MC objective from eqs. 3-6: eq. 1 (paper) or the released code's form."""
+    """One level's MC objective from eqs. 3-6, weighted as eq. 9 adds it: mu * eq. 1 (paper) or
+    the released code's form."""
     dis = F.cross_entropy(eq3_g(feat, mask, cnum), target)
     div = eq5_h(feat, cnum).mean()
     if div_form == "paper":
-        return dis - LAM * div
+        return MU * (dis - LAM * div)
     return MU * dis + BETA * (1 - div / cnum)
 
 
-def _written_out(loss, low, high, logits, target, masks, div_form, mode):
+def _written_out(loss, middle, high, logits, target, masks, div_form, mode):
     """The whole objective of ``loss`` (mc, tdsa, tdsa-noattn) from the equations."""
-    mask_low, mask_high = masks
+    mask_middle, mask_high = masks
     levels = _level(high, mask_high, CNUM_HIGH, target, div_form)
     if loss != "mc":
-        middle = eq7_gate(low, high, mode) if loss == "tdsa" else low
-        levels = levels + _level(middle, mask_low, CNUM_LOW, target, div_form)
-    return F.cross_entropy(logits, target) + (MU * levels if div_form == "paper" else levels)
+        gated = eq7_gate(middle, high, mode) if loss == "tdsa" else middle
+        levels = levels + _level(gated, mask_middle, CNUM_MIDDLE, target, div_form)
+    return F.cross_entropy(logits, target) + levels
 
 
 def _grads(total, tensors):
@@ -73,14 +74,14 @@ def _grads(total, tensors):
 @pytest.mark.parametrize("loss,mode", [("mc", "nearest"), ("tdsa-noattn", "nearest"), ("tdsa", "nearest"),
                                        ("tdsa", "bilinear")])
 def test_training_objective_is_eq_9(loss, mode, div_form, backend):
-    low, high, logits, target, masks = _inputs()
-    leaves = [t.clone().requires_grad_() for t in (low, high, logits)]
+    middle, high, logits, target, masks = _inputs()
+    leaves = [t.clone().requires_grad_() for t in (middle, high, logits)]
     expected = _written_out(loss, *leaves, target, masks, div_form, mode)
     want = _grads(expected, leaves)
 
     objective = TrainingObjective(loss, mu=MU, lam=LAM, beta=BETA, div_form=div_form, upsample=mode,
                                   cnum_high=CNUM_HIGH, backend=backend)
-    leaves = [t.clone().requires_grad_() for t in (low, high, logits)]
+    leaves = [t.clone().requires_grad_() for t in (middle, high, logits)]
     out = ModelOutput(logits=leaves[2], middle=leaves[0], high=leaves[1])
     total, ce = objective(out, target, masks=masks if loss != "mc" else masks[1:])
     got = _grads(total, leaves)
@@ -98,35 +99,34 @@ def test_training_objective_is_eq_9(loss, mode, div_form, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("div_form", ["paper", "code"])
 def test_functional_losses_and_modules_are_eq_1_and_eq_8(div_form, backend):
-    """The unweighted sums (``TF.mc_loss``: eq. 1; ``TF.tdsa_loss``: eq. 8) and the modules,
-    which weight them by mu in the paper form only (alpha = mu is inside the code form)."""
-    low, high, _, target, (mask_low, mask_high) = _inputs(1)
-    form = dict(div_form=div_form, lam=LAM, alpha=MU, beta=BETA, backend=backend)
+    """``TF.mc_loss`` (eq. 1 per level) and ``TF.tdsa_loss`` (eq. 8), each level weighted by mu
+    as in eq. 9 (in the code form mu weights the level's CE), and the modules, which equal them."""
+    middle, high, _, target, (mask_middle, mask_high) = _inputs(1)
+    form = dict(div_form=div_form, lam=LAM, mu=MU, beta=BETA, backend=backend)
     mc_high = _level(high, mask_high, CNUM_HIGH, target, div_form)
-    weight = MU if div_form == "paper" else 1.0
     for attention in (True, False):
-        middle = eq7_gate(low, high, "nearest") if attention else low
-        eq8 = mc_high + _level(middle, mask_low, CNUM_LOW, target, div_form)
-        got = TF.tdsa_loss(low, high, target, cnum_high=CNUM_HIGH, masks=(mask_low, mask_high),
+        gated = eq7_gate(middle, high, "nearest") if attention else middle
+        eq8 = mc_high + _level(gated, mask_middle, CNUM_MIDDLE, target, div_form)
+        got = TF.tdsa_loss(middle, high, target, cnum_high=CNUM_HIGH, masks=(mask_middle, mask_high),
                            attention=attention, **form)
         assert torch.allclose(got, eq8, rtol=1e-10), (attention, got.item(), eq8.item())
         module = TDSALoss(CNUM_HIGH, mu=MU, lam=LAM, div_form=div_form, beta=BETA, attention=attention,
                           backend=backend)
-        assert torch.allclose(module(low, high, target, (mask_low, mask_high)), weight * eq8, rtol=1e-10)
+        assert torch.allclose(module(middle, high, target, (mask_middle, mask_high)), eq8, rtol=1e-10)
     assert torch.allclose(TF.mc_loss(high, target, CNUM_HIGH, mask=mask_high, **form), mc_high, rtol=1e-10)
     module = MCLoss(CNUM_HIGH, mu=MU, lam=LAM, div_form=div_form, beta=BETA, backend=backend)
-    assert torch.allclose(module(high, target, mask_high), weight * mc_high, rtol=1e-10)
+    assert torch.allclose(module(high, target, mask_high), mc_high, rtol=1e-10)
 
 
-def _released_form(loss, low, high, logits, target, masks, beta_high, beta_middle, alpha=1.5):
+def _released_form(loss, middle, high, logits, target, masks, beta_high, beta_middle, alpha=1.5):
     """The released code's total: CE + per level alpha * CE(g) + beta * (1 - mean(h) / n)."""
-    mask_low, mask_high = masks
+    mask_middle, mask_high = masks
     total = F.cross_entropy(logits, target) + alpha * F.cross_entropy(eq3_g(high, mask_high, CNUM_HIGH), target) \
         + beta_high * (1 - eq5_h(high, CNUM_HIGH).mean() / CNUM_HIGH)
     if loss != "mc":
-        middle = eq7_gate(low, high, "nearest") if loss == "tdsa" else low
-        total = total + alpha * F.cross_entropy(eq3_g(middle, mask_low, CNUM_LOW), target) \
-            + beta_middle * (1 - eq5_h(middle, CNUM_LOW).mean() / CNUM_LOW)
+        gated = eq7_gate(middle, high, "nearest") if loss == "tdsa" else middle
+        total = total + alpha * F.cross_entropy(eq3_g(gated, mask_middle, CNUM_MIDDLE), target) \
+            + beta_middle * (1 - eq5_h(gated, CNUM_MIDDLE).mean() / CNUM_MIDDLE)
     return total
 
 
@@ -142,11 +142,11 @@ def test_the_trainers_default_objective_is_the_released_codes(loss, beta, backen
     assert (cfg.div_form, cfg.beta, cfg.mu) == ("code", beta, 1.5)
     objective = build_objective(cfg.replace(cnum_high=CNUM_HIGH), num_classes=S)
     objective.term.backend = backend
-    low, high, logits, target, masks = _inputs(2)
-    leaves = [t.clone().requires_grad_() for t in (low, high, logits)]
+    middle, high, logits, target, masks = _inputs(2)
+    leaves = [t.clone().requires_grad_() for t in (middle, high, logits)]
     want = _released_form(loss, *leaves, target, masks, beta, beta)
     want_grads = _grads(want, leaves)
-    leaves = [t.clone().requires_grad_() for t in (low, high, logits)]
+    leaves = [t.clone().requires_grad_() for t in (middle, high, logits)]
     out = ModelOutput(logits=leaves[2], middle=leaves[0], high=leaves[1])
     total, _ = objective(out, target, masks=masks if loss != "mc" else masks[1:])
     assert torch.allclose(total.double(), want, rtol=1e-6), (total.item(), want.item())
@@ -156,7 +156,7 @@ def test_the_trainers_default_objective_is_the_released_codes(loss, beta, backen
     module = MCLoss(CNUM_HIGH) if loss == "mc" else TDSALoss(CNUM_HIGH, attention=loss == "tdsa")
     assert (module.div_form, module.beta) == ("code", beta)
     fn = TF.mc_loss(high, target, CNUM_HIGH, mask=masks[1]) if loss == "mc" else TF.tdsa_loss(
-        low, high, target, cnum_high=CNUM_HIGH, masks=masks, attention=loss == "tdsa")
+        middle, high, target, cnum_high=CNUM_HIGH, masks=masks, attention=loss == "tdsa")
     assert torch.allclose(fn, want.detach() - F.cross_entropy(logits, target), rtol=1e-10)
 
 
@@ -165,22 +165,22 @@ def test_the_trainers_default_objective_is_the_released_codes(loss, beta, backen
 @pytest.mark.parametrize("loss", ["tdsa", "tdsa-noattn"])
 def test_the_middle_levels_own_weights(loss, div_form, backend):
     """lam_middle / beta_middle weight the middle level only; the high level keeps lam / beta."""
-    low, high, logits, target, masks = _inputs(3)
+    middle, high, logits, target, masks = _inputs(3)
     lam_mid, beta_mid = 0.4, 2.5
     objective = TrainingObjective(loss, mu=MU, lam=LAM, beta=BETA, lam_middle=lam_mid, beta_middle=beta_mid,
                                   div_form=div_form, cnum_high=CNUM_HIGH, backend=backend)
-    leaves = [t.clone().requires_grad_() for t in (low, high, logits)]
+    leaves = [t.clone().requires_grad_() for t in (middle, high, logits)]
     total, ce = objective(ModelOutput(logits=leaves[2], middle=leaves[0], high=leaves[1]), target, masks=masks)
-    middle = eq7_gate(low, high, "nearest") if loss == "tdsa" else low
+    gated = eq7_gate(middle, high, "nearest") if loss == "tdsa" else middle
     dis_h, div_h = F.cross_entropy(eq3_g(high, masks[1], CNUM_HIGH), target), eq5_h(high, CNUM_HIGH).mean()
-    dis_m, div_m = F.cross_entropy(eq3_g(middle, masks[0], CNUM_LOW), target), eq5_h(middle, CNUM_LOW).mean()
+    dis_m, div_m = F.cross_entropy(eq3_g(gated, masks[0], CNUM_MIDDLE), target), eq5_h(gated, CNUM_MIDDLE).mean()
     if div_form == "paper":
         want = MU * (dis_h - LAM * div_h + dis_m - lam_mid * div_m)
     else:
-        want = MU * (dis_h + dis_m) + BETA * (1 - div_h / CNUM_HIGH) + beta_mid * (1 - div_m / CNUM_LOW)
+        want = MU * (dis_h + dis_m) + BETA * (1 - div_h / CNUM_HIGH) + beta_mid * (1 - div_m / CNUM_MIDDLE)
     assert torch.allclose(total - ce, want, rtol=1e-10), (total.item() - ce.item(), want.item())
     same = TrainingObjective(loss, mu=MU, lam=LAM, beta=BETA, div_form=div_form, cnum_high=CNUM_HIGH,
-                             backend=backend)(ModelOutput(logits=logits, middle=low, high=high), target, masks=masks)[0]
+                             backend=backend)(ModelOutput(logits=logits, middle=middle, high=high), target, masks=masks)[0]
     assert not torch.allclose(total, same), "the middle level's own weight changed nothing"
     with pytest.raises(ValueError, match="middle level"):
         TrainingObjective("mc", beta_middle=1.0)
@@ -189,14 +189,14 @@ def test_the_middle_levels_own_weights(loss, div_form, backend):
 def test_the_two_forms_differ_and_the_default_weights():
     """Default weights: mu = 1.5, lam = 10 for the paper form; the code form (the default) with
     beta = 15 for TDSA."""
-    low, high, logits, target, masks = _inputs(2)
-    out = ModelOutput(logits=logits, middle=low, high=high)
+    middle, high, logits, target, masks = _inputs(2)
+    out = ModelOutput(logits=logits, middle=middle, high=high)
     paper = TrainingObjective("tdsa", cnum_high=CNUM_HIGH, div_form="paper")(out, target, masks=masks)[0]
     code = TrainingObjective("tdsa", cnum_high=CNUM_HIGH)(out, target, masks=masks)[0]
     ce = F.cross_entropy(logits, target)
-    gated = eq7_gate(low, high, "nearest")
+    gated = eq7_gate(middle, high, "nearest")
     terms = [(eq3_g(high, masks[1], CNUM_HIGH), eq5_h(high, CNUM_HIGH), CNUM_HIGH),
-             (eq3_g(gated, masks[0], CNUM_LOW), eq5_h(gated, CNUM_LOW), CNUM_LOW)]
+             (eq3_g(gated, masks[0], CNUM_MIDDLE), eq5_h(gated, CNUM_MIDDLE), CNUM_MIDDLE)]
     want_paper = ce + 1.5 * sum(F.cross_entropy(g, target) - 10.0 * h.mean() for g, h, _ in terms)
     want_code = ce + sum(1.5 * F.cross_entropy(g, target) + 15.0 * (1 - h.mean() / n) for g, h, n in terms)
     assert torch.allclose(paper, want_paper, rtol=1e-6) and torch.allclose(code, want_code, rtol=1e-6)

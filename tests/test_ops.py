@@ -57,12 +57,12 @@ def fused_mc(feat, mask, cnum):
     return torch.ops.tdsa_fast.mc_terms(feat, mask.to(feat.dtype), cnum)
 
 
-def fused_gate(low, high, mode):
-    return torch.ops.tdsa_fast.topdown_gate(low, high, mode)
+def fused_gate(middle, high, mode):
+    return torch.ops.tdsa_fast.topdown_gate(middle, high, mode)
 
 
-def fused_tdsa(low, high, mask, cnum_low, mode):
-    return torch.ops.tdsa_fast.tdsa_terms(low, high, mask.to(low.dtype), cnum_low, mode)
+def fused_tdsa(middle, high, mask, cnum_middle, mode):
+    return torch.ops.tdsa_fast.tdsa_terms(middle, high, mask.to(middle.dtype), cnum_middle, mode)
 
 
 REFERENCE = {
@@ -141,7 +141,7 @@ MC_CASES = [
     (2, 2, 4, 1, 13),
     (1, 3, 7, 9, 9),
 ]
-# (low [B, C, H, W], high [B, C_h, H_h, W_h]): non-integer ratios, 1x1 high, xi 1..5
+# (middle [B, C, H, W], high [B, C_h, H_h, W_h]): non-integer ratios, 1x1 high, xi 1..5
 GATE_CASES = [
     ((2, 6, 5, 7), (2, 2, 3, 3)),
     ((1, 6, 28, 28), (1, 3, 14, 14)),
@@ -171,19 +171,19 @@ def _mc_args(case, shared, device, gen, relu=False):
 
 def _gate_args(case, mode, device, gen):
     (ls, hs) = case
-    low = torch.rand(ls, generator=gen, dtype=F64) * 2
+    middle = torch.rand(ls, generator=gen, dtype=F64) * 2
     high = torch.randn(hs, generator=gen, dtype=F64)
-    return [low.to(device), high.to(device), mode]
+    return [middle.to(device), high.to(device), mode]
 
 
 def _tdsa_args(case, mode, shared, device, gen, relu=True):
     b, s, ch, xi, (h, w), (hh, wh) = case
     cl = ch * xi
-    low = torch.randn((b, s * cl, h, w), generator=gen, dtype=F64)
+    middle = torch.randn((b, s * cl, h, w), generator=gen, dtype=F64)
     high = torch.randn((b, s * ch, hh, wh), generator=gen, dtype=F64)
     if relu:
-        low, high = low.clamp_min(0), high.clamp_min(0)
-    return [low.to(device), high.to(device), _mask(b, s, cl, shared, gen, device).to(F64), cl, mode]
+        middle, high = middle.clamp_min(0), high.clamp_min(0)
+    return [middle.to(device), high.to(device), _mask(b, s, cl, shared, gen, device).to(F64), cl, mode]
 
 
 # ---- values and gradients across shapes and dtypes ----------------------------------------
@@ -245,10 +245,10 @@ def test_gradcheck_mc_terms(device):
 def test_gradcheck_topdown_gate(device, mode):
     gen = torch.Generator().manual_seed(1)
     for case in (((1, 6, 5, 7), (1, 2, 3, 3)), ((2, 2, 3, 3), (2, 1, 3, 3)), ((1, 3, 3, 2), (1, 1, 1, 1))):
-        low, high, _ = _gate_args(case, mode, device, gen)
-        low.requires_grad_(True)
+        middle, high, _ = _gate_args(case, mode, device, gen)
+        middle.requires_grad_(True)
         high.requires_grad_(True)
-        assert torch.autograd.gradcheck(lambda a, b: fused_gate(a, b, mode), (low, high))
+        assert torch.autograd.gradcheck(lambda a, b: fused_gate(a, b, mode), (middle, high))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -256,10 +256,10 @@ def test_gradcheck_topdown_gate(device, mode):
 def test_gradcheck_tdsa_terms(device, mode):
     gen = torch.Generator().manual_seed(2)
     for case, shared in (((2, 2, 3, 2, (5, 4), (2, 3)), False), ((1, 1, 1, 3, (3, 3), (1, 1)), True)):
-        low, high, mask, cl, _ = _tdsa_args(case, mode, shared, device, gen, relu=False)
-        low.requires_grad_(True)
+        middle, high, mask, cl, _ = _tdsa_args(case, mode, shared, device, gen, relu=False)
+        middle.requires_grad_(True)
         high.requires_grad_(True)
-        assert torch.autograd.gradcheck(lambda a, b: fused_tdsa(a, b, mask, cl, mode), (low, high))
+        assert torch.autograd.gradcheck(lambda a, b: fused_tdsa(a, b, mask, cl, mode), (middle, high))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -275,19 +275,19 @@ def test_backward_ops_equal_reference_autograd(device, mode):
     got = torch.ops.tdsa_fast.mc_terms_backward(gg, gh, feat, mask, cnum)
     assert _rel(got, want) < 1e-12
 
-    low, high, _ = _gate_args(((2, 6, 7, 5), (2, 3, 3, 2)), mode, device, gen)
-    go = torch.randn(low.shape, generator=gen, dtype=F64).to(device)
-    a, b = low.clone().requires_grad_(True), high.clone().requires_grad_(True)
+    middle, high, _ = _gate_args(((2, 6, 7, 5), (2, 3, 3, 2)), mode, device, gen)
+    go = torch.randn(middle.shape, generator=gen, dtype=F64).to(device)
+    a, b = middle.clone().requires_grad_(True), high.clone().requires_grad_(True)
     want = torch.autograd.grad((reference.topdown_gate(a, b, mode) * go).sum(), (a, b))
-    got = torch.ops.tdsa_fast.topdown_gate_backward(go, low, high, mode)
+    got = torch.ops.tdsa_fast.topdown_gate_backward(go, middle, high, mode)
     assert all(_rel(x, y) < 1e-12 for x, y in zip(got, want))
 
-    low, high, mask, cl, _ = _tdsa_args((2, 2, 3, 2, (6, 5), (3, 2)), mode, False, device, gen)
+    middle, high, mask, cl, _ = _tdsa_args((2, 2, 3, 2, (6, 5), (3, 2)), mode, False, device, gen)
     gg, gh = (torch.randn(2, 2, generator=gen, dtype=F64).to(device) for _ in range(2))
-    a, b = low.clone().requires_grad_(True), high.clone().requires_grad_(True)
+    a, b = middle.clone().requires_grad_(True), high.clone().requires_grad_(True)
     g, h = reference.tdsa_terms(a, b, mask, cl, mode)
     want = torch.autograd.grad((g * gg).sum() + (h * gh).sum(), (a, b))
-    got = torch.ops.tdsa_fast.tdsa_terms_backward(gg, gh, low, high, mask, cl, mode)
+    got = torch.ops.tdsa_fast.tdsa_terms_backward(gg, gh, middle, high, mask, cl, mode)
     assert all(_rel(x, y) < 1e-12 for x, y in zip(got, want))
 
 
@@ -296,19 +296,19 @@ def _opcheck_samples(device):
     gen = torch.Generator().manual_seed(4)
     feat, mask, cnum = _mc_args((2, 2, 3, 4, 5), False, device, gen)
     feat32, mask32 = feat.float(), mask.float()
-    low, high, maskl, cl, _ = _tdsa_args((2, 2, 3, 2, (5, 6), (3, 3)), "bilinear", True, device, gen)
-    low32, high32, maskl32 = low.float(), high.float(), maskl.float()
+    middle, high, maskl, cl, _ = _tdsa_args((2, 2, 3, 2, (5, 6), (3, 3)), "bilinear", True, device, gen)
+    middle32, high32, maskl32 = middle.float(), high.float(), maskl.float()
     gg, gh = torch.randn(2, 2, generator=gen).to(device), torch.randn(2, 2, generator=gen).to(device)
-    go = torch.randn(low32.shape, generator=gen).to(device)
+    go = torch.randn(middle32.shape, generator=gen).to(device)
     return [
         ("mc_terms", (feat32.requires_grad_(), mask32, cnum)),
         ("mc_terms", (feat32.detach().to(memory_format=torch.channels_last), mask32, cnum)),
         ("mc_terms_backward", (gg, gh, feat32.detach(), mask32, cnum)),
-        ("topdown_gate", (low32.clone().requires_grad_(), high32.clone().requires_grad_(), "bicubic")),
-        ("topdown_gate_backward", (go, low32, high32, "nearest")),
-        ("tdsa_terms", (low32.clone().requires_grad_(), high32.clone().requires_grad_(), maskl32, cl, "bilinear")),
-        ("tdsa_terms", (low32.to(torch.bfloat16), high32.to(torch.bfloat16), maskl32.to(torch.bfloat16), cl, "nearest")),
-        ("tdsa_terms_backward", (gg, gh, low32, high32, maskl32, cl, "bicubic")),
+        ("topdown_gate", (middle32.clone().requires_grad_(), high32.clone().requires_grad_(), "bicubic")),
+        ("topdown_gate_backward", (go, middle32, high32, "nearest")),
+        ("tdsa_terms", (middle32.clone().requires_grad_(), high32.clone().requires_grad_(), maskl32, cl, "bilinear")),
+        ("tdsa_terms", (middle32.to(torch.bfloat16), high32.to(torch.bfloat16), maskl32.to(torch.bfloat16), cl, "nearest")),
+        ("tdsa_terms_backward", (gg, gh, middle32, high32, maskl32, cl, "bicubic")),
     ]
 
 
@@ -339,15 +339,15 @@ def _views(x: torch.Tensor):
 def test_non_contiguous_and_channels_last(device, dtype):
     gen = torch.Generator().manual_seed(6)
     feat, mask, cnum = _mc_args((2, 3, 3, 5, 6), False, device, gen)
-    low, high, maskl, cl, mode = _tdsa_args((2, 2, 3, 3, (7, 5), (3, 2)), "bicubic", True, device, gen)
-    feat, low, high = feat.to(dtype), low.to(dtype), high.to(dtype)
+    middle, high, maskl, cl, mode = _tdsa_args((2, 2, 3, 3, (7, 5), (3, 2)), "bicubic", True, device, gen)
+    feat, middle, high = feat.to(dtype), middle.to(dtype), high.to(dtype)
     base_mc = _outputs_and_grads(fused_mc, [feat.clone().requires_grad_(), mask, cnum], [0], [torch.ones(2, 3, dtype=F64, device=device)] * 2)
     base_td = _outputs_and_grads(
-        fused_tdsa, [low.clone().requires_grad_(), high.clone().requires_grad_(), maskl, cl, mode], [0, 1],
+        fused_tdsa, [middle.clone().requires_grad_(), high.clone().requires_grad_(), maskl, cl, mode], [0, 1],
         [torch.ones(2, 2, dtype=F64, device=device)] * 2,
     )
-    go = torch.randn(low.shape, generator=gen, dtype=F64).to(device)
-    base_gate = _outputs_and_grads(fused_gate, [low.clone().requires_grad_(), high.clone().requires_grad_(), mode], [0, 1], [go])
+    go = torch.randn(middle.shape, generator=gen, dtype=F64).to(device)
+    base_gate = _outputs_and_grads(fused_gate, [middle.clone().requires_grad_(), high.clone().requires_grad_(), mode], [0, 1], [go])
     for name, v in _views(feat).items():
         v = v.detach().requires_grad_()
         outs, grads = _outputs_and_grads(fused_mc, [v, mask, cnum], [0], [torch.ones(2, 3, dtype=F64, device=device)] * 2)
@@ -355,7 +355,7 @@ def test_non_contiguous_and_channels_last(device, dtype):
         assert torch.equal(grads[0], base_mc[1][0]), name
         if name == "channels_last":
             assert grads[0].is_contiguous(memory_format=torch.channels_last)
-    for (name, lv), hv in zip(_views(low).items(), _views(high).values()):
+    for (name, lv), hv in zip(_views(middle).items(), _views(high).values()):
         lv, hv = lv.detach().requires_grad_(), hv.detach().requires_grad_()
         outs, grads = _outputs_and_grads(fused_tdsa, [lv, hv, maskl, cl, mode], [0, 1], [torch.ones(2, 2, dtype=F64, device=device)] * 2)
         assert all(torch.equal(a, b) for a, b in zip(outs, base_td[0])), name
@@ -382,20 +382,20 @@ def test_shared_mask_equals_expanded_per_sample_mask(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_requires_grad_on_and_off(device):
     gen = torch.Generator().manual_seed(8)
-    low, high, maskl, cl, mode = _tdsa_args((2, 2, 3, 2, (6, 6), (3, 3)), "bilinear", False, device, gen)
-    low, high = low.float(), high.float()
-    off = fused_tdsa(low, high, maskl, cl, mode)
+    middle, high, maskl, cl, mode = _tdsa_args((2, 2, 3, 2, (6, 6), (3, 3)), "bilinear", False, device, gen)
+    middle, high = middle.float(), high.float()
+    off = fused_tdsa(middle, high, maskl, cl, mode)
     assert all(o.grad_fn is None and not o.requires_grad for o in off)
     with torch.no_grad():
-        nograd = fused_tdsa(low.requires_grad_(), high, maskl, cl, mode)
+        nograd = fused_tdsa(middle.requires_grad_(), high, maskl, cl, mode)
     assert all(o.grad_fn is None for o in nograd)
-    on = fused_tdsa(low, high, maskl, cl, mode)  # only low requires grad
+    on = fused_tdsa(middle, high, maskl, cl, mode)  # only middle requires grad
     assert all(o.requires_grad for o in on)
     assert all(torch.equal(a, b) for a, b in zip(off, on))
-    (gl,) = torch.autograd.grad(on[0].sum() + on[1].sum(), low)
-    assert gl.shape == low.shape and torch.isfinite(gl).all()
+    (gl,) = torch.autograd.grad(on[0].sum() + on[1].sum(), middle)
+    assert gl.shape == middle.shape and torch.isfinite(gl).all()
     # only g used: the backward gets no grad_h (materialised as zeros) and must give g's gradient alone
-    a, b = low.detach().requires_grad_(), low.detach().requires_grad_()
+    a, b = middle.detach().requires_grad_(), middle.detach().requires_grad_()
     g, _ = fused_mc(a, maskl, cl)
     g.sum().backward()
     reference.mc_terms(b, maskl, cl)[0].sum().backward()
@@ -484,22 +484,22 @@ def test_non_finite_values_propagate_like_the_reference(device):
     assert _rel(da.cpu()[fin], db[fin]) < 1e-5
 
     for mode in MODES:
-        low = torch.rand(1, 6, 7, 5, generator=torch.Generator().manual_seed(2))
+        middle = torch.rand(1, 6, 7, 5, generator=torch.Generator().manual_seed(2))
         high = torch.randn(1, 2, 3, 2, generator=torch.Generator().manual_seed(3))
-        low[0, 0, 1, 1] = nan
-        low[0, 4, 6, 4] = inf
+        middle[0, 0, 1, 1] = nan
+        middle[0, 4, 6, 4] = inf
         high[0, 1, 1, 0] = -inf
         high[0, 0, 2, 1] = inf
         m = torch.ones(1, 6)
-        la, ha_ = low.to(device).requires_grad_(), high.to(device).requires_grad_()
-        lb, hb_ = low.clone().requires_grad_(), high.clone().requires_grad_()
+        la, ha_ = middle.to(device).requires_grad_(), high.to(device).requires_grad_()
+        lb, hb_ = middle.clone().requires_grad_(), high.clone().requires_grad_()
         oa = fused_gate(la, ha_, mode)
         ob = reference.topdown_gate(lb, hb_, mode)
         _assert_same_pattern(oa, ob, f"gate {mode}")
-        go = torch.randn(low.shape, generator=torch.Generator().manual_seed(4))
+        go = torch.randn(middle.shape, generator=torch.Generator().manual_seed(4))
         da = torch.autograd.grad((oa * go.to(device)).sum(), (la, ha_))
         db = torch.autograd.grad((ob * go).sum(), (lb, hb_))
-        for x, y, n in zip(da, db, ("low", "high")):
+        for x, y, n in zip(da, db, ("middle", "high")):
             _assert_same_pattern(x, y, f"gate {mode} grad {n}")
         ta = fused_tdsa(la, ha_, m.to(device), 3, mode)
         tb = reference.tdsa_terms(lb, hb_, m, 3, mode)
@@ -510,16 +510,16 @@ def test_non_finite_values_propagate_like_the_reference(device):
 # ---- compile, determinism, dispatch -------------------------------------------------------
 def _compile_case():
     gen = torch.Generator().manual_seed(12)
-    low, high, maskl, cl, _ = _tdsa_args((2, 2, 3, 2, (6, 6), (3, 3)), "nearest", True, "cpu", gen)
-    low, high, maskl = low.float(), high.float(), maskl.float()
+    middle, high, maskl, cl, _ = _tdsa_args((2, 2, 3, 2, (6, 6), (3, 3)), "nearest", True, "cpu", gen)
+    middle, high, maskl = middle.float(), high.float(), maskl.float()
     maskh = _mask(2, 2, 3, True, gen, "cpu")
-    return low, high, maskl, maskh, torch.tensor([0, 1])
+    return middle, high, maskl, maskh, torch.tensor([0, 1])
 
 
-def _check_compiled(loss, low, high):
+def _check_compiled(loss, middle, high):
     compiled = torch.compile(loss, fullgraph=True, backend="inductor")
-    a = (low.clone().requires_grad_(), high.clone().requires_grad_())
-    b = (low.clone().requires_grad_(), high.clone().requires_grad_())
+    a = (middle.clone().requires_grad_(), high.clone().requires_grad_())
+    b = (middle.clone().requires_grad_(), high.clone().requires_grad_())
     la, lb = loss(*a), compiled(*b)
     assert torch.allclose(la, lb, rtol=1e-6, atol=1e-6)
     ga, gb = torch.autograd.grad(la, a), torch.autograd.grad(lb, b)
@@ -528,7 +528,7 @@ def _check_compiled(loss, low, high):
 
 def test_torch_compile_fullgraph_cpu():
     """The ops (with their fake and autograd registrations) inside an inductor graph."""
-    low, high, maskl, maskh, target = _compile_case()
+    middle, high, maskl, maskh, target = _compile_case()
 
     def loss(lo, hi):
         g1, h1 = torch.ops.tdsa_fast.mc_terms(hi, maskh, 3)
@@ -540,27 +540,27 @@ def test_torch_compile_fullgraph_cpu():
             + gated.square().mean()
         )
 
-    _check_compiled(loss, low, high)
+    _check_compiled(loss, middle, high)
 
 
 def test_torch_compile_fullgraph_of_the_functional_loss():
-    low, high, maskl, maskh, target = _compile_case()
+    middle, high, maskl, maskh, target = _compile_case()
 
     def loss(lo, hi):
         return TF.tdsa_loss(lo, hi, target, cnum_high=3, masks=(maskl, maskh), backend="fused")
 
-    _check_compiled(loss, low, high)
+    _check_compiled(loss, middle, high)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_repeated_calls_are_bitwise_identical(device):
     gen = torch.Generator().manual_seed(13)
-    low, high, maskl, cl, mode = _tdsa_args((4, 5, 3, 3, (14, 14), (7, 7)), "bicubic", False, device, gen)
-    low, high = low.float(), high.float()
+    middle, high, maskl, cl, mode = _tdsa_args((4, 5, 3, 3, (14, 14), (7, 7)), "bicubic", False, device, gen)
+    middle, high = middle.float(), high.float()
     w = torch.randn(4, 5, generator=gen).to(device)
     results = []
     for _ in range(3):
-        a, b = low.clone().requires_grad_(), high.clone().requires_grad_()
+        a, b = middle.clone().requires_grad_(), high.clone().requires_grad_()
         g, h = fused_tdsa(a, b, maskl, cl, mode)
         grads = torch.autograd.grad((g * w).sum() + (h * w).sum(), (a, b))
         results.append((g, h, *grads))
@@ -578,24 +578,24 @@ def test_auto_backend_picks_the_kernels(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_functional_fused_equals_reference_backend(device):
     gen = torch.Generator().manual_seed(14)
-    low = torch.rand(2, 18, 8, 8, generator=gen).to(device)
+    middle = torch.rand(2, 18, 8, 8, generator=gen).to(device)
     high = torch.rand(2, 6, 4, 4, generator=gen).to(device)
     target = torch.tensor([0, 1], device=device)
     masks = (TF.channel_mask(2, 2, 9, generator=gen).to(device), TF.channel_mask(2, 2, 3, shared=False, generator=gen).to(device))
     for form in ("paper", "code"):
-        a = TF.tdsa_loss(low, high, target, masks=masks, div_form=form, backend="fused")
-        b = TF.tdsa_loss(low, high, target, masks=masks, div_form=form, backend="reference")
+        a = TF.tdsa_loss(middle, high, target, masks=masks, div_form=form, backend="fused")
+        b = TF.tdsa_loss(middle, high, target, masks=masks, div_form=form, backend="reference")
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_autocast_runs_in_the_input_dtype():
     gen = torch.Generator().manual_seed(15)
-    low, high, maskl, cl, mode = _tdsa_args((2, 2, 3, 2, (6, 6), (3, 3)), "bilinear", True, "cpu", gen)
-    low, high = low.float(), high.float()
-    plain = fused_tdsa(low, high, maskl, cl, mode)
+    middle, high, maskl, cl, mode = _tdsa_args((2, 2, 3, 2, (6, 6), (3, 3)), "bilinear", True, "cpu", gen)
+    middle, high = middle.float(), high.float()
+    plain = fused_tdsa(middle, high, maskl, cl, mode)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        auto = fused_tdsa(low, high, maskl, cl, mode)
-        gate = fused_gate(low, high, mode)
+        auto = fused_tdsa(middle, high, maskl, cl, mode)
+        gate = fused_gate(middle, high, mode)
     assert all(o.dtype == torch.float32 for o in auto) and gate.dtype == torch.float32
     assert all(torch.equal(a, b) for a, b in zip(plain, auto))
 
@@ -610,18 +610,18 @@ def test_value_errors_come_before_any_kernel(monkeypatch):
 
     monkeypatch.setattr(torch.ops, "tdsa_fast", Tripwire(), raising=False)
     feat = torch.randn(2, 6, 4, 4)
-    low, high = torch.rand(2, 18, 8, 8), torch.rand(2, 6, 4, 4)
+    middle, high = torch.rand(2, 18, 8, 8), torch.rand(2, 6, 4, 4)
     bad = [
         lambda: TF.mc_terms(feat[0], torch.ones(1, 6), 3, backend="fused"),
         lambda: TF.mc_terms(feat, torch.ones(1, 6), 4, backend="fused"),
         lambda: TF.mc_terms(feat, torch.ones(3, 6), 3, backend="fused"),
-        lambda: TF.topdown_gate(low, torch.rand(2, 7, 4, 4), backend="fused"),
+        lambda: TF.topdown_gate(middle, torch.rand(2, 7, 4, 4), backend="fused"),
         lambda: TF.topdown_gate(torch.rand(2, 18, 3, 3), high, backend="fused"),
-        lambda: TF.topdown_gate(low, high.double(), backend="fused"),
-        lambda: TF.topdown_gate(low, high, mode="area", backend="fused"),
-        lambda: TF.tdsa_terms(low, high, torch.ones(1, 18), 4, backend="fused"),
-        lambda: TF.tdsa_terms(low, high, torch.ones(1, 18), 9, mode="trilinear", backend="fused"),
-        lambda: TF.tdsa_terms(low, high, torch.ones(1, 17), 9, backend="fused"),
+        lambda: TF.topdown_gate(middle, high.double(), backend="fused"),
+        lambda: TF.topdown_gate(middle, high, mode="area", backend="fused"),
+        lambda: TF.tdsa_terms(middle, high, torch.ones(1, 18), 4, backend="fused"),
+        lambda: TF.tdsa_terms(middle, high, torch.ones(1, 18), 9, mode="trilinear", backend="fused"),
+        lambda: TF.tdsa_terms(middle, high, torch.ones(1, 17), 9, backend="fused"),
     ]
     for fn in bad:
         with pytest.raises(ValueError):
@@ -632,7 +632,7 @@ def test_value_errors_come_before_any_kernel(monkeypatch):
 def test_direct_misuse_of_the_ops_raises(device):
     """The ops check shapes themselves (RuntimeError), so nothing out of bounds is read."""
     feat = torch.randn(2, 6, 4, 4, device=device)
-    low, high = torch.rand(2, 18, 8, 8, device=device), torch.rand(2, 6, 4, 4, device=device)
+    middle, high = torch.rand(2, 18, 8, 8, device=device), torch.rand(2, 6, 4, 4, device=device)
     ops = torch.ops.tdsa_fast
     bad = [
         lambda: ops.mc_terms(feat, torch.ones(1, 6, device=device), 4),
@@ -640,13 +640,13 @@ def test_direct_misuse_of_the_ops_raises(device):
         lambda: ops.mc_terms(feat[0], torch.ones(1, 6, device=device), 3),
         lambda: ops.mc_terms(feat.long(), torch.ones(1, 6, device=device), 3),
         lambda: ops.mc_terms_backward(torch.ones(2, 3, device=device), torch.ones(2, 2, device=device), feat, torch.ones(1, 6, device=device), 3),
-        lambda: ops.topdown_gate(low, high, "area"),
-        lambda: ops.topdown_gate(low, torch.rand(2, 7, 4, 4, device=device), "nearest"),
-        lambda: ops.topdown_gate(low, high.double(), "nearest"),
-        lambda: ops.topdown_gate_backward(torch.ones(2, 18, 8, 7, device=device), low, high, "nearest"),
-        lambda: ops.tdsa_terms(low, high, torch.ones(1, 18, device=device), 4, "nearest"),
-        lambda: ops.tdsa_terms(low, high, torch.ones(1, 18, device=device), 9, "cubic"),
-        lambda: ops.tdsa_terms_backward(torch.ones(2, 2, device=device), torch.ones(2, 2, device=device), low, high, torch.ones(2, 17, device=device), 9, "nearest"),
+        lambda: ops.topdown_gate(middle, high, "area"),
+        lambda: ops.topdown_gate(middle, torch.rand(2, 7, 4, 4, device=device), "nearest"),
+        lambda: ops.topdown_gate(middle, high.double(), "nearest"),
+        lambda: ops.topdown_gate_backward(torch.ones(2, 18, 8, 7, device=device), middle, high, "nearest"),
+        lambda: ops.tdsa_terms(middle, high, torch.ones(1, 18, device=device), 4, "nearest"),
+        lambda: ops.tdsa_terms(middle, high, torch.ones(1, 18, device=device), 9, "cubic"),
+        lambda: ops.tdsa_terms_backward(torch.ones(2, 2, device=device), torch.ones(2, 2, device=device), middle, high, torch.ones(2, 17, device=device), 9, "nearest"),
     ]
     for fn in bad:
         with pytest.raises(RuntimeError):
@@ -661,14 +661,14 @@ def test_baseline_cpu_kernels_in_a_subprocess():
         "from tdsa_fast import _ops, reference\n"
         "assert _ops.build_info()['cpu_kernels'] == 'DEFAULT', _ops.build_info()\n"
         "g = torch.Generator().manual_seed(0)\n"
-        "low = torch.rand(2, 18, 9, 7, generator=g, requires_grad=True)\n"
+        "middle = torch.rand(2, 18, 9, 7, generator=g, requires_grad=True)\n"
         "high = torch.randn(2, 6, 4, 5, generator=g, requires_grad=True)\n"
         "m = (torch.rand(2, 18, generator=g) > 0.5).float()\n"
         "for mode in ('nearest', 'bilinear', 'bicubic'):\n"
-        "    a = torch.ops.tdsa_fast.tdsa_terms(low, high, m, 9, mode)\n"
-        "    b = reference.tdsa_terms(low, high, m, 9, mode)\n"
-        "    ga = torch.autograd.grad(a[0].sum() + a[1].sum(), (low, high))\n"
-        "    gb = torch.autograd.grad(b[0].sum() + b[1].sum(), (low, high))\n"
+        "    a = torch.ops.tdsa_fast.tdsa_terms(middle, high, m, 9, mode)\n"
+        "    b = reference.tdsa_terms(middle, high, m, 9, mode)\n"
+        "    ga = torch.autograd.grad(a[0].sum() + a[1].sum(), (middle, high))\n"
+        "    gb = torch.autograd.grad(b[0].sum() + b[1].sum(), (middle, high))\n"
         "    for x, y in zip(a + ga, b + gb):\n"
         "        assert ((x - y).norm() / y.norm()).item() < 1e-5, mode\n"
         "print('ok')\n"

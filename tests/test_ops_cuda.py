@@ -96,13 +96,13 @@ def test_emulated_tdsa_terms(emu, case, mode, force_global):
     b, s, ch, xi, (h, w), (hh, wh) = case
     cl = ch * xi
     gen = torch.Generator().manual_seed(7)
-    low = torch.randn(b, s * cl, h, w, generator=gen, dtype=F64).clamp_min(0)
+    middle = torch.randn(b, s * cl, h, w, generator=gen, dtype=F64).clamp_min(0)
     high = torch.randn(b, s * ch, hh, wh, generator=gen, dtype=F64)
     mask = _mask(b, s * cl, 3, shared=False)
     wg, wh_ = torch.randn(b, s, generator=gen, dtype=F64), torch.randn(b, s, generator=gen, dtype=F64)
     combos = ((F32, "contiguous"), (F32, "channels_last"), (BF16, "transposed"), (F64, "contiguous"))
     for dtype, layout in combos if not force_global else combos[1:3]:
-        lo, hi = _views(low.to(dtype), layout), _views(high.to(dtype), layout)
+        lo, hi = _views(middle.to(dtype), layout), _views(high.to(dtype), layout)
         g, hh_ = emu.terms([], lo, mask.to(dtype), cl, hi, mode, force_global)
         ref_dtype = F64 if dtype == F64 else F32
         rl, rh = lo.detach().to(ref_dtype).requires_grad_(), hi.detach().to(ref_dtype).requires_grad_()
@@ -121,12 +121,12 @@ GATE_CASES = [((2, 6, 5, 7), (2, 2, 3, 3)), ((1, 4, 9, 6), (1, 2, 4, 5)), ((1, 3
 @pytest.mark.parametrize("case", GATE_CASES, ids=lambda c: f"{c[0]}-from-{c[1]}")
 def test_emulated_topdown_gate(emu, case, mode, force_global):
     gen = torch.Generator().manual_seed(11)
-    low = torch.rand(case[0], generator=gen, dtype=F64)
+    middle = torch.rand(case[0], generator=gen, dtype=F64)
     high = torch.randn(case[1], generator=gen, dtype=F64)
     go = torch.randn(case[0], generator=gen, dtype=F64)
     combos = ((F32, "contiguous"), (F32, "channels_last"), (BF16, "transposed"), (F64, "contiguous"))
     for dtype, layout in combos if not force_global else combos[1:3]:
-        lo, hi = _views(low.to(dtype), layout), _views(high.to(dtype), layout)
+        lo, hi = _views(middle.to(dtype), layout), _views(high.to(dtype), layout)
         (out,) = emu.gate(None, lo, hi, mode, force_global)
         ref_dtype = F64 if dtype == F64 else F32
         rl, rh = lo.detach().to(ref_dtype).requires_grad_(), hi.detach().to(ref_dtype).requires_grad_()
@@ -166,23 +166,23 @@ def test_emulated_non_finite_patterns(emu):
     (dr,) = torch.autograd.grad((gr * w).sum() + (hr * w).sum(), r)
     _same_pattern(dx, dr, "grad")
     for mode in MODES:
-        low = torch.rand(1, 6, 7, 5, generator=torch.Generator().manual_seed(2))
+        middle = torch.rand(1, 6, 7, 5, generator=torch.Generator().manual_seed(2))
         high = torch.randn(1, 2, 3, 2, generator=torch.Generator().manual_seed(3))
-        low[0, 0, 1, 1] = nan
-        low[0, 4, 6, 4] = inf
+        middle[0, 0, 1, 1] = nan
+        middle[0, 4, 6, 4] = inf
         high[0, 1, 1, 0] = -inf
         high[0, 0, 2, 1] = inf
-        (out,) = emu.gate(None, low, high, mode, False)
-        rl, rh = low.clone().requires_grad_(), high.clone().requires_grad_()
+        (out,) = emu.gate(None, middle, high, mode, False)
+        rl, rh = middle.clone().requires_grad_(), high.clone().requires_grad_()
         ro = reference.topdown_gate(rl, rh, mode)
         _same_pattern(out, ro, f"gate {mode}")
-        go = torch.randn(low.shape, generator=torch.Generator().manual_seed(4))
-        dl, dh = emu.gate(go, low, high, mode, False)
+        go = torch.randn(middle.shape, generator=torch.Generator().manual_seed(4))
+        dl, dh = emu.gate(go, middle, high, mode, False)
         rdl, rdh = torch.autograd.grad((ro * go).sum(), (rl, rh))
-        _same_pattern(dl, rdl, f"gate {mode} grad low")
+        _same_pattern(dl, rdl, f"gate {mode} grad middle")
         _same_pattern(dh, rdh, f"gate {mode} grad high")
-        g, h = emu.terms([], low, torch.ones(1, 6), 3, high, mode, False)
-        gr, hr = reference.tdsa_terms(low, high, torch.ones(1, 6), 3, mode)
+        g, h = emu.terms([], middle, torch.ones(1, 6), 3, high, mode, False)
+        gr, hr = reference.tdsa_terms(middle, high, torch.ones(1, 6), 3, mode)
         _same_pattern(g, gr, f"tdsa {mode} g")
         _same_pattern(h, hr, f"tdsa {mode} h")
 

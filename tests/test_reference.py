@@ -54,33 +54,33 @@ GATE_SHAPES = [
 
 
 @pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
-@pytest.mark.parametrize("low_shape,high_shape", GATE_SHAPES)
-def test_topdown_gate_equals_eq7(mode, low_shape, high_shape):
+@pytest.mark.parametrize("middle_shape,high_shape", GATE_SHAPES)
+def test_topdown_gate_equals_eq7(mode, middle_shape, high_shape):
     gen = torch.Generator().manual_seed(7)
-    low = torch.rand(low_shape, dtype=F64, generator=gen, requires_grad=True)
+    middle = torch.rand(middle_shape, dtype=F64, generator=gen, requires_grad=True)
     high = torch.randn(high_shape, dtype=F64, generator=gen, requires_grad=True)
-    ours = TF.topdown_gate(low, high, mode=mode, backend="reference")
-    theirs = eq7_gate(low, high, mode)
+    ours = TF.topdown_gate(middle, high, mode=mode, backend="reference")
+    theirs = eq7_gate(middle, high, mode)
     _assert_close((ours,), (theirs,))
     w = (torch.randn(ours.shape, dtype=F64, generator=gen),)
     _assert_close(
-        _grads(lambda a, b: TF.topdown_gate(a, b, mode=mode, backend="reference"), (low, high), w),
-        _grads(lambda a, b: eq7_gate(a, b, mode), (low, high), w),
+        _grads(lambda a, b: TF.topdown_gate(a, b, mode=mode, backend="reference"), (middle, high), w),
+        _grads(lambda a, b: eq7_gate(a, b, mode), (middle, high), w),
     )
 
 
 @pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
 def test_tdsa_terms_equal_the_composed_equations(mode):
     gen = torch.Generator().manual_seed(3)
-    low = torch.rand((2, 12, 5, 4), dtype=F64, generator=gen, requires_grad=True)  # S=2, cnum_low=6, xi=2
+    middle = torch.rand((2, 12, 5, 4), dtype=F64, generator=gen, requires_grad=True)  # S=2, cnum_middle=6, xi=2
     high = torch.randn((2, 6, 2, 3), dtype=F64, generator=gen, requires_grad=True)  # cnum_high=3
     mask = TF.channel_mask(2, 2, 6, shared=False, generator=gen).to(F64)
-    g, h = TF.tdsa_terms(low, high, mask, 6, mode=mode, backend="reference")
-    gated = eq7_gate(low, high, mode)
+    g, h = TF.tdsa_terms(middle, high, mask, 6, mode=mode, backend="reference")
+    gated = eq7_gate(middle, high, mode)
     _assert_close((g, h), (eq3_g(gated, mask, 6), eq5_h(gated, 6)))
     w = (torch.randn(g.shape, dtype=F64, generator=gen), torch.randn(h.shape, dtype=F64, generator=gen))
-    ours = _grads(lambda a, b: TF.tdsa_terms(a, b, mask, 6, mode=mode, backend="reference"), (low, high), w)
-    theirs = _grads(lambda a, b: (eq3_g(eq7_gate(a, b, mode), mask, 6), eq5_h(eq7_gate(a, b, mode), 6)), (low, high), w)
+    ours = _grads(lambda a, b: TF.tdsa_terms(a, b, mask, 6, mode=mode, backend="reference"), (middle, high), w)
+    theirs = _grads(lambda a, b: (eq3_g(eq7_gate(a, b, mode), mask, 6), eq5_h(eq7_gate(a, b, mode), 6)), (middle, high), w)
     _assert_close(ours, theirs)
     assert ours[1].abs().sum() > 0, "the gate's gradient must reach the high level"
 
@@ -136,24 +136,24 @@ def test_ties_send_the_gradient_to_the_lowest_index():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_reduced_precision_matches_float32_reference(dtype):
     gen = torch.Generator().manual_seed(0)
-    low = torch.rand((2, 18, 8, 8), generator=gen).to(dtype)
+    middle = torch.rand((2, 18, 8, 8), generator=gen).to(dtype)
     high = torch.rand((2, 6, 4, 4), generator=gen).to(dtype)
     mask = TF.channel_mask(1, 2, 9, generator=gen)
-    g, h = TF.tdsa_terms(low, high, mask, 9, backend="reference")
-    g32, h32 = TF.tdsa_terms(low.float(), high.float(), mask, 9, backend="reference")
+    g, h = TF.tdsa_terms(middle, high, mask, 9, backend="reference")
+    g32, h32 = TF.tdsa_terms(middle.float(), high.float(), mask, 9, backend="reference")
     assert g.dtype == torch.float32 and h.dtype == torch.float32
     assert torch.allclose(g, g32) and torch.allclose(h, h32)
-    assert TF.topdown_gate(low, high, backend="reference").dtype == dtype
+    assert TF.topdown_gate(middle, high, backend="reference").dtype == dtype
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tdsa_terms_is_mc_terms_of_the_gate(backend):
     gen = torch.Generator().manual_seed(5)
-    low, high = torch.rand((2, 18, 6, 6), generator=gen), torch.rand((2, 6, 3, 3), generator=gen)
+    middle, high = torch.rand((2, 18, 6, 6), generator=gen), torch.rand((2, 6, 3, 3), generator=gen)
     mask = TF.channel_mask(2, 2, 9, shared=False, generator=gen)
     for mode in ("nearest", "bilinear", "bicubic"):
-        a = TF.tdsa_terms(low, high, mask, 9, mode=mode, backend=backend)
-        b = TF.mc_terms(TF.topdown_gate(low, high, mode=mode, backend=backend), mask, 9, backend=backend)
+        a = TF.tdsa_terms(middle, high, mask, 9, mode=mode, backend=backend)
+        b = TF.mc_terms(TF.topdown_gate(middle, high, mode=mode, backend=backend), mask, 9, backend=backend)
         assert all(torch.allclose(x, y, rtol=1e-6, atol=1e-7) for x, y in zip(a, b))
 
 

@@ -86,7 +86,7 @@ def test_tdsa_puts_gradient_on_both_levels_and_through_the_gate():
         high = out.high.detach().requires_grad_(True)
         return torch.autograd.grad(loss_of_high(high), high)[0]
 
-    own = grad_high(lambda h: 1.5 * TF.mc_loss(h, y, 3, mask=masks[1], div_form="paper"))
+    own = grad_high(lambda h: TF.mc_loss(h, y, 3, mask=masks[1], div_form="paper", mu=1.5))
     gated = grad_high(lambda h: term(middle, h, y, masks=masks))
     ungated = grad_high(lambda h: TrainingObjective("tdsa-noattn", div_form="paper").term(middle, h, y, masks=masks))
     assert (gated - own).abs().sum() > 1e-3 * own.abs().sum(), "the gate's gradient does not reach the high level"

@@ -90,9 +90,9 @@ def _taps(dst: int, in_size: int, out_size: int, mode: str) -> list[tuple[int, f
     return [(min(max(i0 - 1 + t, 0), in_size - 1), weights[t]) for t in range(4)]
 
 
-def eq7_gate(low: torch.Tensor, high: torch.Tensor, mode: str) -> torch.Tensor:
+def eq7_gate(middle: torch.Tensor, high: torch.Tensor, mode: str) -> torch.Tensor:
     """F_l' = F_l * sigmoid(Upsample(R(F_h))), R repeating every high channel xi times consecutively."""
-    b_, cl, hl, wl = low.shape
+    b_, cl, hl, wl = middle.shape
     _, ch, hh, wh = high.shape
     xi = cl // ch
     out = []
@@ -108,7 +108,7 @@ def eq7_gate(low: torch.Tensor, high: torch.Tensor, mode: str) -> torch.Tensor:
                     for sj, wj in _taps(j, hh, hl, mode):
                         for sk, wk in _taps(k, wh, wl, mode):
                             up = up + wj * wk * high[b, src_c, sj, sk]
-                    line.append(low[b, c, j, k] / (1.0 + torch.exp(-up)))
+                    line.append(middle[b, c, j, k] / (1.0 + torch.exp(-up)))
                 plane.append(torch.stack(line))
             chans.append(torch.stack(plane))
         out.append(torch.stack(chans))
