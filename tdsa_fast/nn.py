@@ -96,5 +96,5 @@ class TDSALoss(_WeightedMC):
                 masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if masks is None:
             masks = self.draw_masks(middle, high)
-        return (TF.tdsa_loss(middle, high, target, cnum_high=self.cnum_high, mode=self.mode,
-                                         masks=masks, attention=self.attention, **self._form()))
+        return TF.tdsa_loss(middle, high, target, cnum_high=self.cnum_high, mode=self.mode,
+                            masks=masks, attention=self.attention, **self._form())
