@@ -83,6 +83,11 @@ def mc_terms(
     _checks.feature_map("feat", feat)
     _checks.cnum("cnum", cnum, "feat", feat)
     _checks.mask("mask", mask, "feat", feat)
+    return _mc_terms(feat, mask, cnum, backend)
+
+
+def _mc_terms(feat: torch.Tensor, mask: torch.Tensor, cnum: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`mc_terms` on inputs the caller has checked."""
     if resolve(backend, feat.device, "mc_terms") == "fused":
         return torch.ops.tdsa_fast.mc_terms(feat, mask.to(feat.dtype), cnum)
     return reference.mc_terms(feat, mask, cnum)
@@ -123,6 +128,12 @@ def tdsa_terms(
     _checks.class_counts(middle, cnum_middle, high, xi)
     _checks.mask("mask_middle", mask_middle, "middle", middle)
     _checks.choice("mode", mode, _checks.UPSAMPLE_MODES)
+    return _tdsa_terms(middle, high, mask_middle, cnum_middle, mode, backend)
+
+
+def _tdsa_terms(middle: torch.Tensor, high: torch.Tensor, mask_middle: torch.Tensor, cnum_middle: int, mode: str,
+                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`tdsa_terms` on inputs the caller has checked."""
     if resolve(backend, middle.device, "tdsa_terms") == "fused":
         return torch.ops.tdsa_fast.tdsa_terms(middle, high, mask_middle.to(middle.dtype), cnum_middle, mode)
     return reference.tdsa_terms(middle, high, mask_middle, cnum_middle, mode)
@@ -150,6 +161,12 @@ def mc_objective(
     form against ``mu * lam`` in the paper form: different objectives.
     """
     _checks.choice("div_form", div_form, _checks.DIV_FORMS)
+    return _mc_objective(g, h, target, cnum, div_form, lam, mu, beta)
+
+
+def _mc_objective(g: torch.Tensor, h: torch.Tensor, target: torch.Tensor, cnum: int, div_form: str, lam: float,
+                  mu: float, beta: float) -> torch.Tensor:
+    """:func:`mc_objective` with a checked ``div_form``."""
     dis = F.cross_entropy(g, target.long())  # int32/int16/int8/uint8 class indices too
     div = h.mean()
     if div_form == "paper":
@@ -181,8 +198,10 @@ def mc_loss(
     _checks.choice("div_form", div_form, _checks.DIV_FORMS)
     if mask is None:
         mask = channel_mask(feat.shape[0], s, cnum, device=feat.device)
-    g, h = mc_terms(feat, mask, cnum, backend=backend)
-    return mc_objective(g, h, target, cnum, div_form=div_form, lam=lam, mu=mu, beta=beta)
+    else:
+        _checks.mask("mask", mask, "feat", feat)
+    g, h = _mc_terms(feat, mask, cnum, backend)
+    return _mc_objective(g, h, target, cnum, div_form, lam, mu, beta)
 
 
 def tdsa_loss(
@@ -226,14 +245,13 @@ def tdsa_loss(
         mask_middle, mask_high = masks
     _checks.mask("mask_middle", mask_middle, "middle", middle)
     _checks.mask("mask_high", mask_high, "high", high)
-    form = dict(div_form=div_form, lam=lam, mu=mu, beta=beta)
-    form_middle = dict(form, lam=lam if lam_middle is None else lam_middle,
-                       beta=beta if beta_middle is None else beta_middle)
-    g_high, h_high = mc_terms(high, mask_high, cnum_high, backend=backend)
+    lam_middle = lam if lam_middle is None else lam_middle
+    beta_middle = beta if beta_middle is None else beta_middle
+    g_high, h_high = _mc_terms(high, mask_high, cnum_high, backend)
     if attention:
-        g_middle, h_middle = tdsa_terms(middle, high, mask_middle, cnum_middle, mode=mode, backend=backend)
+        g_middle, h_middle = _tdsa_terms(middle, high, mask_middle, cnum_middle, mode, backend)
     else:
-        g_middle, h_middle = mc_terms(middle, mask_middle, cnum_middle, backend=backend)
-    return mc_objective(g_high, h_high, target, cnum_high, **form) + mc_objective(
-        g_middle, h_middle, target, cnum_middle, **form_middle
+        g_middle, h_middle = _mc_terms(middle, mask_middle, cnum_middle, backend)
+    return _mc_objective(g_high, h_high, target, cnum_high, div_form, lam, mu, beta) + _mc_objective(
+        g_middle, h_middle, target, cnum_middle, div_form, lam_middle, mu, beta_middle
     )

@@ -7,9 +7,9 @@ import torch
 from tdsa_fast import functional as TF
 from tdsa_fast.nn import MCLoss, TDSALoss
 
-LOW = torch.rand(2, 18, 8, 8)    # S=2, cnum_middle=9
+MIDDLE = torch.rand(2, 18, 8, 8)    # S=2, cnum_middle=9
 HIGH = torch.rand(2, 6, 4, 4)    # S=2, cnum_high=3, xi=3
-MASK_LOW = torch.ones(1, 18)
+MASK_MIDDLE = torch.ones(1, 18)
 MASK_HIGH = torch.ones(1, 6)
 Y = torch.tensor([0, 1])
 
@@ -24,27 +24,27 @@ def test_feature_map_not_4d():
     with raises(r"middle must be 4-D"):
         TF.topdown_gate(torch.rand(18, 8, 8), HIGH)
     with raises(r"high must be 4-D"):
-        TF.tdsa_terms(LOW, torch.rand(2, 6, 4, 4, 1), MASK_LOW, 9)
+        TF.tdsa_terms(MIDDLE, torch.rand(2, 6, 4, 4, 1), MASK_MIDDLE, 9)
 
 
 def test_channels_not_divisible_by_cnum():
     with raises(r"feat has 6 channels.*not divisible by cnum=4"):
         TF.mc_terms(HIGH, torch.ones(1, 6), 4)
     with raises(r"middle has 18 channels.*not divisible by cnum_middle=4"):
-        TF.tdsa_terms(LOW, HIGH, MASK_LOW, 4)
+        TF.tdsa_terms(MIDDLE, HIGH, MASK_MIDDLE, 4)
     with raises(r"high has 6 channels.*not divisible by cnum_high=4"):
-        TF.tdsa_loss(LOW, HIGH, Y, cnum_high=4)
+        TF.tdsa_loss(MIDDLE, HIGH, Y, cnum_high=4)
 
 
 def test_middle_channels_not_a_multiple_of_high_channels():
     with raises(r"middle channels must be a multiple of high channels.*\(2, 18, 8, 8\).*\(2, 4, 4, 4\)"):
-        TF.topdown_gate(LOW, torch.rand(2, 4, 4, 4))
+        TF.topdown_gate(MIDDLE, torch.rand(2, 4, 4, 4))
 
 
 def test_class_counts_disagree_between_levels():
     # xi = 3: 9 classes of 2 middle channels would need 2/3 of a high channel each
     with raises(r"class counts disagree.*middle \(2, 18, 8, 8\) with cnum_middle=2 holds 9 classes"):
-        TF.tdsa_terms(LOW, HIGH, MASK_LOW, 2)
+        TF.tdsa_terms(MIDDLE, HIGH, MASK_MIDDLE, 2)
 
 
 def test_middle_spatially_smaller_than_high():
@@ -62,9 +62,9 @@ def test_mask_of_the_wrong_shape():
     with raises(r"mask must have shape"):
         TF.mc_terms(HIGH, torch.ones(6), 3)
     with raises(r"mask_middle must have shape \[2, 18\]"):
-        TF.tdsa_terms(LOW, HIGH, MASK_HIGH, 9)
+        TF.tdsa_terms(MIDDLE, HIGH, MASK_HIGH, 9)
     with raises(r"mask_high must have shape \[2, 6\]"):
-        TF.tdsa_loss(LOW, HIGH, Y, masks=(MASK_LOW, MASK_LOW))
+        TF.tdsa_loss(MIDDLE, HIGH, Y, masks=(MASK_MIDDLE, MASK_MIDDLE))
     with raises(r"mask must be a floating or bool tensor"):
         TF.mc_terms(HIGH, torch.ones(1, 6, dtype=torch.int64), 3)
 
@@ -72,7 +72,7 @@ def test_mask_of_the_wrong_shape():
 def test_features_on_different_devices():
     meta_high = torch.empty(2, 6, 4, 4, device="meta")
     with raises(r"middle is on cpu but high is on meta"):
-        TF.topdown_gate(LOW, meta_high)
+        TF.topdown_gate(MIDDLE, meta_high)
     with raises(r"mask is on meta but feat is on cpu"):
         TF.mc_terms(HIGH, torch.ones(1, 6, device="meta"), 3)
     with raises(r"target is on meta"):
@@ -81,21 +81,21 @@ def test_features_on_different_devices():
 
 def test_features_of_different_dtypes():
     with raises(r"middle has dtype torch.float32 but high has dtype torch.float16"):
-        TF.tdsa_terms(LOW, HIGH.half(), MASK_LOW, 9)
+        TF.tdsa_terms(MIDDLE, HIGH.half(), MASK_MIDDLE, 9)
     with raises(r"feat must be float16, bfloat16, float32 or float64"):
         TF.mc_terms(HIGH.to(torch.int32), MASK_HIGH, 3)
 
 
 def test_batch_sizes_differ():
     with raises(r"same batch size"):
-        TF.topdown_gate(LOW, torch.rand(3, 6, 4, 4))
+        TF.topdown_gate(MIDDLE, torch.rand(3, 6, 4, 4))
     with raises(r"target must have shape \[2\]"):
         TF.mc_loss(HIGH, torch.tensor([0, 1, 1]), 3)
 
 
 def test_unknown_options_list_the_valid_ones():
     with raises(r"mode must be one of nearest, bilinear, bicubic; got 'area'"):
-        TF.topdown_gate(LOW, HIGH, mode="area")
+        TF.topdown_gate(MIDDLE, HIGH, mode="area")
     with raises(r"div_form must be one of paper, code"):
         TF.mc_loss(HIGH, Y, 3, div_form="other")
     with raises(r"backend must be one of auto, reference, fused"):
@@ -124,3 +124,27 @@ def test_checks_run_before_compute_and_read_only_metadata():
     middle = torch.empty(2, 18, 8, 8, device="meta")
     with raises(r"mask_middle must have shape"):
         TF.tdsa_terms(middle, torch.empty(2, 6, 4, 4, device="meta"), torch.empty(1, 17, device="meta"), 9)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: TF.mc_loss(HIGH, Y, 3, mask=MASK_HIGH),
+    lambda: TF.tdsa_loss(MIDDLE, HIGH, Y, masks=(MASK_MIDDLE, MASK_HIGH)),
+    lambda: TF.tdsa_loss(MIDDLE, HIGH, Y, masks=(MASK_MIDDLE, MASK_HIGH), attention=False),
+    lambda: TF.tdsa_terms(MIDDLE, HIGH, MASK_MIDDLE, 9),
+    lambda: TF.mc_terms(HIGH, MASK_HIGH, 3),
+], ids=["mc_loss", "tdsa_loss", "tdsa_loss-noattn", "tdsa_terms", "mc_terms"])
+def test_each_call_checks_each_input_once(call, monkeypatch):
+    """The public functions check their inputs, then run unchecked implementations: no tensor,
+    mask or option is validated twice in Python on one call (the C++ ops check again)."""
+    from tdsa_fast import _checks
+    seen = []
+    for name in ("feature_map", "mask", "choice", "target"):
+        original = getattr(_checks, name)
+
+        def counted(arg_name, *rest, _name=name, _original=original):
+            seen.append((_name, arg_name))
+            return _original(arg_name, *rest)
+        monkeypatch.setattr(_checks, name, counted)
+    call()
+    assert seen, "no check ran"
+    assert len(seen) == len(set(seen)), f"checked more than once: {sorted(seen)}"
