@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -19,6 +20,8 @@ from tdsa_fast import checkpoint
 from tdsa_fast import experiments as ex
 from tdsa_fast.config import build_parser, resolve
 from tdsa_fast.data.synthetic import SyntheticSpec, ensure_default_dataset
+
+from cli_helpers import run_main
 
 TINY = SyntheticSpec(num_classes=4, train_per_class=8, test_per_class=8, image_size=64, seed=1)
 FAST = dict(img_size=64, epochs=1, batch_size=8, workers=0, loader="torch", stem="standard", threads=1,
@@ -104,9 +107,13 @@ def test_paper_numbers_are_paired_by_table_method_backbone_and_dataset():
     assert ex._paper_key("VIII", dict(cfg, xi=1)) in paper
 
 
-def _runner(spec_path, *extra, **kw):
-    return subprocess.run([sys.executable, "-m", "tdsa_fast.experiments", str(spec_path), *extra],
-                          capture_output=True, text=True, **kw)
+@pytest.fixture
+def runner(capsys):
+    """The runner's ``main([spec, *extra])`` in-process, its result shaped as ``subprocess.run``'s."""
+    def run(spec_path, *extra):
+        rc, out, err = run_main(ex.main, [spec_path, *extra], capsys)
+        return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
+    return run
 
 
 def _start_runner_until(path, run, rows: int) -> subprocess.Popen:
@@ -121,11 +128,11 @@ def _start_runner_until(path, run, rows: int) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_tiny_grid_trains_skips_finished_runs_and_writes_the_table(tmp_path, tiny_root):
+def test_tiny_grid_trains_skips_finished_runs_and_writes_the_table(tmp_path, tiny_root, runner):
     path = write_spec(tmp_path, table="III", output="runs", data_roots={"cub": str(tiny_root)},
                       base=dict(FAST, dataset="cub"), grid={"loss": ["ce", "tdsa", "mc"], "seed": [0]})
     spec = ex.load_spec(path)
-    p = _runner(path)
+    p = runner(path)
     assert p.returncode == 0, p.stdout + p.stderr
     runs = ex.plan_runs(spec)
     assert all(ex.run_state(r.folder) == "done" for r in runs)
@@ -139,13 +146,13 @@ def test_tiny_grid_trains_skips_finished_runs_and_writes_the_table(tmp_path, tin
     assert len((spec.output / "results.csv").read_text().splitlines()) == 4
 
     stamps = [(r.folder / "results.json").stat().st_mtime_ns for r in runs]
-    p = _runner(path)
+    p = runner(path)
     assert p.returncode == 0 and p.stdout.count("finished earlier, skipped") == 3, p.stdout
     assert [(r.folder / "results.json").stat().st_mtime_ns for r in runs] == stamps
 
 
 @pytest.mark.slow
-def test_interrupted_grid_continues_where_it_stopped(tmp_path, tiny_root):
+def test_interrupted_grid_continues_where_it_stopped(tmp_path, tiny_root, runner):
     """Ctrl-C stops the runner and its trainer, which saves a checkpoint at its step; the same
     command resumes that run from it. A run whose options the spec has changed since is
     started again instead, its partial folder set aside."""
@@ -167,7 +174,7 @@ def test_interrupted_grid_continues_where_it_stopped(tmp_path, tiny_root):
     stopped_at = checkpoint.load(first.folder / "last.pt")["progress"]["global_step"]
     assert stopped_at >= 2 * 4  # 4 steps an epoch; at least two epochs were done
 
-    p = _runner(path)
+    p = runner(path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "[1/2] ce: resuming from its checkpoint" in p.stdout, p.stdout
     log = (first.folder / "train.log").read_text()
@@ -181,7 +188,7 @@ def test_interrupted_grid_continues_where_it_stopped(tmp_path, tiny_root):
         shutil.rmtree(run.folder)
     interrupt(path, first)
     short = spec(1)
-    p = _runner(short)
+    p = runner(short)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "interrupted; kept as ce.interrupted-1" in p.stdout.replace("was interrupted", "interrupted"), p.stdout
     assert (first.folder.parent / "ce.interrupted-1" / "metrics.csv").exists()  # nothing of it lost
@@ -202,27 +209,27 @@ def test_sigterm_to_the_runner_alone_stops_its_trainer_with_a_checkpoint(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, tiny_root):
+def test_a_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, tiny_root, runner):
     empty = tmp_path / "no_aircraft"  # passes the option checks; the run fails reading its data
     empty.mkdir()
     path = write_spec(tmp_path, output="runs", data_roots={"cub": str(tiny_root), "aircraft": str(empty)},
                       base=dict(FAST, device="cpu"), grid={"dataset": ["aircraft", "cub"]})
     spec = ex.load_spec(path)
     bad, good = ex.plan_runs(spec)
-    p = _runner(path)
+    p = runner(path)
     assert p.returncode == 1, p.stdout + p.stderr
     assert ex.run_state(bad.folder) == "failed" and "aircraft: expected file not found" in (bad.folder / "FAILED").read_text()
     assert ex.run_state(good.folder) == "done"
-    p = _runner(path)
+    p = runner(path)
     assert p.returncode == 1 and "failed earlier" in p.stdout and "--retry-failed" in p.stdout, p.stdout
 
 
-def test_a_second_runner_on_the_same_grid_is_refused(tmp_path):
+def test_a_second_runner_on_the_same_grid_is_refused(tmp_path, runner):
     path = write_spec(tmp_path, output="runs", grid={"loss": ["ce"]})
     spec = ex.load_spec(path)
     spec.output.mkdir(parents=True)
     (spec.output / ".grid.lock").write_text(str(os.getpid()))  # a live process holds it
-    p = _runner(path)
+    p = runner(path)
     assert p.returncode == 2 and f"another runner (pid {os.getpid()})" in p.stderr, p.stderr
     assert ex.run_state(ex.plan_runs(spec)[0].folder) == "todo"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
