@@ -14,6 +14,16 @@ def repo_root() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """``(data root, run folder, results)`` of one tiny trained run (inference_helpers.train_tiny),
+    shared by the evaluate and predict tests, which only read it (evaluate adds its files beside)."""
+    from inference_helpers import tiny_data, train_tiny
+    root = tiny_data(tmp_path_factory.mktemp("cache"))
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    return root, out, train_tiny(root, out)
+
+
 # The slow tier (``python -m pytest -m slow``, which .ci/run runs after the README's fast tier):
 # the tests that train a model end to end carry ``@pytest.mark.slow`` themselves; so does, through
 # this hook, every test that uses one of these fixtures, each of which compiles or trains first.

@@ -14,15 +14,7 @@ from tdsa_fast.class_metrics import PER_CLASS_FIELDS, ClassReport, ConfusionCoun
 from tdsa_fast.evaluate import OUTPUT_FILES, evaluate_checkpoint, main
 from tdsa_fast.plots import confusion_order, render_confusion
 
-from inference_helpers import SPEC, tiny_data, train_tiny
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tiny_data(tmp_path_factory.mktemp("cache"))
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    results = train_tiny(root, out)
-    return root, out, results
+from inference_helpers import SPEC
 
 
 def _rows(path):

@@ -14,15 +14,7 @@ from tdsa_fast.data.datasets import load_split
 from tdsa_fast.evaluate import evaluate_checkpoint
 from tdsa_fast.predict import Predictor, collect_inputs, main
 
-from inference_helpers import make_checkpoint, tiny_data, train_tiny
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tiny_data(tmp_path_factory.mktemp("cache"))
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    train_tiny(root, out)
-    return root, out
+from inference_helpers import make_checkpoint
 
 
 def test_predictor_is_exported_at_the_top_level():
@@ -31,7 +23,7 @@ def test_predictor_is_exported_at_the_top_level():
 
 def test_predictions_reproduce_the_checkpoints_test_accuracy(trained):
     """The Predictor's argmax over the test images equals what evaluate counts as correct."""
-    root, out = trained
+    root, out, _ = trained
     test = load_split("cub", root, "test")
     predictor = Predictor.from_checkpoint(out / "last.pt", device="cpu", batch_size=5)
     probs = predictor.probabilities([path for path, _ in test.samples])
@@ -44,7 +36,7 @@ def test_predictions_reproduce_the_checkpoints_test_accuracy(trained):
 
 
 def test_pil_path_and_tensor_inputs_agree(trained):
-    root, out = trained
+    root, out, _ = trained
     path = load_split("cub", root, "test").samples[0][0]
     predictor = Predictor.from_checkpoint(out, device="cpu")  # the run folder: its best.pt
     image = Image.open(path).convert("RGB")
@@ -59,7 +51,7 @@ def test_pil_path_and_tensor_inputs_agree(trained):
 
 
 def test_flip_tta_averages_the_two_views(trained):
-    root, out = trained
+    root, out, _ = trained
     path = load_split("cub", root, "test").samples[0][0]
     plain = Predictor.from_checkpoint(out, device="cpu")
     image = Image.open(path).convert("RGB")
@@ -70,7 +62,7 @@ def test_flip_tta_averages_the_two_views(trained):
 
 
 def test_the_command_writes_csv_and_json_with_an_unreadable_image_as_a_row(trained, tmp_path, capsys):
-    root, out = trained
+    root, out, _ = trained
     folder = tmp_path / "new" / "deeper"
     folder.mkdir(parents=True)
     paths = [p for p, _ in load_split("cub", root, "test").samples[:3]]
@@ -109,7 +101,7 @@ def test_the_command_writes_csv_and_json_with_an_unreadable_image_as_a_row(train
     (["EMPTY_DIR", "--out", "x.txt"], "must end in .csv or .json"),
 ])
 def test_bad_command_lines_are_refused_with_a_message(argv, message, trained, tmp_path, capsys):
-    _, out = trained
+    _, out, _ = trained
     (tmp_path / "empty").mkdir()
     argv = [a.replace("MISSING_DIR", str(tmp_path / "nope")).replace("EMPTY_DIR", str(tmp_path / "empty"))
             for a in argv]
