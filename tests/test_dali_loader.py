@@ -139,6 +139,23 @@ def test_output_dtype_and_layout(jpegs, dtype, channels_last, fused):
 
 
 @pytest.mark.parametrize("fused", RESIZE_PATHS, ids=RESIZE_IDS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("train,recipe", CONFIGS, ids=CONFIG_IDS)
+def test_levels_are_the_uint8_values_that_the_float_batches_normalise(jpegs, train, recipe, channels_last, fused):
+    """``levels=True`` (the memory loader's decode): uint8 batches of the same pixels as the
+    float32 batches normalise (DALI's crop_mirror_normalize multiplies by 1 / 127.5: one ulp
+    off the division, so the levels are compared), zeros where the window overhangs."""
+    common = dict(img_size=S, train=train, recipe=recipe, batch_size=5, workers=2, channels_last=channels_last,
+                  fused_resize=fused)
+    with DaliImageLoader(jpegs, levels=True, **common) as u, DaliImageLoader(jpegs, **common) as f:
+        got, ref = list(u), drain(f)
+    assert {b.images.dtype for b in got} == {torch.uint8}
+    assert torch.equal(torch.cat([b.indices for b in got]), ref.indices)
+    images = torch.cat([b.images for b in got]).float()
+    assert torch.equal(images, ref.images.mul(127.5).add(127.5).round())
+
+
+@pytest.mark.parametrize("fused", RESIZE_PATHS, ids=RESIZE_IDS)
 def test_kept_batches_are_not_overwritten(jpegs, fused):
     """The CPU pipeline hands its output buffers to torch without a copy: batches kept by the
     caller must stay as they were while DALI produces the following ones."""

@@ -285,24 +285,14 @@ def test_both_crop_paths_give_the_same_windows(s):
         memory_loader.shifted_windows(images, idx, tops, lefts, flips, how="loop")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_cpu_normalisation_is_finish_images_bitwise(dtype, channels_last):
-    from tdsa_fast.data.augment import finish_images
-
-    x = torch.arange(256, dtype=torch.uint8).repeat(2 * 3 * 4 * 8)[:2 * 3 * 16 * 16].reshape(2, 3, 16, 16)
-    ref = finish_images(x, device=torch.device("cpu"), channels_last=channels_last, dtype=dtype, layout="NCHW")
-    got = memory_loader._finish_on_cpu(x, channels_last=channels_last, dtype=dtype)
-    assert got.dtype == ref.dtype and got.stride() == ref.stride() and torch.equal(got, ref)
-
-
+@pytest.mark.parametrize("normalised", [False, True], ids=["uint8", "float32"])
 @pytest.mark.parametrize("indices", [[0, 1, 2, 3], [1, 2], [0, 2, 3]], ids=["all", "consecutive", "gap"])
-def test_decoded_levels_are_stored_exactly(indices):
-    """Every level ``v`` survives ``(v - 127.5) / 127.5`` in float32 and back, in both of
-    ``_store_levels``' copies."""
+def test_decoded_levels_are_stored_exactly(indices, normalised):
+    """Every level ``v`` is stored as it is decoded (the DALI decode's uint8) or survives
+    ``(v - 127.5) / 127.5`` in float32 and back (the torch decode), in both of ``_store``'s copies."""
     levels_ = torch.arange(256, dtype=torch.uint8).repeat(4 * 3)[:4 * 3 * 8 * 8].reshape(4, 3, 8, 8)
-    stored = np.zeros((4, 3, 8, 8), dtype=np.uint8)
-    normalised = levels_[indices].float().sub(127.5).div(127.5).numpy().copy()
-    memory_loader._store_levels(stored, np.array(indices), normalised)
-    assert np.array_equal(stored[indices], levels_[indices].numpy())
+    stored = torch.zeros((4, 3, 8, 8), dtype=torch.uint8)
+    images = levels_[indices].float().sub(127.5).div(127.5) if normalised else levels_[indices]
+    memory_loader._store(stored, torch.tensor(indices), images)
+    assert torch.equal(stored[indices], levels_[indices])
     assert not stored[[i for i in range(4) if i not in indices]].any()

@@ -95,13 +95,18 @@ class DaliImageLoader(ImageLoader):
     """The DALI loader; arguments as :class:`~tdsa_fast.data.batch.ImageLoader`
     (``workers``: DALI CPU threads, at least 1), plus ``prefetch`` (batches in flight) and
     ``fused_resize`` (the CPU pipeline's ``tdsa_resample_window`` operator: None uses it
-    when the plugin builds, True requires it, False uses DALI's resize; never on CUDA)."""
+    when the plugin builds, True requires it, False uses DALI's resize; never on CUDA) and
+    ``levels`` (``uint8`` batches of the 0..255 values, not normalised, whatever ``dtype``
+    says: the memory loader's decode)."""
 
     kind = "dali"
 
-    def __init__(self, samples, *, prefetch: int = 2, fused_resize: Optional[bool] = None, **kwargs):
+    def __init__(self, samples, *, prefetch: int = 2, fused_resize: Optional[bool] = None, levels: bool = False,
+                 **kwargs):
         super().__init__(samples, **kwargs)
         self.prefetch = int(prefetch)
+        self.levels = bool(levels)
+        self._out_dtype = torch.uint8 if self.levels else self.dtype
         self.known_bad: set[int] = set()
         self._pipe = None
         if self.device.type == "cuda":
@@ -126,9 +131,11 @@ class DaliImageLoader(ImageLoader):
 
         gpu = self._device_id is not None
         s, train, rrc = self.img_size, self.train, self.recipe == "rrc"
-        out_dtype = types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT
-        normalize = dict(mean=[127.5] * 3, std=[127.5] * 3, output_layout="HWC" if self.channels_last else "CHW",
-                         dtype=out_dtype)
+        levels = self.levels
+        out_dtype = types.UINT8 if levels else types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT
+        scale = 1.0 if levels else 127.5
+        normalize = dict(mean=[0.0 if levels else 127.5] * 3, std=[scale] * 3,
+                         output_layout="HWC" if self.channels_last else "CHW", dtype=out_dtype)
 
         @pipeline_def(batch_size=self.batch_size, num_threads=max(1, self.workers), device_id=self._device_id,
                       prefetch_queue_depth=self.prefetch, seed=0, exec_dynamic=True)
@@ -144,7 +151,8 @@ class DaliImageLoader(ImageLoader):
                                     adjust_orientation=False, jpeg_fancy_upsampling=True)
             if self.fused_resize:
                 return fn.tdsa_resample_window(img, feed["window"], size=s, half=out_dtype == types.FLOAT16,
-                                               channels_last=self.channels_last, mean=127.5, std=127.5)
+                                               levels=levels, channels_last=self.channels_last, mean=127.5,
+                                               std=127.5)
             if train and rrc:
                 img = fn.resize(img, size=[s, s], roi_start=feed["roi_start"], roi_end=feed["roi_end"],
                                 roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True)
@@ -158,7 +166,7 @@ class DaliImageLoader(ImageLoader):
                                 roi_relative=True, interp_type=types.INTERP_LINEAR, antialias=True)
                 return fn.crop_mirror_normalize(img, crop=[s, s], crop_pos_y=feed["pad_pos"][0],
                                                 crop_pos_x=feed["pad_pos"][1], out_of_bounds_policy="pad",
-                                                fill_values=-1.0,  # black after normalisation
+                                                fill_values=0.0 if levels else -1.0,  # black
                                                 mirror=feed["mirror"], **normalize)
             else:
                 img = fn.resize(img, size=[s, s], interp_type=types.INTERP_LINEAR, antialias=True)
@@ -283,7 +291,7 @@ class DaliImageLoader(ImageLoader):
 
     def _empty_batch(self, fed: _Fed) -> Batch:
         s = self.img_size
-        images = torch.empty((0, 3, s, s), dtype=self.dtype, device=self.device)
+        images = torch.empty((0, 3, s, s), dtype=self._out_dtype, device=self.device)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return Batch(images, torch.empty(0, dtype=torch.int64, device=self.device), 0, fed.skipped,
@@ -300,14 +308,14 @@ class DaliImageLoader(ImageLoader):
             out = torch.from_dlpack(dense)
             if self.channels_last:
                 out = out.permute(0, 3, 1, 2)
-            return out.to(self.dtype)
-        storage_dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
+            return out.to(self._out_dtype)
+        storage_dtype = torch.uint8 if self.levels else torch.float16 if self.dtype == torch.float16 else torch.float32
         out = torch.empty(dense.shape(), dtype=storage_dtype, device=self.device)
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         feed_ndarray(dense, out, cuda_stream=stream)
         if self.channels_last:
             out = out.permute(0, 3, 1, 2)  # NHWC storage = channels_last NCHW
-        return out.to(self.dtype)
+        return out.to(self._out_dtype)
 
     # -- naming the bad file -----------------------------------------------------------
     def _find_bad(self, indices: np.ndarray, err: Exception) -> BadImageError:

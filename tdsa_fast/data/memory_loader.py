@@ -10,7 +10,7 @@ image.  The decode runs through one of the other loaders, with the test transfor
 order (``decoder``):
 
 * ``"dali"``: the DALI pipeline (``workers`` threads; the CPU pipeline's fused Pillow resize,
-  or nvJPEG and DALI's resize on CUDA);
+  or nvJPEG and DALI's resize on CUDA), returning the ``uint8`` levels (``levels=True``);
 * ``"torch"``: the PyTorch loader, PIL in ``workers`` processes on the CPU, and
   ``torchvision.io.decode_jpeg(device="cuda")`` (nvJPEG) on CUDA;
 * ``"auto"``: DALI when it is installed, else torch.
@@ -138,17 +138,16 @@ def _cache_key(samples, size: int, decoder: str) -> str:
     return h.hexdigest()
 
 
-def _store_levels(stored: np.ndarray, indices: np.ndarray, images: np.ndarray) -> None:
-    """``stored[indices] = round(images * 127.5 + 127.5)`` for a decoded batch ``images``
-    (``float32`` ``(v - 127.5) / 127.5`` of integer levels ``v``, overwritten), in place and
-    in one cast when ``indices`` are consecutive (the decode reads the split in order)."""
-    images *= 127.5
-    images += 128.0  # v + 0.5 within float32 rounding: the cast's truncation gives v
-    np.clip(images, 0.0, 255.0, out=images)
-    if len(indices) and indices[-1] - indices[0] + 1 == len(indices):
-        np.copyto(stored[indices[0]:indices[-1] + 1], images, casting="unsafe")
+def _store(stored: torch.Tensor, indices: torch.Tensor, images: torch.Tensor) -> None:
+    """``stored[indices] = images`` for a decoded batch: ``uint8`` levels as they are, or the
+    ``float32`` ``(v - 127.5) / 127.5`` of integer levels ``v`` turned back into them (exactly);
+    one slice copy when ``indices`` are consecutive (the decode reads the split in order)."""
+    if images.dtype != torch.uint8:
+        images = images.mul(127.5).add_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+    if len(indices) and int(indices[-1]) - int(indices[0]) + 1 == len(indices):
+        stored[int(indices[0]):int(indices[-1]) + 1].copy_(images)
     else:
-        stored[indices] = images.astype(np.uint8)
+        stored[indices.to(stored.device)] = images.to(stored.device)
 
 
 def shifted_windows(images: torch.Tensor, idx, tops, lefts, flips, how: str = "gather") -> torch.Tensor:
@@ -180,20 +179,6 @@ def shifted_windows(images: torch.Tensor, idx, tops, lefts, flips, how: str = "g
         else:
             out[j, :, y0 - top:y1 - top, x0 - left:x1 - left] = window
     return torch.from_numpy(out)
-
-
-#: ``(v - 127.5) / 127.5`` in float32 for every level ``v``: the same values as
-#: :func:`~tdsa_fast.data.augment.finish_images`, in one table lookup.
-_LEVELS = (np.arange(256, dtype=np.float32) - np.float32(127.5)) / np.float32(127.5)
-
-
-def _finish_on_cpu(images: torch.Tensor, *, channels_last: bool, dtype: torch.dtype) -> torch.Tensor:
-    """``finish_images`` for a CPU ``uint8 [n, 3, s, s]`` batch, bitwise the same, as one
-    single-threaded table lookup (on a busy CPU torch's per-op thread pool waits far longer
-    than the arithmetic takes)."""
-    x = torch.from_numpy(np.take(_LEVELS, images.numpy()))
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return x.to(dtype=dtype, memory_format=fmt)
 
 
 class MemoryImageLoader(ImageLoader):
@@ -264,7 +249,10 @@ class MemoryImageLoader(ImageLoader):
             from tdsa_fast.data.dali_loader import DaliImageLoader as Decoding
         else:
             from tdsa_fast.data.torch_loader import TorchImageLoader as Decoding
-        extra = {"decode": "device" if self.device.type == "cuda" else "pil"} if self.decoder == "torch" else {}
+        if self.decoder == "torch":
+            extra = {"decode": "device" if self.device.type == "cuda" else "pil"}
+        else:
+            extra = {"levels": True}  # uint8 batches: stored as they come
         stored = torch.zeros((n, 3, s, s), dtype=torch.uint8, device=self.device)
         seen = np.zeros(n, dtype=bool)
         done, t0, next_report = 0, time.perf_counter(), 0.1
@@ -274,12 +262,7 @@ class MemoryImageLoader(ImageLoader):
                           workers=self.workers, device=self.device, skip_bad=self.skip_bad, dtype=torch.float32,
                           **extra) as decoding:
             for batch in decoding:
-                # (x - 127.5) / 127.5 in float32 undone: the decoders' integer levels exactly
-                if self.device.type == "cpu":  # numpy: one thread, no pool to wait on (see _finish_on_cpu)
-                    _store_levels(stored.numpy(), batch.indices.numpy(), batch.images.numpy())
-                else:
-                    levels = batch.images.mul(127.5).add_(127.5).round_().clamp_(0, 255).to(torch.uint8)
-                    stored[batch.indices.to(self.device)] = levels
+                _store(stored, batch.indices, batch.images)
                 seen[batch.indices.numpy()] = True
                 done += _DECODE_BATCH
                 if done >= next_report * n:
@@ -373,11 +356,8 @@ class MemoryImageLoader(ImageLoader):
                 images = self._rrc(indices)
             else:
                 images = self._released(indices)
-            if cpu and images.dtype == torch.uint8:
-                images = _finish_on_cpu(images, channels_last=self.channels_last, dtype=self.dtype)
-            else:
-                images = finish_images(images, device=self.device, channels_last=self.channels_last,
-                                       dtype=self.dtype, layout="NCHW")
+            images = finish_images(images, device=self.device, channels_last=self.channels_last, dtype=self.dtype,
+                                   layout="NCHW")
             index_t = torch.from_numpy(indices)
             yield Batch(images, self.labels[index_t.to(self.device)], num_real, skipped, index_t)
 

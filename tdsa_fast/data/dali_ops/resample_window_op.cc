@@ -8,7 +8,8 @@
 //          1  float32 [7] per sample: box_x0, box_y0, box_x1, box_y1 (the source box in pixels;
 //             box_x1 <= 0 means the whole image), top, left (the window's corner in the
 //             resized image), mirror (0 or 1)
-// Output:  [3, size, size] (or [size, size, 3] with channels_last), float32 or float16.
+// Output:  [3, size, size] (or [size, size, 3] with channels_last), float32 or float16, or with
+//          levels the uint8 0..255 values themselves (no normalisation).
 #include <vector>
 
 #include "dali/core/float16.h"
@@ -24,11 +25,13 @@ class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
       : ::dali::Operator<::dali::CPUBackend>(spec),
         size_(spec.GetArgument<int>("size")),
         half_(spec.GetArgument<bool>("half")),
+        levels_(spec.GetArgument<bool>("levels")),
         channels_last_(spec.GetArgument<bool>("channels_last")),
         mean_(spec.GetArgument<float>("mean")),
         std_(spec.GetArgument<float>("std")) {
     DALI_ENFORCE(size_ > 0, "size must be positive");
     DALI_ENFORCE(std_ != 0.0f, "std must not be zero");
+    DALI_ENFORCE(!(levels_ && half_), "levels (uint8 output) and half exclude each other");
   }
 
  protected:
@@ -47,7 +50,7 @@ class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
                    ::dali::make_string("params of sample ", i, " must hold 7 values"));
     }
     output_desc.resize(1);
-    output_desc[0].type = half_ ? DALI_FLOAT16 : DALI_FLOAT;
+    output_desc[0].type = levels_ ? DALI_UINT8 : half_ ? DALI_FLOAT16 : DALI_FLOAT;
     if (channels_last_) {
       output_desc[0].shape = ::dali::uniform_list_shape(n, {size_, size_, 3});
     } else {
@@ -79,11 +82,13 @@ class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
         spec.top = static_cast<int>(p[4]);
         spec.left = static_cast<int>(p[5]);
         spec.mirror = p[6] != 0.0f;
-        spec.mean = mean_;
-        spec.std = std_;
+        spec.mean = levels_ ? 0.0f : mean_;
+        spec.std = levels_ ? 1.0f : std_;
         spec.channels_last = channels_last_;
         const uint8_t* in = images.tensor<uint8_t>(i);
-        if (half_) {
+        if (levels_) {  // integer values 0..255 in float: the cast to uint8 is exact
+          resample_window(in, height, width, int64_t{width} * 3, spec, output.mutable_tensor<uint8_t>(i), scratch);
+        } else if (half_) {
           resample_window(in, height, width, int64_t{width} * 3, spec,
                           output.mutable_tensor<::dali::float16>(i), scratch);
         } else {
@@ -97,7 +102,7 @@ class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
 
  private:
   int size_;
-  bool half_, channels_last_;
+  bool half_, levels_, channels_last_;
   float mean_, std_;
 };
 
@@ -112,6 +117,7 @@ DALI_SCHEMA(TdsaResampleWindow)
     .NumOutput(1)
     .AddArg("size", "Output height and width.", DALI_INT32)
     .AddOptionalArg("half", "float16 output instead of float32.", false)
+    .AddOptionalArg("levels", "uint8 output of the 0..255 values, not normalised (mean and std unused).", false)
     .AddOptionalArg("channels_last", "HWC output instead of CHW.", false)
     .AddOptionalArg("mean", "Subtracted from every 0..255 value.", 127.5f)
     .AddOptionalArg("std", "Divides every value after the mean is subtracted.", 127.5f);
