@@ -312,29 +312,40 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
           }
         }
       } else {
-        for (int kk = 0; kk < ch; ++kk) {
-          for (int q = tid; q < HW; q += kThreads) {
-            const acc_t G = gate[kk * HW + q];
-            int64_t off = 0;
-            if constexpr (!kDense) {
-              const int y = q / W, x = q - y * W;
-              off = y * p.gxs[2] + x * p.gxs[3];
+        // d low of gate plane kk's xi channels at q, and d U there (each (kk, q) independent)
+        auto grad_plane_at = [&](int kk, int q) {
+          const acc_t G = gate[kk * HW + q];
+          int64_t off = 0;
+          if constexpr (!kDense) {
+            const int y = q / W, x = q - y * W;
+            off = y * p.gxs[2] + x * p.gxs[3];
+          }
+          acc_t dg = acc_t(0);
+          for (int t = 0; t < xi; ++t) {
+            const int j = kk * xi + t;
+            const acc_t l = static_cast<acc_t>(lo[j * HW + q]);
+            const acc_t dx = dxval(j, q, l * G);
+            const scalar_t v = static_cast<scalar_t>(dx * G);  // d low = d gated * gate
+            if constexpr (kDense) {
+              gxb[j * HW + q] = v;
+            } else {
+              gxb[j * p.gxs[1] + off] = v;
             }
-            acc_t dg = acc_t(0);
-            for (int t = 0; t < xi; ++t) {
-              const int j = kk * xi + t;
-              const acc_t l = static_cast<acc_t>(lo[j * HW + q]);
-              const acc_t dx = dxval(j, q, l * G);
-              const scalar_t v = static_cast<scalar_t>(dx * G);  // d low = d gated * gate
-              if constexpr (kDense) {
-                gxb[j * HW + q] = v;
-              } else {
-                gxb[j * p.gxs[1] + off] = v;
-              }
-              const acc_t dgate = dx * l;
-              dg = t == 0 ? dgate : dg + dgate;
-            }
-            gate[kk * HW + q] = math::sigmoid_backward(dg, G);  // becomes dU, the gradient at the upsampled map
+            const acc_t dgate = dx * l;
+            dg = t == 0 ? dgate : dg + dgate;
+          }
+          gate[kk * HW + q] = math::sigmoid_backward(dg, G);  // becomes dU, the gradient at the upsampled map
+        };
+        if (chan_fast) {
+          // channels_last: the lanes walk the planes (so the group's channels) fastest, and
+          // store the n channels at a position as one run, as the loads read them
+          for (int e = tid; e < ch * HW; e += kThreads) {
+            const int q = e / ch;
+            grad_plane_at(e - q * ch, q);
+          }
+        } else {
+          for (int kk = 0; kk < ch; ++kk) {
+            for (int q = tid; q < HW; q += kThreads) grad_plane_at(kk, q);
           }
         }
         __syncthreads();
