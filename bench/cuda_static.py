@@ -297,13 +297,15 @@ def _probe_scratch(work: Path) -> dict:
     _run([cxx, "-std=c++17", "-O1", f"-I{CSRC}", "-o", str(exe), str(CSRC / "emulation" / "scratch_probe.cpp"),
           "-pthread"])
     res = {}
-    for shape_set, kinds in SHAPES.items():
-        for kind, s in kinds.items():
-            for dtype, (ss, acc) in DTYPE_BYTES.items():
-                argv = [str(exe), kind] + [str(s.get(f, 1)) for f in ("n", "xi", "H", "W", "Hh", "Wh")]
-                for line in _run(argv + [str(ss), str(acc)]).stdout.splitlines():
-                    key, val = line.split()
-                    res[f"{shape_set}:{key}:{dtype}"] = int(val)
+    for arch, lim in SM_LIMITS.items():
+        for shape_set, kinds in SHAPES.items():
+            for kind, s in kinds.items():
+                for dtype, (ss, acc) in DTYPE_BYTES.items():
+                    argv = [str(exe), kind] + [str(s.get(f, 1)) for f in ("n", "xi", "H", "W", "Hh", "Wh")]
+                    argv += [str(ss), str(acc), str(lim["smem_optin"]), str(lim["smem_per_sm"])]
+                    for line in _run(argv).stdout.splitlines():
+                        key, val = line.split()
+                        res[f"{arch}:{shape_set}:{key}:{dtype}"] = int(val)
     out.write_text(json.dumps(res))
     return res
 
@@ -346,7 +348,7 @@ def analyse(archs=("90", "80")) -> list[Kernel]:
         for src in sorted((CSRC / "cuda").glob("*.cu")):
             for k in kernels_of(src, arch, work):
                 for shape_set in SHAPES:
-                    dyn = scratch[f"{shape_set}:{k.kind}:{k.dtype}"]
+                    dyn = scratch[f"{arch}:{shape_set}:{k.kind}:{k.dtype}"]
                     k.dyn_smem[shape_set] = dyn
                     k.blocks_per_sm[shape_set] = _blocks_per_sm(k, dyn)
                 result.append(k)

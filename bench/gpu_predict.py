@@ -51,22 +51,24 @@ ACC_BYTES = 4      # the float g, h, grad_g, grad_h and the float mask
 H200 = {"bandwidth": 4.3e12, "sms": 132, "clock": 1.98e9, "mufu_per_clk_sm": 16}
 
 # MUFU operations per element of the kernel's map (middle map for tdsa, high map for mc),
-# from csrc/cuda/terms_kernels.cuh:
-#   mc fwd : the per-channel exp sum (1) + the per-position softmax values (1)           = 2
-#   mc bwd : exp sum (1) + per-position (1) + the dot pass (1: a warp evaluates the exp
-#            when any lane's position is won by the channel; counted as always) + dxval (1) = 4
+# from csrc/cuda/terms_kernels.cuh, at the paper shape, where the plan keeps exp(x - max) in
+# shared memory (p.cache_exp, kernels::terms_cache_exp; bench/cuda_static.py's dyn smem):
+#   mc fwd : the per-channel exp sum (1); the per-position softmax values read it back    = 1
+#   mc bwd : the exp sum again (the backward saves nothing but the op's inputs); the
+#            per-position, dot and dxval passes read it back                              = 1
 #   tdsa   : as mc, plus the gate: one sigmoid (2 MUFU) per gate pixel, ch = n / xi gate
 #            planes per n channels: 2 / xi per element, in the forward and again in the
 #            backward (it recomputes the gate)
+# (Without the kept exp, as at 448 px: 2 fwd and 4 bwd per element, plus the gate's.)
 MUFU_PER_ELEMENT = {
-    "mc_fwd": 2.0,
-    "mc_bwd": 4.0,
-    "tdsa_fwd": 2.0 + 2.0 / XI,
-    "tdsa_bwd": 4.0 + 2.0 / XI,
+    "mc_fwd": 1.0,
+    "mc_bwd": 1.0,
+    "tdsa_fwd": 1.0 + 2.0 / XI,
+    "tdsa_bwd": 1.0 + 2.0 / XI,
 }
 # Resident 256-thread blocks per SM at the paper shape: bench/cuda_static.py --arch 90
-# --dtype bf16 --table, the SharedScratch / DenseGroup kernels (bench/RESULTS.md, "After").
-BLOCKS_PER_SM = {"mc_fwd": 4, "mc_bwd": 3, "tdsa_fwd": 3, "tdsa_bwd": 3}
+# --dtype bf16 --table, the SharedScratch / DenseGroup kernels (bench/RESULTS.md).
+BLOCKS_PER_SM = {"mc_fwd": 4, "mc_bwd": 4, "tdsa_fwd": 3, "tdsa_bwd": 3}
 
 CASES = ("mc_terms", "tdsa_terms", "tdsa_loss")
 PHASES = ("fwd", "bwd", "fwdbwd")

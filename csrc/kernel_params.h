@@ -27,6 +27,9 @@ struct TermsParams {
   int64_t hs[4] = {0, 0, 0, 0};
   int64_t xi = 1;
   int mode = 0;
+  // Scratch plan (host): exp(x - max) of every element kept in scratch (the `ex` region),
+  // so that each is computed once per launch; see kernels::terms_cache_exp.
+  bool cache_exp = false;
   // Forward outputs: g, h, acc_t, contiguous [B, S].
   void* g = nullptr;
   void* h = nullptr;

@@ -68,7 +68,7 @@ inline KernelInfo kernel_info(const void* kernel, int dev, int optin, bool opt_i
 }
 
 struct DeviceShape {
-  int dev = 0, optin = 0, sms = 1;
+  int dev = 0, optin = 0, sms = 1, sm_smem = 0;
 };
 
 inline DeviceShape current_device_shape() {
@@ -76,6 +76,7 @@ inline DeviceShape current_device_shape() {
   C10_CUDA_CHECK(cudaGetDevice(&d.dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, d.dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, d.dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sm_smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, d.dev));
   d.optin = std::max(d.optin, 48 * 1024);
   return d;
 }

@@ -17,14 +17,20 @@ struct TermsVariants {
   static constexpr auto strided = terms_kernel<scalar_t, acc_t, GATED, BWD, SharedScratch, StridedGroup>;
   static constexpr auto global = terms_kernel<scalar_t, acc_t, GATED, BWD, GlobalScratch, StridedGroup>;
 
-  static ScratchPlan plan(const TermsParams& p, int64_t* bytes) {
+  // Sets p.cache_exp (kernels::terms_cache_exp) and the scratch bytes per group.
+  static ScratchPlan plan(TermsParams& p, int64_t* bytes) {
+    const void* shared = reinterpret_cast<const void*>(kernels::terms_dense(p, BWD) ? dense : strided);
+    const DeviceShape d = current_device_shape();
+    const KernelInfo info = kernel_info(shared, d.dev, d.optin, false);
+    p.cache_exp = kernels::terms_cache_exp(p, BWD, sizeof(scalar_t), sizeof(acc_t),
+                                           static_cast<int64_t>(info.static_bytes), d.optin, d.sm_smem,
+                                           min_blocks<acc_t, SharedScratch>());
     const TermsLayout Lt(p, BWD, sizeof(scalar_t), sizeof(acc_t));
     *bytes = Lt.total;
-    const void* shared = reinterpret_cast<const void*>(kernels::terms_dense(p, BWD) ? dense : strided);
     return plan_scratch(static_cast<size_t>(Lt.total), p.B * p.S, shared, reinterpret_cast<const void*>(global));
   }
 
-  static void launch(const TermsParams& p, void* workspace, cudaStream_t stream) {
+  static void launch(TermsParams p, void* workspace, cudaStream_t stream) {
     int64_t bytes = 0;
     const ScratchPlan pl = plan(p, &bytes);
     const int64_t groups = p.B * p.S;
@@ -62,7 +68,8 @@ int64_t terms_workspace(c10::ScalarType dtype, const TermsParams& p, bool backwa
     using acc_t = decltype(a);
     with_variants<decltype(s), acc_t>(p, backward, [&](auto v) {
       int64_t bytes = 0;
-      const ScratchPlan pl = decltype(v)::plan(p, &bytes);
+      TermsParams q = p;
+      const ScratchPlan pl = decltype(v)::plan(q, &bytes);
       elems = pl.global ? pl.grid * bytes / static_cast<int64_t>(sizeof(acc_t)) : 0;
     });
   });

@@ -7,6 +7,8 @@
 //   hi   [ch][Hh*Wh]  (tdsa) the class's ch = n / xi high channels, likewise
 //   gate [ch][HW]     (tdsa) sigmoid(Upsample(hi)), from per-axis tap tables built once
 //                     per block
+//   ex   [n][HW]      exp(x - max_j) of every element, from the exp-sum pass on, when the
+//                     plan keeps it (p.cache_exp: terms_cache_exp), else recomputed
 // and recomputes x = lo * gate on the fly, so the gated map exists only in registers.
 // Per-channel softmax statistics (max, 1/sum exp): every warp reduces its share of every
 // channel, the warps' partials are combined in a fixed order (all warps busy whatever n);
@@ -51,7 +53,7 @@ __host__ __device__ inline bool terms_dense(const TermsParams& p, bool bwd) {
 // Scratch layout in bytes (every region 16-byte aligned), shared by the host planner and
 // the kernel; `ss` / `as`: sizes of the storage and accumulation types.
 struct TermsLayout {
-  int64_t lo, hi, gate, ty, tx, ay, ax, ag, ah, tmp, mx, inv, mk, dot, part, total;
+  int64_t lo, hi, gate, ex, ty, tx, ay, ax, ag, ah, tmp, mx, inv, mk, dot, part, total;
   __host__ __device__ TermsLayout(const TermsParams& p, bool bwd, int64_t ss, int64_t as) {
     const int64_t n = p.cnum, HW = p.H * p.W;
     const int64_t ch = p.gated ? p.cnum / p.xi : 0;
@@ -66,6 +68,7 @@ struct TermsLayout {
     lo = take(lo_bytes);
     hi = take(p.gated ? dense_region_bytes(ch * p.Hh * p.Wh, ss) : 0);
     gate = take(ch * HW * as);
+    ex = take(p.cache_exp ? n * HW * as : 0);
     ty = take(p.gated ? axis_taps_bytes(p.H, as) : 0);
     tx = take(p.gated ? axis_taps_bytes(p.W, as) : 0);
     ay = take(gb ? axis_adjoint_bytes(p.Hh, p.H, as) : 0);
@@ -84,6 +87,25 @@ struct TermsLayout {
   }
 };
 
+// Bytes the SM keeps per resident block beside its shared memory (sm_80 and later).
+constexpr int64_t kReservedSmemPerBlock = 1024;
+
+// The plan's choice of p.cache_exp: keep exp(x - max) in scratch when the larger scratch
+// (plus the kernel's static shared memory) still fits a block's opt-in and leaves at least
+// min(min_blocks, the blocks without it) blocks resident per SM (a 448 px group, or fp32's
+// gated backward on a smaller SM, recomputes instead).
+inline bool terms_cache_exp(TermsParams p, bool bwd, int64_t ss, int64_t as, int64_t static_bytes, int64_t optin,
+                            int64_t sm_bytes, int64_t min_blocks) {
+  p.cache_exp = false;
+  const int64_t without = TermsLayout(p, bwd, ss, as).total + static_bytes;
+  p.cache_exp = true;
+  const int64_t with = TermsLayout(p, bwd, ss, as).total + static_bytes;
+  if (with > optin) return false;
+  const int64_t blocks_with = sm_bytes / (with + kReservedSmemPerBlock);
+  const int64_t blocks_without = sm_bytes / (without + kReservedSmemPerBlock);
+  return blocks_with >= (blocks_without < min_blocks ? blocks_without : min_blocks);
+}
+
 template <typename scalar_t, typename acc_t, bool GATED, bool BWD, class Where, class Layout>
 __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
     terms_kernel(const TermsParams p, unsigned char* __restrict__ gws, int64_t ws_stride, int64_t groups) {
@@ -93,6 +115,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
   unsigned char* const base = scratch_base<Where>(smem_raw, gws, ws_stride);
   const TermsLayout Lt(p, BWD, sizeof(scalar_t), sizeof(acc_t));
   acc_t* const gate = reinterpret_cast<acc_t*>(base + Lt.gate);
+  acc_t* const ex = reinterpret_cast<acc_t*>(base + Lt.ex);
+  const bool cache = p.cache_exp;  // uniform over the launch
   int* const ag = reinterpret_cast<int*>(base + Lt.ag);
   int* const ah = reinterpret_cast<int*>(base + Lt.ah);
   acc_t* const mx = reinterpret_cast<acc_t*>(base + Lt.mx);
@@ -147,6 +171,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
       return acc_t(1);
     }
   };
+  // exp(x - max_j) of channel j at q (x its value): kept from the exp-sum pass, or recomputed
+  auto expd = [&](int j, int q, acc_t x) -> acc_t { return cache ? ex[j * HW + q] : math::exp_(x - mx[j]); };
   // part[j][warp] -> out[j], in warp order (deterministic)
   auto combine = [&](acc_t* out, bool is_max) {
     for (int j = tid; j < n; j += kThreads) {
@@ -218,7 +244,11 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
       const int kk = j / xi;
       const acc_t mj = mx[j];
       acc_t s = acc_t(0);
-      for (int q = tid; q < HW; q += kThreads) s += math::exp_(xv(lo, j, q, gate_at(kk, q)) - mj);
+      for (int q = tid; q < HW; q += kThreads) {
+        const acc_t e = math::exp_(xv(lo, j, q, gate_at(kk, q)) - mj);
+        if (cache) ex[j * HW + q] = e;
+        s += e;
+      }
       s = warp_sum(s);
       if (lane == 0) part[j * kWarps + warp] = s;
     }
@@ -241,7 +271,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
           const int j = kk * xi + t;
           const acc_t x = xv(lo, j, q, G);
           const acc_t v = mk[j] * x;
-          const acc_t s = math::exp_(x - mx[j]) * inv[j];
+          const acc_t s = expd(j, q, x) * inv[j];
           if (j == 0 || math::replaces(v, gb)) {
             gb = v;
             gi = j;
@@ -275,10 +305,10 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
       // dot_j = sum_p go_p s_{j,p}, go = grad_h where channel j wins position p.
       for (int j = 0; j < n; ++j) {
         const int kk = j / xi;
-        const acc_t mj = mx[j], ij = inv[j];
+        const acc_t ij = inv[j];
         acc_t d = acc_t(0);
         for (int q = tid; q < HW; q += kThreads) {
-          if (ah[q] == j) d += gh * (math::exp_(xv(lo, j, q, gate_at(kk, q)) - mj) * ij);
+          if (ah[q] == j) d += gh * (expd(j, q, xv(lo, j, q, gate_at(kk, q))) * ij);
         }
         d = warp_sum(d);
         if (lane == 0) part[j * kWarps + warp] = d;
@@ -289,7 +319,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
       auto dxval = [&](int j, int q, acc_t x) -> acc_t {
         const acc_t gpart = ag[q] == j ? gg_hw * mk[j] : acc_t(0);
         const acc_t go = ah[q] == j ? gh : acc_t(0);
-        return math::terms_combine(gpart, math::softmax_backward(math::exp_(x - mx[j]) * inv[j], go, dot[j]));
+        return math::terms_combine(gpart, math::softmax_backward(expd(j, q, x) * inv[j], go, dot[j]));
       };
       scalar_t* gxb = static_cast<scalar_t*>(p.grad_x) + b * p.gxs[0] + i * n * p.gxs[1];
       if constexpr (!GATED) {

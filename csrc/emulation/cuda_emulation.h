@@ -73,6 +73,7 @@ struct Config {
   int fill = 0xFF;         // byte of fresh scratch (0xFF: NaN); -1: seeded random bytes
   int sms = 132;           // H200
   int optin = 232448;      // cudaDevAttrMaxSharedMemoryPerBlockOptin of sm_90 (227 KB)
+  int sm_smem = 233472;    // cudaDevAttrMaxSharedMemoryPerMultiprocessor of sm_90 (228 KB)
   int occupancy = 2;       // cudaOccupancyMaxActiveBlocksPerMultiprocessor's answer
   size_t static_smem = 64; // cudaFuncAttributes::sharedSizeBytes (at most the fp64 `red`)
 };
@@ -407,7 +408,11 @@ inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
 using cudaError_t = int;
 using cudaStream_t = void*;
 constexpr cudaError_t cudaSuccess = 0;
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
+};
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 struct cudaFuncAttributes {
   size_t sharedSizeBytes = 0;
@@ -417,7 +422,8 @@ inline cudaError_t cudaGetDevice(int* d) {
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
-  *v = a == cudaDevAttrMultiProcessorCount ? ::tdsa_emu::config().sms : ::tdsa_emu::config().optin;
+  const auto& c = ::tdsa_emu::config();
+  *v = a == cudaDevAttrMultiProcessorCount ? c.sms : a == cudaDevAttrMaxSharedMemoryPerMultiprocessor ? c.sm_smem : c.optin;
   return cudaSuccess;
 }
 inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, const void*) {

@@ -2,8 +2,10 @@
 // from the kernels' own layout code: bench/cuda_static.py reports it as the dynamic shared
 // memory per block. Host-only (compiled with the C++ compiler against the emulation's CUDA
 // keywords); not part of the package build.
-//   scratch_probe mc|tdsa|gate n xi H W Hh Wh storage_bytes acc_bytes
+//   scratch_probe mc|tdsa|gate n xi H W Hh Wh storage_bytes acc_bytes optin_bytes sm_bytes
 //     -> "<kind>_fwd BYTES" and "<kind>_bwd BYTES"
+// The terms kernels' bytes are those of the host's plan on a device with that opt-in limit and
+// shared memory per SM (kernels::terms_cache_exp, with the static `red` of kWarps acc_t).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -13,13 +15,14 @@
 #include "../cuda/terms_kernels.cuh"
 
 int main(int argc, char** argv) {
-  if (argc != 10) {
-    std::fprintf(stderr, "usage: %s mc|tdsa|gate n xi H W Hh Wh storage_bytes acc_bytes\n", argv[0]);
+  if (argc != 12) {
+    std::fprintf(stderr, "usage: %s mc|tdsa|gate n xi H W Hh Wh storage_bytes acc_bytes optin_bytes sm_bytes\n",
+                 argv[0]);
     return 2;
   }
   const char* kind = argv[1];
-  long v[8];
-  for (int i = 0; i < 8; ++i) v[i] = std::atol(argv[i + 2]);
+  long v[10];
+  for (int i = 0; i < 10; ++i) v[i] = std::atol(argv[i + 2]);
   for (int bwd = 0; bwd < 2; ++bwd) {
     long bytes = 0;
     if (std::strcmp(kind, "gate") == 0) {
@@ -31,6 +34,9 @@ int main(int argc, char** argv) {
       p.cnum = v[0], p.H = v[2], p.W = v[3];
       p.gated = std::strcmp(kind, "tdsa") == 0;
       p.xi = v[1], p.Hh = v[4], p.Wh = v[5];
+      const int64_t min_blocks = v[7] == 8 ? 2 : tdsa_fast::cuda::kMinBlocks;  // min_blocks<acc_t, SharedScratch>
+      p.cache_exp = tdsa_fast::cuda::kernels::terms_cache_exp(p, bwd != 0, v[6], v[7], tdsa_fast::cuda::kWarps * v[7],
+                                                              v[8], v[9], min_blocks);
       bytes = static_cast<long>(tdsa_fast::cuda::kernels::TermsLayout(p, bwd != 0, v[6], v[7]).total);
     }
     std::printf("%s_%s %ld\n", kind, bwd ? "bwd" : "fwd", bytes);
