@@ -136,6 +136,37 @@ def test_tdsa_terms_at_the_paper_shape(emu, dtype, layout, mode):
         assert st["opt_in_launches"] > 0  # fp32's gated backward needs more than 48 KB
 
 
+@pytest.mark.parametrize("dtype,optin", [(BF16, 48 * 1024), (F32, 60 * 1024)], ids=["bf16", "fp32"])
+def test_kept_exp_and_recomputed_exp_plans_agree_bitwise(emu, dtype, optin):
+    """At the paper shape the plan keeps exp(x - max) in shared memory where that costs no
+    resident blocks (bf16: both directions, 54 / 62 KB; fp32: the forward only, since its
+    backward would drop from 4 to 2 blocks per SM); with a smaller opt-in (``optin``) it
+    recomputes it everywhere. Both plans give the same values and gradients to the bit."""
+    gen = torch.Generator().manual_seed(7)
+    lo = torch.randn(1, 18, 28, 28, generator=gen).clamp_min(0).to(dtype)
+    hi = torch.randn(1, 6, 14, 14, generator=gen).to(dtype)
+    mask = (torch.rand(1, 18, generator=gen) > 0.4).to(dtype)
+    grads = [torch.randn(1, 2, generator=gen, dtype=F64), torch.randn(1, 2, generator=gen, dtype=F64)]
+
+    def run():
+        emu.stats(reset=True)
+        out = [*emu.terms([], lo, mask, 9, hi, "nearest", False), *emu.terms(grads, lo, mask, 9, hi, "nearest", False)]
+        return out, emu.stats()["max_dynamic_smem"]
+
+    kept, smem_kept = run()
+    default_optin = emu.config()["optin"]
+    emu.configure(optin=optin)
+    try:
+        recomputed, smem_recomputed = run()
+    finally:
+        emu.configure(optin=default_optin)
+    assert smem_kept > smem_recomputed
+    if dtype == BF16:
+        assert smem_kept - smem_recomputed == 9 * 784 * 4  # ex [n][HW] in float, in the backward
+    for a, b in zip(kept, recomputed):
+        assert torch.equal(a, b)
+
+
 def test_tdsa_terms_at_448_px_opts_in_once_per_kernel(emu):
     # middle 56x56 (3136 positions), n = 15, xi = 5, from 28x28: 138 / 166 KB of shared memory
     emu.stats(reset=True)

@@ -232,7 +232,8 @@ at::Tensor neighbour_dot(const at::Tensor& x, int64_t defect, int64_t grid) {
 
 // Sets what is given (None keeps the current value).
 void configure(std::optional<int64_t> schedule, std::optional<int64_t> seed, std::optional<int64_t> fill,
-               std::optional<int64_t> sms, std::optional<int64_t> optin, std::optional<int64_t> occupancy) {
+               std::optional<int64_t> sms, std::optional<int64_t> optin, std::optional<int64_t> occupancy,
+               std::optional<int64_t> sm_smem) {
   TORCH_CHECK(!schedule || (*schedule >= 0 && *schedule <= 2), "schedule: 0 (forward), 1 (reverse), 2 (seeded random)");
   TORCH_CHECK(!fill || (*fill >= -1 && *fill <= 255), "fill: a byte, or -1 for seeded random bytes");
   tdsa_emu::Config& c = tdsa_emu::config();
@@ -242,12 +243,14 @@ void configure(std::optional<int64_t> schedule, std::optional<int64_t> seed, std
   if (sms) c.sms = static_cast<int>(*sms);
   if (optin) c.optin = static_cast<int>(*optin);
   if (occupancy) c.occupancy = static_cast<int>(*occupancy);
+  if (sm_smem) c.sm_smem = static_cast<int>(*sm_smem);
 }
 
 std::map<std::string, int64_t> config() {
   const tdsa_emu::Config& c = tdsa_emu::config();
   return {{"schedule", c.schedule}, {"seed", static_cast<int64_t>(c.seed)}, {"fill", c.fill}, {"sms", c.sms},
-          {"optin", c.optin},       {"occupancy", c.occupancy},             {"static_smem", static_cast<int64_t>(c.static_smem)}};
+          {"optin", c.optin},       {"occupancy", c.occupancy},             {"static_smem", static_cast<int64_t>(c.static_smem)},
+          {"sm_smem", c.sm_smem}};
 }
 
 std::map<std::string, int64_t> stats(bool reset) {
@@ -275,7 +278,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("configure", &configure, "the schedule, seed, fill and emulated device (None: unchanged)",
         pybind11::arg("schedule") = pybind11::none(), pybind11::arg("seed") = pybind11::none(),
         pybind11::arg("fill") = pybind11::none(), pybind11::arg("sms") = pybind11::none(),
-        pybind11::arg("optin") = pybind11::none(), pybind11::arg("occupancy") = pybind11::none());
+        pybind11::arg("optin") = pybind11::none(), pybind11::arg("occupancy") = pybind11::none(),
+        pybind11::arg("sm_smem") = pybind11::none());
   m.def("config", &config, "the current configuration");
   m.def("stats", &stats, "the emulation's counters", pybind11::arg("reset") = false);
 }
