@@ -209,15 +209,17 @@ def test_mc_terms_at_the_paper_shape(emu, dtype, layout):
     assert _rel(g, gr) <= TOL[dtype] and _rel(h, hr) <= TOL[dtype] and _rel(dx, dr) <= TOL[dtype]
 
 
-@pytest.mark.parametrize("mode", ["nearest", "bicubic"])
-def test_topdown_gate_at_the_paper_shape(emu, mode):
+@pytest.mark.parametrize("mode,layout", [("nearest", "contiguous"), ("bicubic", "contiguous"),
+                                         ("nearest", "channels_last")])
+def test_topdown_gate_at_the_paper_shape(emu, mode, layout):
     gen = torch.Generator().manual_seed(6)
     middle = torch.rand(1, 9, 28, 28, generator=gen, dtype=F64)
     high = torch.randn(1, 3, 14, 14, generator=gen, dtype=F64)
     go = torch.randn(1, 9, 28, 28, generator=gen, dtype=F64)
-    lo, hi = middle.to(BF16), high.to(BF16)
+    lo, hi = _views(middle.to(BF16), layout), _views(high.to(BF16), layout)
     (out,) = strict(emu, emu.gate, None, lo, hi, mode, False)
-    dl, dh = strict(emu, emu.gate, go.to(BF16), lo, hi, mode, False)
+    dl, dh = strict(emu, emu.gate, _views(go.to(BF16), layout), lo, hi, mode, False)
+    assert out.stride() == lo.stride() and dl.stride() == lo.stride() and dh.stride() == hi.stride()
     rl, rh = lo.detach().float().requires_grad_(), hi.detach().float().requires_grad_()
     ro = reference.topdown_gate(rl, rh, mode)
     rdl, rdh = torch.autograd.grad((ro.double() * go).sum(), (rl, rh))

@@ -109,10 +109,18 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
     if constexpr (!BWD) {
       const scalar_t* lb = Lo + b * p.ls[0] + c0 * p.ls[1];
       scalar_t* ob = static_cast<scalar_t*>(p.out) + b * p.os[0] + c0 * p.os[1];
-      for (int t = 0; t < xi; ++t) {
-        for (int q = tid; q < HW; q += kThreads) {
-          const acc_t l = static_cast<acc_t>(lb[at(p.ls, t, q)]);
-          ob[at(p.os, t, q)] = static_cast<scalar_t>(l * G[q]);
+      auto gated_at = [&](int t, int q) {
+        ob[at(p.os, t, q)] = static_cast<scalar_t>(static_cast<acc_t>(lb[at(p.ls, t, q)]) * G[q]);
+      };
+      if (!kDense && p.ls[1] == 1 && p.os[1] == 1 && xi > 1) {
+        // channels_last: the lanes walk the group's xi channels fastest (one run per position)
+        for (int e = tid; e < xi * HW; e += kThreads) {
+          const int q = e / xi;
+          gated_at(e - q * xi, q);
+        }
+      } else {
+        for (int t = 0; t < xi; ++t) {
+          for (int q = tid; q < HW; q += kThreads) gated_at(t, q);
         }
       }
     } else {
