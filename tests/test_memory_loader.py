@@ -285,6 +285,25 @@ def test_both_crop_paths_give_the_same_windows(s):
         memory_loader.shifted_windows(images, idx, tops, lefts, flips, how="loop")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("s", [1, 12])
+def test_cpu_windows_pasted_into_the_float_batch_are_finish_images_bitwise(s, channels_last, dtype):
+    """The CPU path's ``finished_windows`` equals ``finish_images(shifted_windows(...))`` to
+    the bit, in every output dtype and layout."""
+    from tdsa_fast.data.augment import finish_images
+
+    g = torch.Generator().manual_seed(s)
+    images = torch.randint(0, 256, (7, 3, s, s), dtype=torch.uint8, generator=g)
+    draws = [(t, l, f) for t in (-4, 0, 3) for l in (-4, 2, 4) for f in (False, True)]
+    idx = [k % 7 for k in range(len(draws))]
+    tops, lefts, flips = zip(*draws)
+    ref = finish_images(memory_loader.shifted_windows(images, idx, tops, lefts, flips, how="gather"),
+                        device=torch.device("cpu"), channels_last=channels_last, dtype=dtype, layout="NCHW")
+    got = memory_loader.finished_windows(images, idx, tops, lefts, flips, channels_last=channels_last, dtype=dtype)
+    assert got.dtype == ref.dtype and got.stride() == ref.stride() and torch.equal(got, ref)
+
+
 @pytest.mark.parametrize("normalised", [False, True], ids=["uint8", "float32"])
 @pytest.mark.parametrize("indices", [[0, 1, 2, 3], [1, 2], [0, 2, 3]], ids=["all", "consecutive", "gap"])
 def test_decoded_levels_are_stored_exactly(indices, normalised):
