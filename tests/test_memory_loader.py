@@ -143,6 +143,7 @@ def test_bad_image_names_the_file_or_is_skipped_and_counted(jpegs, tmp_path, dec
     with build_loader(samples, loader="memory", decoder=decoder, **a) as m, \
             build_loader(samples, loader="torch", **a) as t:
         assert m.bad.tolist() == [i == 5 for i in range(N)]
+        assert not m.images[5].any()  # the unreadable image's row is zeros, not uninitialised memory
         for epoch in (0, 1):  # counted in every epoch, as the torch loader does
             em, et = drain(m, epoch), drain(t, epoch)
             assert sum(em.skipped) == 1 and 5 not in em.indices.tolist()

@@ -270,7 +270,7 @@ class MemoryImageLoader(ImageLoader):
             extra = {"decode": "device" if self.device.type == "cuda" else "pil"}
         else:
             extra = {"levels": True}  # uint8 batches: stored as they come
-        stored = torch.zeros((n, 3, s, s), dtype=torch.uint8, device=self.device)
+        stored = torch.empty((n, 3, s, s), dtype=torch.uint8, device=self.device)  # every row written or zeroed
         seen = np.zeros(n, dtype=bool)
         done, t0, next_report = 0, time.perf_counter(), 0.1
         log.info("--loader memory: decoding %d images to %dx%d (%s decoder, %s)", n, s, s, self.decoder,
@@ -287,6 +287,8 @@ class MemoryImageLoader(ImageLoader):
                     log.info("--loader memory: decoded %d/%d images (%.0f img/s)", min(done, n), n, rate)
                     next_report += 0.1
         bad = ~seen
+        if bad.any():
+            stored[torch.from_numpy(np.flatnonzero(bad)).to(self.device)] = 0
         reasons = {int(i): self._reason(int(i)) for i in np.flatnonzero(bad)}
         return stored, bad, reasons
 
