@@ -64,6 +64,23 @@ __device__ __forceinline__ T block_sum(T v, T* red) {
   return r;
 }
 
+// f(k, q) for this thread's share of every plane k < planes and position q < HW: with
+// `k_fastest` (channels_last, where a group's channels at one position are its contiguous
+// run) the lanes walk the planes fastest, else the positions within each plane.
+template <class F>
+__device__ __forceinline__ void for_planes_positions(int planes, int HW, bool k_fastest, const F& f) {
+  if (k_fastest) {
+    for (int e = threadIdx.x; e < planes * HW; e += kThreads) {
+      const int q = e / planes;
+      f(e - q * planes, q);
+    }
+  } else {
+    for (int k = 0; k < planes; ++k) {
+      for (int q = threadIdx.x; q < HW; q += kThreads) f(k, q);
+    }
+  }
+}
+
 // Where a kernel's per-group scratch lives (a template argument, so that the compiler
 // sees shared-memory pointers as such and emits LDS/STS, and can reorder scratch accesses
 // against the global ones): dynamic shared memory, or a global-memory slice per block.

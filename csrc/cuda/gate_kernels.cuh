@@ -112,17 +112,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
       auto gated_at = [&](int t, int q) {
         ob[at(p.os, t, q)] = static_cast<scalar_t>(static_cast<acc_t>(lb[at(p.ls, t, q)]) * G[q]);
       };
-      if (!kDense && p.ls[1] == 1 && p.os[1] == 1 && xi > 1) {
-        // channels_last: the lanes walk the group's xi channels fastest (one run per position)
-        for (int e = tid; e < xi * HW; e += kThreads) {
-          const int q = e / xi;
-          gated_at(e - q * xi, q);
-        }
-      } else {
-        for (int t = 0; t < xi; ++t) {
-          for (int q = tid; q < HW; q += kThreads) gated_at(t, q);
-        }
-      }
+      for_planes_positions(xi, HW, !kDense && p.ls[1] == 1 && p.os[1] == 1 && xi > 1, gated_at);
     } else {
       const scalar_t* GO = static_cast<const scalar_t*>(p.grad_out) + b * p.gos[0] + c0 * p.gos[1];
       const scalar_t* lb = Lo + b * p.ls[0] + c0 * p.ls[1];

@@ -366,18 +366,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
           }
           gate[kk * HW + q] = math::sigmoid_backward(dg, G);  // becomes dU, the gradient at the upsampled map
         };
-        if (chan_fast) {
-          // channels_last: the lanes walk the planes (so the group's channels) fastest, and
-          // store the n channels at a position as one run, as the loads read them
-          for (int e = tid; e < ch * HW; e += kThreads) {
-            const int q = e / ch;
-            grad_plane_at(e - q * ch, q);
-          }
-        } else {
-          for (int kk = 0; kk < ch; ++kk) {
-            for (int q = tid; q < HW; q += kThreads) grad_plane_at(kk, q);
-          }
-        }
+        // channels_last: the n channels at a position stored as one run, as the loads read them
+        for_planes_positions(ch, HW, chan_fast, grad_plane_at);
         __syncthreads();
         scalar_t* ghb = static_cast<scalar_t*>(p.grad_high) + b * p.ghs[0] + i * ch * p.ghs[1];
         auto gh_off = [&](int kk, int sy, int sx) -> int64_t {
