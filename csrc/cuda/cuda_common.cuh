@@ -82,9 +82,10 @@ inline DeviceShape current_device_shape() {
 }
 
 // `shared_kernel`: the kernel that would run with the scratch in shared memory (its static
-// shared memory counts against the limit); `global_kernel`: the global-scratch variant.
-inline ScratchPlan plan_scratch(size_t bytes, int64_t groups, const void* shared_kernel, const void* global_kernel) {
-  const DeviceShape d = current_device_shape();
+// shared memory counts against the limit); `global_kernel`: the global-scratch variant;
+// `d`: the current device's shape (current_device_shape()).
+inline ScratchPlan plan_scratch(const DeviceShape& d, size_t bytes, int64_t groups, const void* shared_kernel,
+                                const void* global_kernel) {
   const KernelInfo info = kernel_info(shared_kernel, d.dev, d.optin, false);
   ScratchPlan plan;
   if (bytes + info.static_bytes <= static_cast<size_t>(d.optin)) {

@@ -21,7 +21,8 @@ struct GateVariants {
     const GateLayout Lt(p, BWD, sizeof(scalar_t), sizeof(acc_t));
     *bytes = Lt.total;
     const void* shared = reinterpret_cast<const void*>(kernels::gate_dense(p, BWD) ? dense : strided);
-    return plan_scratch(static_cast<size_t>(Lt.total), p.B * p.Ch, shared, reinterpret_cast<const void*>(global));
+    return plan_scratch(current_device_shape(), static_cast<size_t>(Lt.total), p.B * p.Ch, shared,
+                        reinterpret_cast<const void*>(global));
   }
 
   static void launch(const GateParams& p, void* workspace, cudaStream_t stream) {

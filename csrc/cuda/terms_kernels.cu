@@ -27,7 +27,7 @@ struct TermsVariants {
                                            min_blocks<acc_t, SharedScratch>());
     const TermsLayout Lt(p, BWD, sizeof(scalar_t), sizeof(acc_t));
     *bytes = Lt.total;
-    return plan_scratch(static_cast<size_t>(Lt.total), p.B * p.S, shared, reinterpret_cast<const void*>(global));
+    return plan_scratch(d, static_cast<size_t>(Lt.total), p.B * p.S, shared, reinterpret_cast<const void*>(global));
   }
 
   static void launch(TermsParams p, void* workspace, cudaStream_t stream) {

@@ -34,9 +34,11 @@ int main(int argc, char** argv) {
       p.cnum = v[0], p.H = v[2], p.W = v[3];
       p.gated = std::strcmp(kind, "tdsa") == 0;
       p.xi = v[1], p.Hh = v[4], p.Wh = v[5];
-      const int64_t min_blocks = v[7] == 8 ? 2 : tdsa_fast::cuda::kMinBlocks;  // min_blocks<acc_t, SharedScratch>
+      using tdsa_fast::cuda::min_blocks;
+      using tdsa_fast::cuda::SharedScratch;
+      const int64_t blocks = v[7] == 8 ? min_blocks<double, SharedScratch>() : min_blocks<float, SharedScratch>();
       p.cache_exp = tdsa_fast::cuda::kernels::terms_cache_exp(p, bwd != 0, v[6], v[7], tdsa_fast::cuda::kWarps * v[7],
-                                                              v[8], v[9], min_blocks);
+                                                              v[8], v[9], blocks);
       bytes = static_cast<long>(tdsa_fast::cuda::kernels::TermsLayout(p, bwd != 0, v[6], v[7]).total);
     }
     std::printf("%s_%s %ld\n", kind, bwd ? "bwd" : "fwd", bytes);

@@ -133,9 +133,9 @@ class DaliImageLoader(ImageLoader):
         s, train, rrc = self.img_size, self.train, self.recipe == "rrc"
         levels = self.levels
         out_dtype = types.UINT8 if levels else types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT
-        scale = 1.0 if levels else 127.5
-        normalize = dict(mean=[0.0 if levels else 127.5] * 3, std=[scale] * 3,
-                         output_layout="HWC" if self.channels_last else "CHW", dtype=out_dtype)
+        mean, std = (0.0, 1.0) if levels else (127.5, 127.5)
+        normalize = dict(mean=[mean] * 3, std=[std] * 3, output_layout="HWC" if self.channels_last else "CHW",
+                         dtype=out_dtype)
 
         @pipeline_def(batch_size=self.batch_size, num_threads=max(1, self.workers), device_id=self._device_id,
                       prefetch_queue_depth=self.prefetch, seed=0, exec_dynamic=True)
@@ -151,8 +151,7 @@ class DaliImageLoader(ImageLoader):
                                     adjust_orientation=False, jpeg_fancy_upsampling=True)
             if self.fused_resize:
                 return fn.tdsa_resample_window(img, feed["window"], size=s, half=out_dtype == types.FLOAT16,
-                                               levels=levels, channels_last=self.channels_last, mean=127.5,
-                                               std=127.5)
+                                               levels=levels, channels_last=self.channels_last, mean=mean, std=std)
             if train and rrc:
                 img = fn.resize(img, size=[s, s], roi_start=feed["roi_start"], roi_end=feed["roi_end"],
                                 roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True)
@@ -166,7 +165,7 @@ class DaliImageLoader(ImageLoader):
                                 roi_relative=True, interp_type=types.INTERP_LINEAR, antialias=True)
                 return fn.crop_mirror_normalize(img, crop=[s, s], crop_pos_y=feed["pad_pos"][0],
                                                 crop_pos_x=feed["pad_pos"][1], out_of_bounds_policy="pad",
-                                                fill_values=0.0 if levels else -1.0,  # black
+                                                fill_values=(0.0 - mean) / std,  # black
                                                 mirror=feed["mirror"], **normalize)
             else:
                 img = fn.resize(img, size=[s, s], interp_type=types.INTERP_LINEAR, antialias=True)

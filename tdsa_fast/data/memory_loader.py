@@ -156,8 +156,8 @@ def shifted_windows(images: torch.Tensor, idx, tops, lefts, flips, how: str = "g
     ``[-4, 4]``; zeros outside the image), mirrored when ``flips[j]`` -> ``uint8 [n, 3, s, s]``.
 
     ``how="gather"``: one indexing kernel over the zero-padded batch (the CUDA path: no launch
-    per image); ``"slices"``: a copy of each window's part inside the image (the CPU path,
-    which is several times faster there).  The two give the same tensor."""
+    per image); ``"slices"``: a copy of each window's part inside the image (what the CPU path,
+    :func:`finished_windows`, does straight into the float batch).  The two give the same tensor."""
     n, s, dev = len(idx), images.shape[-1], images.device
     if how == "gather":
         ar = torch.arange(s, device=dev)
@@ -193,9 +193,7 @@ def finished_windows(images: torch.Tensor, idx, tops, lefts, flips, *, channels_
     ``dtype`` in ``[-1, 1]``, ``channels_last`` or contiguous."""
     n, s = len(idx), images.shape[-1]
     x = _paste_windows(torch.zeros((n, 3, s, s), dtype=torch.float32), images, idx, tops, lefts, flips)
-    x.sub_(127.5).div_(127.5)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return x.to(dtype=dtype, memory_format=fmt)
+    return finish_images(x, device=images.device, channels_last=channels_last, dtype=dtype, layout="NCHW")
 
 
 class MemoryImageLoader(ImageLoader):
