@@ -20,6 +20,7 @@ onnxruntime) and uses PyTorch's ``torch.export``-based exporter.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import warnings
@@ -29,7 +30,8 @@ import torch
 
 from tdsa_fast.inference import ModelInfo, load_inference, read_class_names
 
-__all__ = ["FORMATS", "export_checkpoint", "export_onnx", "export_torchscript", "read_metadata", "main"]
+__all__ = ["FORMATS", "GlobalMaxPool", "export_checkpoint", "export_onnx", "export_torchscript", "onnx_ready",
+           "read_metadata", "main"]
 
 FORMATS = ("onnx", "torchscript")
 METADATA_FILE = "metadata.json"
@@ -39,6 +41,27 @@ _SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts", ".torchsc
 
 def _example(info: ModelInfo) -> torch.Tensor:
     return torch.zeros(2, 3, info.img_size, info.img_size)  # batch 2: the dynamic dimension is not specialised
+
+
+class GlobalMaxPool(torch.nn.Module):
+    """``[B, C, H, W] -> [B, C, 1, 1]``: ``nn.AdaptiveMaxPool2d(1)``'s values as a reduction,
+    which every ``torch.onnx`` exports (ReduceMax); torch 2.11's exporter has no translation
+    of ``aten.adaptive_max_pool2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(-2, -1), keepdim=True)
+
+
+def onnx_ready(network: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``network`` with every ``AdaptiveMaxPool2d(1)`` replaced by :class:`GlobalMaxPool`
+    (the same outputs; ``network`` itself is left as it is)."""
+    network = copy.deepcopy(network)
+    for module in list(network.modules()):
+        for name, child in list(module.named_children()):
+            if (isinstance(child, torch.nn.AdaptiveMaxPool2d) and not child.return_indices
+                    and child.output_size in (1, (1, 1))):
+                setattr(module, name, GlobalMaxPool())
+    return network
 
 
 def export_onnx(network: torch.nn.Module, info: ModelInfo, out: Path, opset: int = 18) -> None:
@@ -52,7 +75,7 @@ def export_onnx(network: torch.nn.Module, info: ModelInfo, out: Path, opset: int
     batch = torch.export.Dim("batch", min=1, max=65536)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(network, (_example(info),), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        program = torch.onnx.export(onnx_ready(network), (_example(info),), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False)
     model = program.model_proto
     for key, value in info.metadata().items():

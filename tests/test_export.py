@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 
-from tdsa_fast.export import main, read_metadata
+from tdsa_fast.export import GlobalMaxPool, main, onnx_ready, read_metadata
 from tdsa_fast.inference import MEAN, STD, load_inference
-from tdsa_fast.models import MODELS
+from tdsa_fast.models import MODELS, build_model
 
 from inference_helpers import make_checkpoint
 
@@ -81,3 +81,19 @@ def test_a_checkpoint_without_class_names_needs_them(tmp_path, capsys):
     assert main(["--checkpoint", str(ckpt), "--format", "torchscript", "--out", str(out),
                  "--class-names", str(names)]) == 0
     assert read_metadata(out)["class_names"] == ["x", "y", "z"]
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 1, 1, 1), (3, 4, 2, 9)])
+def test_onnx_ready_network_gives_the_same_outputs_without_adaptive_max_pool(shape):
+    """torch 2.11's ONNX exporter cannot translate aten.adaptive_max_pool2d (the ResNets' pool):
+    the exported copy reduces with amax instead, with the same values; the network is untouched."""
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    torch.testing.assert_close(GlobalMaxPool()(x), torch.nn.AdaptiveMaxPool2d(1)(x), rtol=0, atol=0)
+    net = build_model("resnet18", 4, img_size=64).eval()
+    ready = onnx_ready(net)
+    assert any(isinstance(m, torch.nn.AdaptiveMaxPool2d) for m in net.modules())
+    assert not any(isinstance(m, torch.nn.AdaptiveMaxPool2d) for m in ready.modules())
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ready(images).logits, net(images).logits, rtol=0, atol=0)
