@@ -26,18 +26,6 @@
 namespace tdsa_fast {
 namespace cuda {
 
-// Where a kernel's per-group scratch lives: dynamic shared memory (opting in above the
-// default 48 KiB when the device allows it: sharedMemPerBlockOptin), or, for groups too
-// large for any block's shared memory, a global-memory slice per block (the caller
-// allocates grid * bytes) with the grid sized to the blocks of the global-scratch kernel
-// that can be resident at once (its occupancy times the SMs; blocks then loop over the
-// groups), so that the workspace holds no slice that no block uses at a time.
-struct ScratchPlan {
-  bool global = false;
-  size_t smem_bytes = 0;
-  int64_t grid = 0;
-};
-
 // Per (kernel, device), queried once and cached, thread-safe: the kernel's static shared
 // memory and, when `opt_in`, the opt-in to the device's whole dynamic shared memory per
 // block (cudaFuncSetAttribute once, to the largest size, so that no later call with
@@ -71,6 +59,20 @@ struct DeviceShape {
   int dev = 0, optin = 0, sms = 1, sm_smem = 0;
 };
 
+// Where a kernel's per-group scratch lives: dynamic shared memory (opting in above the
+// default 48 KiB when the device allows it: sharedMemPerBlockOptin), or, for groups too
+// large for any block's shared memory, a global-memory slice per block (the caller
+// allocates grid * bytes) with the grid sized to the blocks of the global-scratch kernel
+// that can be resident at once (its occupancy times the SMs; blocks then loop over the
+// groups), so that the workspace holds no slice that no block uses at a time.
+// `device`: the shape it was planned for (launch_planned opts in against it, querying nothing).
+struct ScratchPlan {
+  bool global = false;
+  size_t smem_bytes = 0;
+  int64_t grid = 0;
+  DeviceShape device;
+};
+
 inline DeviceShape current_device_shape() {
   DeviceShape d;
   C10_CUDA_CHECK(cudaGetDevice(&d.dev));
@@ -88,6 +90,7 @@ inline ScratchPlan plan_scratch(const DeviceShape& d, size_t bytes, int64_t grou
                                 const void* global_kernel) {
   const KernelInfo info = kernel_info(shared_kernel, d.dev, d.optin, false);
   ScratchPlan plan;
+  plan.device = d;
   if (bytes + info.static_bytes <= static_cast<size_t>(d.optin)) {
     plan.smem_bytes = bytes;
     plan.grid = std::min<int64_t>(groups, 2147483647);
@@ -105,7 +108,7 @@ template <typename Kernel, typename Params>
 void launch_planned(Kernel kernel, const ScratchPlan& plan, const Params& p, unsigned char* ws, int64_t ws_stride,
                     int64_t groups, cudaStream_t stream) {
   if (!plan.global) {
-    const DeviceShape d = current_device_shape();
+    const DeviceShape& d = plan.device;
     const KernelInfo info = kernel_info(reinterpret_cast<const void*>(kernel), d.dev, d.optin, false);
     if (plan.smem_bytes + info.static_bytes > 48 * 1024) {
       kernel_info(reinterpret_cast<const void*>(kernel), d.dev, d.optin, true);
