@@ -23,6 +23,8 @@ export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 
 command -v "$PYTHON_BIN" >/dev/null || { echo "no $PYTHON_BIN on the PATH" >&2; exit 1; }
 mkdir -p "$WORK"
+# the tests find the real data at ../shared beside the repository root: beside the clone too
+if [ -d "$REPO/../shared" ] && [ ! -e "$WORK/shared" ]; then ln -s "$(cd "$REPO/../shared" && pwd)" "$WORK/shared"; fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON_BIN" -m venv "$VENV"
   # the GPU machine's packages that the tests use (DALI is not among them); pytorch-metric-learning
