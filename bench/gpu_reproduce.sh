@@ -3,13 +3,14 @@
 # prepared GPU run: the three trainings at once on the one card with the paper's recipe and
 # --loader memory, as many of the 300 epochs as fit (bench/gpu_reproduce.py says how many).
 #
-#   bash bench/gpu_reproduce.sh [--build] [--budget-s S] [--data-root DIR]
+#   bash bench/gpu_reproduce.sh [--build|--no-build] [--budget-s S] [--data-root DIR]
 #   bash bench/gpu_reproduce.sh --dry-run        # a few steps, 32 px, generated images, CPU (CI)
 #
 # Needs .gpu_data/flowers102 (python bench/make_gpu_data.py here; device tool: carry [".gpu_data"]).
-# --build first builds the CUDA kernels for the visible card (pip install --no-build-isolation
-# --no-deps .; a few minutes, taken from the budget); without it the losses run on the installed
-# kernels when they import, else on their PyTorch reference (printed below).  Results: $OUT
+# The CUDA kernels are built for the visible card (pip install --no-build-isolation --no-deps .;
+# a minute or two, taken from the budget) unless the installed tdsa_fast already has them (e.g.
+# from bench/gpu_check.sh on the same machine); --build builds in any case, --no-build never (the
+# losses then run on their PyTorch reference where no kernels import; printed below).  Results: $OUT
 # (default /tmp/tdsa_gpu_reproduce): reproduce.json, the run folders, the logs.
 set -uo pipefail
 
@@ -21,11 +22,12 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
 BUDGET=500
 ARGS=()
-BUILD=0
+BUILD=auto
 DRY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) BUILD=1 ;;
+    --no-build) BUILD=0 ;;
     --dry-run) DRY=1; ARGS+=("$1") ;;
     --budget-s) BUDGET="$2"; shift ;;
     *) ARGS+=("$1") ;;
@@ -36,7 +38,18 @@ done
 if [ $DRY -eq 0 ]; then
   "$PY" -c "import sys, torch; print('torch', torch.__version__, '| card:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'); sys.exit(0 if torch.cuda.is_available() else 1)" \
     || { echo "no CUDA device visible (use --dry-run for the CPU check)" >&2; exit 1; }
-  if [ $BUILD -eq 1 ]; then
+  if [ "$BUILD" = auto ]; then
+    # the installed package, not the source tree that PYTHONPATH names
+    if (cd "$OUT" && env -u PYTHONPATH "$PY" -c "import sys; from tdsa_fast import _ops; sys.exit(0 if 'CUDA' in _ops.build_info().get('kernels', []) else 1)") 2>/dev/null; then
+      BUILD=0
+      unset PYTHONPATH
+      echo "the installed tdsa_fast has the CUDA kernels: no build"
+    else
+      BUILD=1
+    fi
+  fi
+  if [ "$BUILD" = 1 ]; then
+    echo "building the CUDA kernels for the visible card ($OUT/build.log)"
     TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$("$PY" -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')")}" \
       MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install --no-build-isolation --no-deps "$REPO" >"$OUT/build.log" 2>&1 \
       || { echo "build failed: $OUT/build.log" >&2; tail -n 20 "$OUT/build.log" >&2; exit 1; }
