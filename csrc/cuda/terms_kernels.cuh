@@ -50,6 +50,11 @@ __host__ __device__ inline bool terms_dense(const TermsParams& p, bool bwd) {
   return d;
 }
 
+// The backward's per-position winners (the channel of the max of g's and h's maps) in 2 bytes,
+// not 4: at 448 px the gated backward's scratch then fits sm_80's opt-in. Hence the limit of
+// kMaxGroupChannels (launchers.h) channels per class, which the host checks.
+using WinnerIndex = uint16_t;
+
 // Scratch layout in bytes (every region 16-byte aligned), shared by the host planner and
 // the kernel; `ss` / `as`: sizes of the storage and accumulation types.
 struct TermsLayout {
@@ -73,8 +78,8 @@ struct TermsLayout {
     tx = take(p.gated ? axis_taps_bytes(p.W, as) : 0);
     ay = take(gb ? axis_adjoint_bytes(p.Hh, p.H, as) : 0);
     ax = take(gb ? axis_adjoint_bytes(p.Wh, p.W, as) : 0);
-    ag = take(bwd ? HW * 4 : 0);
-    ah = take(bwd ? HW * 4 : 0);
+    ag = take(bwd ? HW * static_cast<int64_t>(sizeof(WinnerIndex)) : 0);
+    ah = take(bwd ? HW * static_cast<int64_t>(sizeof(WinnerIndex)) : 0);
     // the adjoint's row pass (ch x Hh x W) reuses lo, no longer needed then, when it fits
     const int64_t tmp_need = gb ? ch * p.Hh * p.W * as : 0;
     tmp = tmp_need <= lo_bytes ? lo : take(tmp_need);
@@ -117,8 +122,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
   acc_t* const gate = reinterpret_cast<acc_t*>(base + Lt.gate);
   acc_t* const ex = reinterpret_cast<acc_t*>(base + Lt.ex);
   const bool cache = p.cache_exp;  // uniform over the launch
-  int* const ag = reinterpret_cast<int*>(base + Lt.ag);
-  int* const ah = reinterpret_cast<int*>(base + Lt.ah);
+  WinnerIndex* const ag = reinterpret_cast<WinnerIndex*>(base + Lt.ag);
+  WinnerIndex* const ah = reinterpret_cast<WinnerIndex*>(base + Lt.ah);
   acc_t* const mx = reinterpret_cast<acc_t*>(base + Lt.mx);
   acc_t* const inv = reinterpret_cast<acc_t*>(base + Lt.inv);
   acc_t* const mk = reinterpret_cast<acc_t*>(base + Lt.mk);
@@ -283,8 +288,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
         }
       }
       if constexpr (BWD) {
-        ag[q] = gi;
-        ah[q] = hix;
+        ag[q] = static_cast<WinnerIndex>(gi);
+        ah[q] = static_cast<WinnerIndex>(hix);
       } else {
         gsum += gb;
         hsum += hb;
