@@ -84,12 +84,16 @@ def test_a_checkpoint_without_class_names_needs_them(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 1, 1, 1), (3, 4, 2, 9)])
-def test_onnx_ready_network_gives_the_same_outputs_without_adaptive_max_pool(shape):
-    """torch 2.11's ONNX exporter cannot translate aten.adaptive_max_pool2d (the ResNets' pool):
-    the exported copy reduces with amax instead, with the same values; the network is untouched."""
+def test_global_max_pool_is_adaptive_max_pool_to_one(shape):
     torch.manual_seed(0)
     x = torch.randn(shape)
     torch.testing.assert_close(GlobalMaxPool()(x), torch.nn.AdaptiveMaxPool2d(1)(x), rtol=0, atol=0)
+
+
+def test_onnx_ready_network_gives_the_same_outputs_without_adaptive_max_pool():
+    """torch 2.11's ONNX exporter cannot translate aten.adaptive_max_pool2d (the ResNets' pool):
+    the exported copy reduces with amax instead, with the same values; the network is untouched."""
+    torch.manual_seed(0)
     net = build_model("resnet18", 4, img_size=64).eval()
     ready = onnx_ready(net)
     assert any(isinstance(m, torch.nn.AdaptiveMaxPool2d) for m in net.modules())
