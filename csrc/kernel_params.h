@@ -5,8 +5,15 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 namespace tdsa_fast {
+
+// The CUDA terms kernels' backward keeps each position's winning channels (of g's and of h's
+// maps) as 2-byte indices, not 4 (at 448 px the gated backward then fits sm_80's opt-in): a
+// class may have at most kMaxGroupChannels channels there, which the CUDA host checks.
+using WinnerIndex = uint16_t;
+constexpr int64_t kMaxGroupChannels = int64_t{std::numeric_limits<WinnerIndex>::max()} + 1;
 
 // mc_terms (gated = false) and tdsa_terms (gated = true), forward and backward.
 // One group = one (sample b, class i) pair; group index = b * S + i.

@@ -14,10 +14,6 @@
 namespace tdsa_fast {
 namespace cuda {
 
-// The most channels per class the terms kernels take (their per-position winners are 2-byte
-// channel indices: terms_kernels.cuh, WinnerIndex).
-constexpr int64_t kMaxGroupChannels = 65536;
-
 // Each op is two calls: *_workspace returns how many accumulation-type values of global
 // scratch the launch needs (0 when a group fits in shared memory, the usual case); the
 // caller allocates them (float32, or float64 for float64 maps) and passes the pointer.

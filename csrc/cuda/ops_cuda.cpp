@@ -40,8 +40,8 @@ struct CudaDevice {
 
   static void run_terms(at::ScalarType dtype, const TermsParams& p, bool backward, const at::Tensor& like) {
     check_group_size(p.cnum * p.H * p.W, "the map");
-    TORCH_CHECK(p.cnum <= cuda::kMaxGroupChannels, "tdsa_fast (CUDA): ", p.cnum,
-                " channels per class, more than the kernels' ", cuda::kMaxGroupChannels);
+    TORCH_CHECK(p.cnum <= kMaxGroupChannels, "tdsa_fast (CUDA): ", p.cnum,
+                " channels per class, more than the kernels' ", kMaxGroupChannels);
     if (p.gated) check_group_size(p.cnum * std::max(p.H, p.Hh) * std::max(p.W, p.Wh), "the gate");
     const int64_t elems = cuda::terms_workspace(dtype, p, backward);
     at::Tensor ws = elems > 0 ? workspace(like, elems) : at::Tensor();

@@ -50,11 +50,6 @@ __host__ __device__ inline bool terms_dense(const TermsParams& p, bool bwd) {
   return d;
 }
 
-// The backward's per-position winners (the channel of the max of g's and h's maps) in 2 bytes,
-// not 4: at 448 px the gated backward's scratch then fits sm_80's opt-in. Hence the limit of
-// kMaxGroupChannels (launchers.h) channels per class, which the host checks.
-using WinnerIndex = uint16_t;
-
 // Scratch layout in bytes (every region 16-byte aligned), shared by the host planner and
 // the kernel; `ss` / `as`: sizes of the storage and accumulation types.
 struct TermsLayout {
