@@ -108,6 +108,24 @@ def run_op(images, params, size: int, *, half=False, channels_last=False) -> lis
     return [np.array(out.at(i)).astype(np.float32) for i in range(batch)]
 
 
+def run_op_resized(images, params, size: int, **kw) -> list[tuple[np.ndarray, np.ndarray]]:
+    """As :func:`run_op` with ``resized=True``: (window output as float32, whole resized uint8)."""
+    batch = len(images)
+
+    @pipeline_def(batch_size=batch, num_threads=2, device_id=None, prefetch_queue_depth=1)
+    def pipe():
+        img = fn.external_source(source=lambda: [np.ascontiguousarray(a) for a in images], batch=True,
+                                 dtype=types.UINT8, layout="HWC")
+        par = fn.external_source(source=lambda: [np.asarray(p, np.float32) for p in params], batch=True,
+                                 dtype=types.FLOAT)
+        return tuple(fn.tdsa_resample_window(img, par, size=size, resized=True, **kw))
+
+    p = pipe()
+    p.build()
+    out, whole = p.run()
+    return [(np.array(out.at(i)).astype(np.float32), np.array(whole.at(i))) for i in range(batch)]
+
+
 def params_of(box=None, top=0, left=0, mirror=False):
     x0, y0, x1, y1 = box if box is not None else (0, 0, 0, 0)
     return [x0, y0, x1, y1, top, left, 1.0 if mirror else 0.0]
@@ -162,6 +180,36 @@ def test_box_equals_the_transcription(box, mirror):
     image = noise(120, 90, 3)
     (got,) = run_op([image], [params_of(box=box, mirror=mirror)], 48)
     np.testing.assert_array_equal(got, reference(image, 48, box=box, mirror=mirror))
+
+
+@pytest.mark.parametrize("top,left,mirror", WINDOWS, ids=[f"top{t}-left{l}-{'flip' if m else 'keep'}"
+                                                          for t, l, m in WINDOWS])
+@pytest.mark.parametrize("shape,size", [((120, 90), 64), ((7, 5), 3), ((1, 1), 1)], ids=["64", "3", "1"])
+def test_resized_output_is_the_whole_resized_image(top, left, mirror, shape, size):
+    """``resized=True``: the second output is the whole resized image in uint8 CHW (the
+    transcription's levels, whatever the window), and the first is the window as without it."""
+    image = noise(*shape, seed=size)
+    top, left = max(min(top, size + 4), -size - 4), max(min(left, size + 4), -size - 4)
+    ((out, whole),) = run_op_resized([image], [params_of(top=top, left=left, mirror=mirror)], size)
+    assert whole.dtype == np.uint8 and whole.shape == (3, size, size)
+    np.testing.assert_array_equal(whole.astype(np.float32), reference(image, size) * 127.5 + 127.5)
+    np.testing.assert_array_equal(out, reference(image, size, top=top, left=left, mirror=mirror))
+    (plain,) = run_op([image], [params_of(top=top, left=left, mirror=mirror)], size)
+    np.testing.assert_array_equal(out, plain)
+
+
+@pytest.mark.parametrize("levels", [False, True], ids=["normalised", "levels"])
+def test_resized_output_beside_every_main_output(levels):
+    """The second output beside the levels output and the channels_last float16 one."""
+    image = noise(50, 70, 4)
+    kw = dict(levels=True) if levels else dict(half=True, channels_last=True)
+    ((out, whole),) = run_op_resized([image], [params_of(top=-2, left=3, mirror=True)], 32, **kw)
+    np.testing.assert_array_equal(whole.astype(np.float32), reference(image, 32) * 127.5 + 127.5)
+    want = reference(image, 32, top=-2, left=3, mirror=True)
+    if levels:
+        np.testing.assert_array_equal(out, want * 127.5 + 127.5)
+    else:
+        np.testing.assert_allclose(out.transpose(2, 0, 1), want, rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["CHW", "HWC"])

@@ -10,7 +10,7 @@
 // for some sizes (measured at a 224 px output: images taller than 224 and narrower than about
 // (height + 224) / 2), and there the two differ by at most one grey level where the
 // intermediate rounding differs (tests/test_dali_plugin.py checks both).  Only the rows and
-// columns the window keeps are computed.
+// columns the window keeps are computed, unless the whole resized image is asked for too.
 #pragma once
 
 #include <algorithm>
@@ -98,10 +98,11 @@ struct Scratch {
 };
 
 // in: [height, width, 3] uint8, rows of row_stride bytes.  out: size * size * 3 values of OutT
-// (float, or a type constructible from float).
+// (float, or a type constructible from float).  resized (optional): [3, size, size] uint8, the
+// whole resized image before the window, flip and normalisation (the memory loader stores it).
 template <typename OutT>
 void resample_window(const uint8_t* in, int height, int width, int64_t row_stride, const WindowSpec& spec,
-                     OutT* out, Scratch& scratch) {
+                     OutT* out, Scratch& scratch, uint8_t* resized = nullptr) {
   const int s = spec.size;
   const OutT fill = static_cast<OutT>((0.0f - spec.mean) / spec.std);
   // The window's part inside the resized image: resized rows [r0, r1), columns [c0, c1).
@@ -112,13 +113,15 @@ void resample_window(const uint8_t* in, int height, int width, int64_t row_strid
       c0 >= c1) {
     std::fill(out, out + 3 * plane, fill);
   }
-  if (r0 >= r1 || c0 >= c1) return;
-  const int ncols = c1 - c0;
+  // The resized image's rows [R0, R1) and columns [C0, C1) computed: the window's, or all.
+  const int R0 = resized ? 0 : r0, R1 = resized ? s : r1, C0 = resized ? 0 : c0, C1 = resized ? s : c1;
+  if (R0 >= R1 || C0 >= C1) return;
+  const int ncols = C1 - C0;
 
   const AxisTaps hx = axis_taps(width, spec.box_x0, spec.box_x1, s);
   const AxisTaps vy = axis_taps(height, spec.box_y0, spec.box_y1, s);
   int y_first = height, y_last = 0;
-  for (int r = r0; r < r1; ++r) {
+  for (int r = R0; r < R1; ++r) {
     if (vy.count[r] == 0) continue;
     y_first = std::min(y_first, vy.first[r]);
     y_last = std::max(y_last, vy.first[r] + vy.count[r]);
@@ -130,7 +133,7 @@ void resample_window(const uint8_t* in, int height, int width, int64_t row_strid
   for (int y = 0; y < nrows; ++y) {
     const uint8_t* src = in + (y_first + y) * row_stride;
     uint8_t* dst = scratch.rows.data() + static_cast<size_t>(y) * ncols * 3;
-    for (int c = c0; c < c1; ++c) {
+    for (int c = C0; c < C1; ++c) {
       const int32_t* k = hx.w.data() + static_cast<size_t>(c) * hx.ksize;
       const uint8_t* p = src + hx.first[c] * 3;
       int32_t a0 = 1 << (kPrecisionBits - 1), a1 = a0, a2 = a0;
@@ -139,7 +142,7 @@ void resample_window(const uint8_t* in, int height, int width, int64_t row_strid
         a1 += p[3 * x + 1] * k[x];
         a2 += p[3 * x + 2] * k[x];
       }
-      uint8_t* d = dst + (c - c0) * 3;
+      uint8_t* d = dst + (c - C0) * 3;
       d[0] = clip8(a0);
       d[1] = clip8(a1);
       d[2] = clip8(a2);
@@ -152,7 +155,7 @@ void resample_window(const uint8_t* in, int height, int width, int64_t row_strid
   const int width3 = ncols * 3;
   scratch.acc.resize(width3);
   int32_t* acc = scratch.acc.data();
-  for (int r = r0; r < r1; ++r) {
+  for (int r = R0; r < R1; ++r) {
     std::fill(acc, acc + width3, 1 << (kPrecisionBits - 1));
     const int32_t* k = vy.w.data() + static_cast<size_t>(r) * vy.ksize;
     for (int y = 0; y < vy.count[r]; ++y) {
@@ -160,11 +163,17 @@ void resample_window(const uint8_t* in, int height, int width, int64_t row_strid
       const int32_t w = k[y];
       for (int j = 0; j < width3; ++j) acc[j] += row[j] * w;
     }
+    if (resized) {
+      for (int c = 0; c < s; ++c) {
+        for (int ch = 0; ch < 3; ++ch) resized[ch * plane + static_cast<int64_t>(r) * s + c] = clip8(acc[c * 3 + ch]);
+      }
+    }
+    if (r < r0 || r >= r1) continue;
     const int oy = r - spec.top;
     for (int c = c0; c < c1; ++c) {
       const int wx = c - spec.left;
       const int ox = spec.mirror ? s - 1 - wx : wx;
-      const int32_t* a = acc + (c - c0) * 3;
+      const int32_t* a = acc + (c - C0) * 3;
       for (int ch = 0; ch < 3; ++ch) {
         const float v = (static_cast<float>(clip8(a[ch])) - spec.mean) / spec.std;
         if (spec.channels_last) {

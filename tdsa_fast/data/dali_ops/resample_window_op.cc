@@ -8,8 +8,10 @@
 //          1  float32 [7] per sample: box_x0, box_y0, box_x1, box_y1 (the source box in pixels;
 //             box_x1 <= 0 means the whole image), top, left (the window's corner in the
 //             resized image), mirror (0 or 1)
-// Output:  [3, size, size] (or [size, size, 3] with channels_last), float32 or float16, or with
-//          levels the uint8 0..255 values themselves (no normalisation).
+// Output:  0  [3, size, size] (or [size, size, 3] with channels_last), float32 or float16, or with
+//             levels the uint8 0..255 values themselves (no normalisation);
+//          1  with resized only: uint8 [3, size, size], the whole resized image before the
+//             window, flip and normalisation (what the memory loader stores).
 #include <vector>
 
 #include "dali/core/float16.h"
@@ -27,6 +29,7 @@ class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
         half_(spec.GetArgument<bool>("half")),
         levels_(spec.GetArgument<bool>("levels")),
         channels_last_(spec.GetArgument<bool>("channels_last")),
+        resized_(spec.GetArgument<bool>("resized")),
         mean_(spec.GetArgument<float>("mean")),
         std_(spec.GetArgument<float>("std")) {
     DALI_ENFORCE(size_ > 0, "size must be positive");
@@ -49,12 +52,16 @@ class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
       DALI_ENFORCE(params.tensor_shape(i).num_elements() == 7,
                    ::dali::make_string("params of sample ", i, " must hold 7 values"));
     }
-    output_desc.resize(1);
+    output_desc.resize(resized_ ? 2 : 1);
     output_desc[0].type = levels_ ? DALI_UINT8 : half_ ? DALI_FLOAT16 : DALI_FLOAT;
     if (channels_last_) {
       output_desc[0].shape = ::dali::uniform_list_shape(n, {size_, size_, 3});
     } else {
       output_desc[0].shape = ::dali::uniform_list_shape(n, {3, size_, size_});
+    }
+    if (resized_) {
+      output_desc[1].type = DALI_UINT8;
+      output_desc[1].shape = ::dali::uniform_list_shape(n, {3, size_, size_});
     }
     return true;
   }
@@ -64,6 +71,11 @@ class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
     const auto& params = ws.Input<::dali::CPUBackend>(1);
     auto& output = ws.Output<::dali::CPUBackend>(0);
     output.SetLayout(channels_last_ ? "HWC" : "CHW");
+    ::dali::TensorList<::dali::CPUBackend>* resized = nullptr;
+    if (resized_) {
+      resized = &ws.Output<::dali::CPUBackend>(1);
+      resized->SetLayout("CHW");
+    }
     auto& pool = ws.GetThreadPool();
     const int n = images.num_samples();
     for (int i = 0; i < n; ++i) {
@@ -86,14 +98,16 @@ class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
         spec.std = levels_ ? 1.0f : std_;
         spec.channels_last = channels_last_;
         const uint8_t* in = images.tensor<uint8_t>(i);
+        uint8_t* resized_out = resized ? resized->mutable_tensor<uint8_t>(i) : nullptr;
         if (levels_) {  // integer values 0..255 in float: the cast to uint8 is exact
-          resample_window(in, height, width, int64_t{width} * 3, spec, output.mutable_tensor<uint8_t>(i), scratch);
+          resample_window(in, height, width, int64_t{width} * 3, spec, output.mutable_tensor<uint8_t>(i), scratch,
+                          resized_out);
         } else if (half_) {
           resample_window(in, height, width, int64_t{width} * 3, spec,
-                          output.mutable_tensor<::dali::float16>(i), scratch);
+                          output.mutable_tensor<::dali::float16>(i), scratch, resized_out);
         } else {
           resample_window(in, height, width, int64_t{width} * 3, spec, output.mutable_tensor<float>(i),
-                          scratch);
+                          scratch, resized_out);
         }
       }, images.tensor_shape(i).num_elements());
     }
@@ -102,7 +116,7 @@ class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
 
  private:
   int size_;
-  bool half_, levels_, channels_last_;
+  bool half_, levels_, channels_last_, resized_;
   float mean_, std_;
 };
 
@@ -114,10 +128,11 @@ DALI_SCHEMA(TdsaResampleWindow)
     .DocStr("Pillow's bilinear resize of a source box to size x size, a size x size window of it "
             "(zero outside), horizontal flip and (v - mean) / std, in one pass (tdsa_fast).")
     .NumInput(2)
-    .NumOutput(1)
+    .OutputFn([](const ::dali::OpSpec& spec) { return spec.GetArgument<bool>("resized") ? 2 : 1; })
     .AddArg("size", "Output height and width.", DALI_INT32)
     .AddOptionalArg("half", "float16 output instead of float32.", false)
     .AddOptionalArg("levels", "uint8 output of the 0..255 values, not normalised (mean and std unused).", false)
     .AddOptionalArg("channels_last", "HWC output instead of CHW.", false)
+    .AddOptionalArg("resized", "A second output: the whole resized image, uint8 CHW, before the window.", false)
     .AddOptionalArg("mean", "Subtracted from every 0..255 value.", 127.5f)
     .AddOptionalArg("std", "Divides every value after the mean is subtracted.", 127.5f);
