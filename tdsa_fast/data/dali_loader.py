@@ -32,7 +32,7 @@ from __future__ import annotations
 import io
 import logging
 from collections import deque
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -97,15 +97,19 @@ class DaliImageLoader(ImageLoader):
     ``fused_resize`` (the CPU pipeline's ``tdsa_resample_window`` operator: None uses it
     when the plugin builds, True requires it, False uses DALI's resize; never on CUDA) and
     ``levels`` (``uint8`` batches of the 0..255 values, not normalised, whatever ``dtype``
-    says: the memory loader's decode)."""
+    says: the memory loader's decode) and ``on_resized`` (a callable, given each batch's
+    ``indices`` and its whole resized images, ``uint8 [n, 3, s, s]``, before the batch is
+    yielded: the memory loader stores them while its first epoch trains; CPU operator
+    only, the tensor valid during the call)."""
 
     kind = "dali"
 
     def __init__(self, samples, *, prefetch: int = 2, fused_resize: Optional[bool] = None, levels: bool = False,
-                 **kwargs):
+                 on_resized: Optional[Callable[[np.ndarray, torch.Tensor], None]] = None, **kwargs):
         super().__init__(samples, **kwargs)
         self.prefetch = int(prefetch)
         self.levels = bool(levels)
+        self.on_resized = on_resized
         self._out_dtype = torch.uint8 if self.levels else self.dtype
         self.known_bad: set[int] = set()
         self._pipe = None
@@ -124,6 +128,9 @@ class DaliImageLoader(ImageLoader):
             if fused_resize and not self.fused_resize:
                 raise RuntimeError("fused_resize=True but the tdsa_fast DALI plugin is not available: "
                                    + (dali_plugin.why_not_loaded() or "TDSA_FAST_DALI_PLUGIN=0"))
+        if on_resized is not None and not (self.fused_resize and (self.recipe != "rrc" or not self.train)):
+            raise ValueError("on_resized needs the CPU pipeline's tdsa_resample_window operator and a whole-image "
+                             "resize (not the rrc recipe)")
 
     # -- the pipeline ------------------------------------------------------------------
     def _build_pipeline(self):
@@ -150,8 +157,10 @@ class DaliImageLoader(ImageLoader):
             img = fn.decoders.image(feed["encoded"], device="mixed" if gpu else "cpu", output_type=types.RGB,
                                     adjust_orientation=False, jpeg_fancy_upsampling=True)
             if self.fused_resize:
-                return fn.tdsa_resample_window(img, feed["window"], size=s, half=out_dtype == types.FLOAT16,
-                                               levels=levels, channels_last=self.channels_last, mean=mean, std=std)
+                out = fn.tdsa_resample_window(img, feed["window"], size=s, half=out_dtype == types.FLOAT16,
+                                              levels=levels, channels_last=self.channels_last, mean=mean, std=std,
+                                              resized=self.on_resized is not None)
+                return tuple(out) if self.on_resized is not None else out
             if train and rrc:
                 img = fn.resize(img, size=[s, s], roi_start=feed["roi_start"], roi_end=feed["roi_end"],
                                 roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True)
@@ -259,7 +268,7 @@ class DaliImageLoader(ImageLoader):
         self._pipe = None  # owned by this generator until the epoch ends cleanly
         while True:
             try:
-                (images,) = pipe.run()
+                images, *resized = pipe.run()
                 out = self._to_torch(images)
             except StopIteration:
                 pipe.reset()
@@ -285,8 +294,15 @@ class DaliImageLoader(ImageLoader):
             while not len(self._fed[0].indices):
                 yield self._empty_batch(self._fed.popleft())
             fed = self._fed.popleft()
+            if resized:
+                self.on_resized(fed.indices, torch.from_dlpack(resized[0].as_tensor()))
             labels = torch.from_numpy(fed.labels).to(self.device, non_blocking=True)
             yield Batch(out, labels, fed.num_real, fed.skipped, torch.from_numpy(fed.indices))
+
+    def close(self) -> None:
+        """Frees the pipeline (its threads and buffers) now rather than at the next garbage
+        collection: it refers back to the loader through its source."""
+        self._pipe = None
 
     def _empty_batch(self, fed: _Fed) -> Batch:
         s = self.img_size
