@@ -76,6 +76,94 @@ def test_same_pixels_as_the_decoding_loader(jpegs, decoder, train, recipe):
             assert not torch.equal(drain(m, 1).images, em.images), "the augmentation does not change per epoch"
 
 
+needs_first_epoch_decode = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
+
+
+def _decoding(samples, **kw):
+    m = MemoryImageLoader(samples, decoder="dali", **kw)
+    if not m.decodes_first_epoch:
+        m.close()
+        pytest.skip("the project's DALI operator is not available: the memory loader decodes at construction")
+    return m
+
+
+@needs_first_epoch_decode
+@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.float16, True),
+                                                 (torch.bfloat16, False)], ids=["fp32", "fp16-cl", "bf16"])
+@pytest.mark.parametrize("train,recipe", CONFIGS, ids=CONFIG_IDS)
+def test_first_epoch_that_decodes_stores_what_the_construction_decode_stores(jpegs, train, recipe, dtype,
+                                                                            channels_last):
+    """The first epoch is the DALI loader's to the bit; the images it stored equal a decode at
+    construction; later epochs equal those of a loader that decoded at construction."""
+    a = args(train=train, recipe=recipe, dtype=dtype, channels_last=channels_last)
+    with _decoding(jpegs, **a) as m, build_loader(jpegs, loader="dali", **a) as d, \
+            MemoryImageLoader(jpegs, decoder="torch", **a) as t:
+        monkey = m._decode_into
+        m._decode_into = lambda *x: pytest.fail("the first epoch left images to decode")
+        e0, d0 = drain(m, 0), drain(d, 0)
+        assert_same_batches(e0, d0)
+        assert torch.equal(e0.images, d0.images)
+        assert m._seen is None and m.decode_seconds > 0
+        m._decode_into = monkey
+        with MemoryImageLoader(jpegs, decoder="dali", **a) as ref:
+            ref.images  # decoded in full, as a later epoch would
+            assert torch.equal(m.images, ref.images)
+        assert int((m.images.int() - t.images.int()).abs().max()) <= 1
+        for epoch in (1, 2):
+            assert_same_batches(drain(m, epoch), drain(d, epoch), f"epoch {epoch}")
+            assert torch.equal(drain(m, epoch).images, drain(d, epoch).images)
+
+
+@needs_first_epoch_decode
+def test_first_epoch_left_early_or_resumed_decodes_the_rest(jpegs):
+    """A first epoch left after two batches, one resumed mid-way and one rank's share: every
+    image is stored before the next epoch, the same as a full decode's."""
+    with MemoryImageLoader(jpegs, decoder="torch", **args()) as t:
+        want = t.images.clone()
+    with _decoding(jpegs, **args()) as m:
+        it = iter(m)
+        next(it), next(it)
+        it.close()
+        assert 0 < int(m._seen.sum()) < N
+        full = drain(m, 1)
+        assert m._seen is None and sorted(set(full.indices.tolist())) == list(range(N))
+        assert int((m.images.int() - want.int()).abs().max()) <= 1
+    with _decoding(jpegs, **args()) as m:
+        m.set_epoch(0, start_batch=2)  # not a whole epoch: decoded in full first
+        assert len(drain(m).indices) == N - 2 * 4 and m._seen is None
+    with _decoding(jpegs, **args(rank=1, world_size=3)) as m:
+        decoded, decode_into = [], m._decode_into
+        m._decode_into = lambda stored, indices, seen: decoded.append(sorted(indices)) or decode_into(
+            stored, indices, seen)
+        share = set(drain(m, 0).indices.tolist())
+        assert decoded == [sorted(set(range(N)) - share)], "the other ranks' images were not decoded after the epoch"
+        assert m._seen is None and int((m.images.int() - want.int()).abs().max()) <= 1
+
+
+@needs_first_epoch_decode
+def test_first_epoch_that_decodes_fills_the_cache(jpegs, tmp_path):
+    cache = tmp_path / "cache"
+    with _decoding(jpegs, cache_dir=cache, **args()) as m:
+        assert not m.cache_path.exists()
+        drain(m, 0)
+        assert m.cache_path.is_file()
+        stored = m.images.clone()
+    with MemoryImageLoader(jpegs, decoder="dali", cache_dir=cache, **args()) as again:
+        assert not again.decodes_first_epoch and again.decode_seconds == 0.0
+        assert torch.equal(again.images, stored)
+
+
+def test_on_resized_is_refused_without_the_operator(jpegs):
+    if not dali_available():
+        pytest.skip("NVIDIA DALI is not installed")
+    from tdsa_fast.data.dali_loader import DaliImageLoader
+
+    with pytest.raises(ValueError, match="on_resized"):
+        DaliImageLoader(jpegs, fused_resize=False, on_resized=lambda i, x: None, **args())
+    with pytest.raises(ValueError, match="on_resized"):
+        DaliImageLoader(jpegs, on_resized=lambda i, x: None, **args(recipe="rrc"))
+
+
 @pytest.mark.parametrize("dtype,channels_last,tol", [
     (torch.float32, False, 0.0), (torch.float32, True, 0.0), (torch.bfloat16, False, 2 ** -8),
     (torch.float16, True, 2 ** -11)])
@@ -134,20 +222,30 @@ def test_an_epoch_resumed_mid_way(jpegs):
 @pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("kind", ["corrupt", "truncated", "missing"])
 def test_bad_image_names_the_file_or_is_skipped_and_counted(jpegs, tmp_path, decoder, kind):
+    """Without ``skip_bad``: named at construction, or, when the first epoch decodes, by that
+    epoch and by every later use (never an epoch without the image).  With it: left out and
+    counted in every epoch, the first (decoding) one included, its stored row zeros."""
     samples = list(jpegs)
     bad = str(write_bad(tmp_path / "bad.jpg", kind))
     samples[5] = (bad, samples[5][1])
     with pytest.raises(BadImageError, match="bad.jpg"):
-        MemoryImageLoader(samples, decoder=decoder, **args())
+        m = MemoryImageLoader(samples, decoder=decoder, **args())
+        assert m.decodes_first_epoch, "construction decoded the split without finding the bad image"
+        with m:
+            with pytest.raises(BadImageError, match="bad.jpg"):
+                drain(m, 0)
+            with pytest.raises(BadImageError, match="bad.jpg"):
+                drain(m, 1)
+            m.images
     a = args(skip_bad=True)
     with build_loader(samples, loader="memory", decoder=decoder, **a) as m, \
             build_loader(samples, loader="torch", **a) as t:
-        assert m.bad.tolist() == [i == 5 for i in range(N)]
-        assert not m.images[5].any()  # the unreadable image's row is zeros, not uninitialised memory
         for epoch in (0, 1):  # counted in every epoch, as the torch loader does
             em, et = drain(m, epoch), drain(t, epoch)
             assert sum(em.skipped) == 1 and 5 not in em.indices.tolist()
             assert_same_batches(em, et, f"epoch {epoch}")
+        assert m.bad.tolist() == [i == 5 for i in range(N)]
+        assert not m.images[5].any()  # the unreadable image's row is zeros, not uninitialised memory
 
 
 def test_a_split_that_does_not_fit_is_refused_naming_dali(jpegs, monkeypatch):
@@ -186,10 +284,10 @@ def test_cache_is_loaded_by_the_next_run_and_keyed(jpegs, tmp_path, monkeypatch)
         stored = first.images.clone()
         path = first.cache_path
 
-    def no_decode(self, n, s):
+    def no_decode(self, stored, indices, seen):
         raise AssertionError("decoded although the cache holds the split")
 
-    monkeypatch.setattr(MemoryImageLoader, "_decode", no_decode)
+    monkeypatch.setattr(MemoryImageLoader, "_decode_into", no_decode)
     with MemoryImageLoader(jpegs, decoder="torch", cache_dir=cache, **args()) as again:
         assert again.cache_path == path and again.decode_seconds == 0.0
         assert torch.equal(again.images, stored)

@@ -15,6 +15,15 @@ order (``decoder``):
   ``torchvision.io.decode_jpeg(device="cuda")`` (nvJPEG) on CUDA;
 * ``"auto"``: DALI when it is installed, else torch.
 
+On the CPU with the DALI decoder and the project's DALI operator (the released recipe or the
+test transform), the decode is the first epoch instead: construction decodes nothing, and the
+first full epoch is the DALI loader's own training (or test) epoch, whose operator also
+returns every image's whole resized levels, stored as the batches go by; the images that
+epoch did not read (other ranks' shares, an epoch left early) are decoded when the next
+epoch starts or ``images`` is first read.  That first epoch costs about one DALI epoch
+instead of a decode plus an epoch (bench/RESULTS.md); its batches are the DALI loader's,
+the same pixels as the stored path's to the bit.
+
 Each batch of the epoch's :class:`~tdsa_fast.data.sharding.ShardPlan` is then a gather from
 the stored tensor plus, for training, the augmentation drawn by
 :func:`~tdsa_fast.data.augment.draw_augment` from ``(seed, epoch, index)`` -- the same draws as
@@ -35,8 +44,8 @@ fit is refused with a ``ValueError`` that names ``--loader dali``.  With ``cache
 decoded tensor is saved there (keyed by the file list with sizes and modification times, the
 stored size and the decoder) and the next run with the same key loads it instead of
 decoding.  Unreadable images: a :class:`~tdsa_fast.data.decode.BadImageError` naming the file
-at construction, or with ``skip_bad`` left out of every batch and counted in
-``Batch.skipped``, as the other loaders do.
+at construction (in the first epoch when that epoch decodes), or with ``skip_bad`` left out of
+every batch and counted in ``Batch.skipped``, as the other loaders do.
 """
 from __future__ import annotations
 
@@ -141,11 +150,16 @@ def _cache_key(samples, size: int, decoder: str) -> str:
 def _store(stored: torch.Tensor, indices: torch.Tensor, images: torch.Tensor) -> None:
     """``stored[indices] = images`` for a decoded batch: ``uint8`` levels as they are, or the
     ``float32`` ``(v - 127.5) / 127.5`` of integer levels ``v`` turned back into them (exactly);
-    one slice copy when ``indices`` are consecutive (the decode reads the split in order)."""
+    one slice copy when ``indices`` are consecutive (the decode reads the split in order).  On
+    the CPU an epoch's shuffled batches are stored by numpy, single-threaded: torch's indexed
+    store, or a copy per image, took 0.5 CPU-seconds an epoch beside a busy DALI pipeline
+    (its threads waiting for cores the pipeline holds), numpy's almost none."""
     if images.dtype != torch.uint8:
         images = images.mul(127.5).add_(127.5).round_().clamp_(0, 255).to(torch.uint8)
     if len(indices) and int(indices[-1]) - int(indices[0]) + 1 == len(indices):
         stored[int(indices[0]):int(indices[-1]) + 1].copy_(images)
+    elif stored.device.type == "cpu":
+        stored.numpy()[indices.numpy()] = images.contiguous().numpy()
     else:
         stored[indices.to(stored.device)] = images.to(stored.device)
 
@@ -202,14 +216,18 @@ class MemoryImageLoader(ImageLoader):
     threads), plus ``decoder`` (``auto``/``dali``/``torch``), ``stored_size`` (``rrc`` only,
     default ``2 * img_size``), ``cache_dir`` (None: no cache) and ``memory_fraction``.
 
-    Attributes after construction: ``images`` ``uint8 [N, 3, S, S]`` and ``labels``
-    ``int64 [N]`` on the device, ``bad`` ``bool [N]`` on the CPU (unreadable images, only with
-    ``skip_bad``), ``decode_seconds`` (0 when loaded from the cache), ``cache_path``.
+    Attributes: ``images`` ``uint8 [N, 3, S, S]`` and ``labels`` ``int64 [N]`` on the device,
+    ``bad`` ``bool [N]`` on the CPU (unreadable images, only with ``skip_bad``) -- reading
+    ``images`` or ``bad`` while the first epoch is still to decode decodes the rest first --,
+    ``decode_seconds`` (the time spent decoding, or producing the first epoch's batches when it
+    decodes; 0 when loaded from the cache), ``decodes_first_epoch`` (whether the first epoch
+    decodes), ``cache_path``.
 
     Raises:
         ValueError: a bad ``decoder``, ``stored_size`` or ``memory_fraction``, or a split
             that does not fit (the message names ``--loader dali``).
-        BadImageError: an unreadable image without ``skip_bad``.
+        BadImageError: an unreadable image without ``skip_bad`` (at construction, or from
+            the first epoch when it decodes).
     """
 
     kind = "memory"
@@ -231,21 +249,35 @@ class MemoryImageLoader(ImageLoader):
         if cache_dir is not None:
             self.cache_path = Path(cache_dir) / f"memory-{_cache_key(self.samples, s, name)[:32]}.pt"
         self.decode_seconds = 0.0
-        if self.cache_path is not None and self.cache_path.is_file():
-            stored, bad, reasons = self._load_cache(n, s)
+        self.labels = torch.tensor([int(label) for _, label in self.samples], dtype=torch.int64, device=self.device)
+        self._seen: Optional[np.ndarray] = None  # while the first epoch decodes: the images stored so far
+        self._known_bad: set[int] = set()
+        cached = self.cache_path is not None and self.cache_path.is_file()
+        self.decodes_first_epoch = not cached and self._can_decode_in_first_epoch()
+        if cached:
+            self._keep(*self._load_cache(n, s))
+        elif self.decodes_first_epoch:
+            self._images = torch.empty((n, 3, s, s), dtype=torch.uint8, device=self.device)
+            self._seen = np.zeros(n, dtype=bool)
         else:
             t0 = time.perf_counter()
-            stored, bad, reasons = self._decode(n, s)
+            stored = torch.empty((n, 3, s, s), dtype=torch.uint8, device=self.device)
+            seen = self._decode_into(stored, np.arange(n), np.zeros(n, dtype=bool))
             self.decode_seconds = time.perf_counter() - t0
-            if self.cache_path is not None:
-                self._save_cache(stored, bad, reasons)
-        if bad.any() and not self.skip_bad:
-            i = int(np.flatnonzero(bad)[0])
-            raise BadImageError.for_file(self.samples[i][0], reasons.get(i, "unreadable"))
-        self.images = stored.to(self.device)
-        self.labels = torch.tensor([int(label) for _, label in self.samples], dtype=torch.int64, device=self.device)
-        self.bad = torch.from_numpy(bad)
+            self._keep(stored, *self._bad_and_reasons(stored, seen), save=True)
         self._sizes = self._original_sizes() if self.train and self.recipe == "rrc" else None
+
+    @property
+    def images(self) -> torch.Tensor:
+        """``uint8 [N, 3, S, S]`` on the device: the stored split (decoded in full first)."""
+        self._complete()
+        return self._images
+
+    @property
+    def bad(self) -> torch.Tensor:
+        """``bool [N]`` on the CPU: the unreadable images (decoded in full first)."""
+        self._complete()
+        return self._bad
 
     # --- building the stored tensor ---------------------------------------------------------
 
@@ -258,8 +290,87 @@ class MemoryImageLoader(ImageLoader):
                 f"take {_gib(need)}, more than {self.memory_fraction:g} of the {self.device.type} device's free "
                 f"{_gib(free)}; use --loader dali (or --loader torch), which decode every batch")
 
-    def _decode(self, n: int, s: int) -> tuple[torch.Tensor, np.ndarray, dict]:
-        """``(uint8 [n, 3, s, s] on the device, bad bool [n], {index: reason})``."""
+    def _can_decode_in_first_epoch(self) -> bool:
+        """The first epoch is the DALI loader's, storing its operator's whole resized images:
+        the DALI decoder on the CPU, the operator available, and a recipe whose stored image
+        is that resize (not ``rrc`` training)."""
+        if self.decoder != "dali" or self.device.type != "cpu" or (self.train and self.recipe == "rrc"):
+            return False
+        from tdsa_fast.data import dali_plugin
+
+        return dali_plugin.load()
+
+    def _keep(self, stored: torch.Tensor, bad: np.ndarray, reasons: dict, save: bool = False) -> None:
+        """Takes the decoded split (saved to the cache when ``save``); raises the first
+        unreadable image without ``skip_bad``."""
+        if save and self.cache_path is not None:
+            self._save_cache(stored, bad, reasons)
+        if bad.any() and not self.skip_bad:
+            i = int(np.flatnonzero(bad)[0])
+            raise BadImageError.for_file(self.samples[i][0], reasons.get(i, "unreadable"))
+        self._images = stored.to(self.device)
+        self._bad = torch.from_numpy(bad)
+
+    def _bad_and_reasons(self, stored: torch.Tensor, seen: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The images never stored are the unreadable ones: their rows zeroed, and why."""
+        bad = ~seen
+        if bad.any():
+            stored[torch.from_numpy(np.flatnonzero(bad)).to(stored.device)] = 0
+        return bad, {int(i): self._reason(int(i)) for i in np.flatnonzero(bad)}
+
+    def _complete(self) -> None:
+        """After a first epoch that decoded: decodes the images it did not store (bar those it
+        found unreadable) and takes the split."""
+        if self._seen is None:
+            return
+        seen, self._seen = self._seen, None
+        try:
+            todo = np.flatnonzero(~seen)
+            todo = todo[~np.isin(todo, np.fromiter(self._known_bad, dtype=np.int64, count=len(self._known_bad)))]
+            if len(todo):
+                t0 = time.perf_counter()
+                seen = self._decode_into(self._images, todo, seen)
+                self.decode_seconds += time.perf_counter() - t0
+            self._keep(self._images, *self._bad_and_reasons(self._images, seen), save=True)
+        except BaseException:
+            self._seen = seen  # still to complete, e.g. after a BadImageError without skip_bad
+            raise
+
+    def _decoding_epoch(self):
+        """The first epoch, decoding: the DALI loader's epoch (same plan and draws), each
+        batch's whole resized images stored as it goes by."""
+        from tdsa_fast.data.dali_loader import DaliImageLoader
+
+        def store(indices: np.ndarray, resized: torch.Tensor) -> None:
+            _store(self._images, torch.from_numpy(indices), resized)
+            self._seen[indices] = True
+
+        with DaliImageLoader(self.samples, img_size=self.img_size, train=self.train, batch_size=self.batch_size,
+                             recipe=self.recipe, workers=self.workers, seed=self.seed, rank=self.rank,
+                             world_size=self.world_size, device=self.device, channels_last=self.channels_last,
+                             dtype=self.dtype, skip_bad=self.skip_bad, shuffle=self.shuffle, fused_resize=True,
+                             on_resized=store) as dali:
+            dali.set_epoch(self.plan.epoch)
+            batches = iter(dali)
+            log.info("--loader memory: decoding %d images to %dx%d in the first epoch (%s)", len(self.samples),
+                     self.stored_size, self.stored_size, _gib(stored_bytes(len(self.samples), self.stored_size)))
+            try:
+                while True:
+                    t0 = time.perf_counter()
+                    batch = next(batches, None)
+                    self.decode_seconds += time.perf_counter() - t0
+                    if batch is None:
+                        break
+                    yield batch
+            finally:
+                self._known_bad |= dali.known_bad
+
+    def _decode_into(self, stored: torch.Tensor, indices: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """Decodes images ``indices`` (in that order) into ``stored`` (``uint8 [N, 3, s, s]``
+        on the device); returns ``seen`` with those stored marked (the unreadable ones left
+        out with ``skip_bad``)."""
+        s = stored.shape[-1]
+        samples = [self.samples[int(i)] for i in indices]
         if self.decoder == "dali":
             from tdsa_fast.data.dali_loader import DaliImageLoader as Decoding
         else:
@@ -268,27 +379,24 @@ class MemoryImageLoader(ImageLoader):
             extra = {"decode": "device" if self.device.type == "cuda" else "pil"}
         else:
             extra = {"levels": True}  # uint8 batches: stored as they come
-        stored = torch.empty((n, 3, s, s), dtype=torch.uint8, device=self.device)  # every row written or zeroed
-        seen = np.zeros(n, dtype=bool)
+        n = len(samples)
+        seen = seen.copy()
         done, t0, next_report = 0, time.perf_counter(), 0.1
         log.info("--loader memory: decoding %d images to %dx%d (%s decoder, %s)", n, s, s, self.decoder,
                  _gib(stored_bytes(n, s)))
-        with Decoding(self.samples, img_size=s, train=False, batch_size=_DECODE_BATCH,
-                          workers=self.workers, device=self.device, skip_bad=self.skip_bad, dtype=torch.float32,
-                          **extra) as decoding:
+        with Decoding(samples, img_size=s, train=False, batch_size=_DECODE_BATCH,
+                      workers=self.workers, device=self.device, skip_bad=self.skip_bad, dtype=torch.float32,
+                      **extra) as decoding:
             for batch in decoding:
-                _store(stored, batch.indices, batch.images)
-                seen[batch.indices.numpy()] = True
+                where = torch.from_numpy(indices[batch.indices.numpy()])
+                _store(stored, where, batch.images)
+                seen[where.numpy()] = True
                 done += _DECODE_BATCH
                 if done >= next_report * n:
                     rate = min(done, n) / max(time.perf_counter() - t0, 1e-9)
                     log.info("--loader memory: decoded %d/%d images (%.0f img/s)", min(done, n), n, rate)
                     next_report += 0.1
-        bad = ~seen
-        if bad.any():
-            stored[torch.from_numpy(np.flatnonzero(bad)).to(self.device)] = 0
-        reasons = {int(i): self._reason(int(i)) for i in np.flatnonzero(bad)}
-        return stored, bad, reasons
+        return seen
 
     def _reason(self, index: int) -> str:
         """Why image ``index`` is unreadable (the decoder only logged it): PIL's message."""
@@ -319,7 +427,7 @@ class MemoryImageLoader(ImageLoader):
         """(width, height) of every image as decoded (``rrc`` draws its windows from them)."""
         sizes = []
         for i, (path, _) in enumerate(self.samples):
-            if self.bad[i]:
+            if self._bad[i]:
                 sizes.append((1, 1))
                 continue
             with Image.open(path) as im:
@@ -342,9 +450,9 @@ class MemoryImageLoader(ImageLoader):
         where drawn: on CUDA one gather, on the CPU pasted into the float batch."""
         tops, lefts, flips = self._draws(idx)
         if self.device.type == "cpu":
-            return finished_windows(self.images, idx, tops, lefts, flips, channels_last=self.channels_last,
+            return finished_windows(self._images, idx, tops, lefts, flips, channels_last=self.channels_last,
                                     dtype=self.dtype)
-        return self._finish(shifted_windows(self.images, idx, tops, lefts, flips, how="gather"))
+        return self._finish(shifted_windows(self._images, idx, tops, lefts, flips, how="gather"))
 
     def _rrc(self, idx: np.ndarray) -> torch.Tensor:
         """``float32 [n, 3, s, s]`` with integer values: each drawn window (in the original
@@ -359,23 +467,28 @@ class MemoryImageLoader(ImageLoader):
             wys.append(pil_bilinear_weights(big, top * sy, h * sy, s, dev))
             wxs.append(pil_bilinear_weights(big, left * sx, w * sx, s, dev))
             flips.append(aug.flip)
-        x = self.images[torch.as_tensor(idx, device=dev)].to(torch.float32)       # [n, 3, S, S]
+        x = self._images[torch.as_tensor(idx, device=dev)].to(torch.float32)       # [n, 3, S, S]
         wy, wx = torch.stack(wys)[:, None], torch.stack(wxs)[:, None]            # [n, 1, s, S]
         x = torch.matmul(torch.matmul(wy, x), wx.transpose(-1, -2)).add_(0.5).floor_().clamp_(0, 255)
         flip = torch.tensor(flips, device=dev)[:, None, None, None]
         return torch.where(flip, x.flip(-1), x)
 
     def __iter__(self):
+        if self._seen is not None and self.start_batch == 0:
+            yield from self._decoding_epoch()
+            self._complete()
+            return
+        self._complete()
         plan = self.plan
         for k in range(self.start_batch, len(plan)):
             indices, real = plan.batch(k)
-            keep = ~self.bad[torch.from_numpy(indices)].numpy()
+            keep = ~self._bad[torch.from_numpy(indices)].numpy()
             skipped = int((~keep[:real]).sum())
             num_real = real - skipped
             indices = indices[keep]
             if not self.train:
-                images = self._finish(torch.from_numpy(self.images.numpy()[indices]) if self.device.type == "cpu"
-                                      else self.images[torch.as_tensor(indices, device=self.device)])
+                images = self._finish(torch.from_numpy(self._images.numpy()[indices]) if self.device.type == "cpu"
+                                      else self._images[torch.as_tensor(indices, device=self.device)])
             elif self.recipe == "rrc":
                 images = self._finish(self._rrc(indices))
             else:
@@ -384,4 +497,6 @@ class MemoryImageLoader(ImageLoader):
             yield Batch(images, self.labels[index_t.to(self.device)], num_real, skipped, index_t)
 
     def close(self) -> None:
-        self.images = self.images[:0]  # the stored split is freed with the loader, not at exit
+        self._seen = None  # nothing left to decode
+        s = self.stored_size  # the stored split is freed with the loader, not at exit (a view would keep it)
+        self._images = torch.empty((0, 3, s, s), dtype=torch.uint8, device=self.device)
