@@ -67,6 +67,12 @@ class ImageLoader:
         self.device = torch.device(device)
         self.channels_last, self.dtype, self.skip_bad = bool(channels_last), dtype, bool(skip_bad)
         self.shuffle = self.train if shuffle is None else bool(shuffle)
+        #: The keyword arguments above as this loader resolved them: another loader built with
+        #: them reads the same plans and draws (the memory loader's decoding first epoch).
+        self.options = dict(img_size=img_size, train=self.train, batch_size=batch_size, recipe=recipe,
+                            workers=workers, seed=self.seed, rank=rank, world_size=world_size, device=self.device,
+                            channels_last=self.channels_last, dtype=dtype, skip_bad=self.skip_bad,
+                            shuffle=self.shuffle)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

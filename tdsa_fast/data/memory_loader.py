@@ -325,8 +325,7 @@ class MemoryImageLoader(ImageLoader):
             return
         seen, self._seen = self._seen, None
         try:
-            todo = np.flatnonzero(~seen)
-            todo = todo[~np.isin(todo, np.fromiter(self._known_bad, dtype=np.int64, count=len(self._known_bad)))]
+            todo = np.setdiff1d(np.flatnonzero(~seen), sorted(self._known_bad))
             if len(todo):
                 t0 = time.perf_counter()
                 seen = self._decode_into(self._images, todo, seen)
@@ -345,11 +344,7 @@ class MemoryImageLoader(ImageLoader):
             _store(self._images, torch.from_numpy(indices), resized)
             self._seen[indices] = True
 
-        with DaliImageLoader(self.samples, img_size=self.img_size, train=self.train, batch_size=self.batch_size,
-                             recipe=self.recipe, workers=self.workers, seed=self.seed, rank=self.rank,
-                             world_size=self.world_size, device=self.device, channels_last=self.channels_last,
-                             dtype=self.dtype, skip_bad=self.skip_bad, shuffle=self.shuffle, fused_resize=True,
-                             on_resized=store) as dali:
+        with DaliImageLoader(self.samples, **self.options, fused_resize=True, on_resized=store) as dali:
             dali.set_epoch(self.plan.epoch)
             batches = iter(dali)
             log.info("--loader memory: decoding %d images to %dx%d in the first epoch (%s)", len(self.samples),
