@@ -169,6 +169,22 @@ class Kernel:
         return [a.strip() for a in inner.split(",")]
 
     @property
+    def streamed(self) -> bool:
+        """The StreamedGroup variant: a dense group too large to copy, read from global memory
+        in every pass (its other scratch in shared memory)."""
+        return any("StreamedGroup" in a for a in self._args())
+
+    @property
+    def global_scratch(self) -> bool:
+        """The GlobalScratch fallback: its scratch is a global workspace, no dynamic shared memory."""
+        return any("GlobalScratch" in a for a in self._args())
+
+    @property
+    def scratch_key(self) -> str:
+        """The scratch probe's key of this kernel's layout (kind, plus _streamed)."""
+        return self.kind + ("_streamed" if self.streamed else "")
+
+    @property
     def fast_path(self) -> bool:
         """Scratch in shared memory and the dense (vector-load) layout; kernels without
         these template tags (older sources) count as fast path."""
@@ -348,7 +364,7 @@ def analyse(archs=("90", "80")) -> list[Kernel]:
         for src in sorted((CSRC / "cuda").glob("*.cu")):
             for k in kernels_of(src, arch, work):
                 for shape_set in SHAPES:
-                    dyn = scratch[f"{arch}:{shape_set}:{k.kind}:{k.dtype}"]
+                    dyn = 0 if k.global_scratch else scratch[f"{arch}:{shape_set}:{k.scratch_key}:{k.dtype}"]
                     k.dyn_smem[shape_set] = dyn
                     k.blocks_per_sm[shape_set] = _blocks_per_sm(k, dyn)
                 result.append(k)

@@ -37,6 +37,10 @@ struct TermsParams {
   // Scratch plan (host): exp(x - max) of every element kept in scratch (the `ex` region),
   // so that each is computed once per launch; see kernels::terms_cache_exp.
   bool cache_exp = false;
+  // Scratch plan (host): the group of x is read from global memory in every pass instead of
+  // copied into scratch (kernels' StreamedGroup layout: a dense group whose copy does not
+  // fit a block's shared memory); the rest of the scratch stays in shared memory.
+  bool stream_low = false;
   // Forward outputs: g, h, acc_t, contiguous [B, S].
   void* g = nullptr;
   void* h = nullptr;

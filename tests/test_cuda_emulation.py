@@ -179,15 +179,64 @@ def test_tdsa_terms_at_448_px_opts_in_once_per_kernel(emu):
     assert emu.stats()["set_attribute"] == st["set_attribute"]  # not again
 
 
+def test_tdsa_terms_at_448_px_in_fp32_streams_the_group(emu):
+    # fp32 at 448 px: the copied group (15 x 3136 x 4 B = 184 KB) plus its gate does not fit
+    # the 227 KB opt-in; the plan streams the dense group from global memory (StreamedGroup)
+    # and keeps the rest of the scratch in shared memory: no global workspace
+    emu.stats(reset=True)
+    _tdsa_case(emu, 1, 2, 3, 5, (56, 56), (28, 28), F32, "contiguous", "nearest", seed=4)
+    st = emu.stats()
+    assert st["launches"] == 6 and st["max_grid"] == 2  # a block per group, not the fallback's grid
+    assert 48 * 1024 < st["max_dynamic_smem"] < 15 * 3136 * 4 and st["no_dynamic_smem_launches"] == 0
+
+
+def test_the_streamed_and_copied_plans_agree_bitwise(emu):
+    """tdsa_terms with n = 15, xi = 5 and mc_terms with n = 20, at 28x28 in fp32: the copied
+    groups (47 / 63 KB) fit the default opt-in; at an opt-in of 48 KB only the streamed plans
+    fit (their scratch without the group: under 30 KB). Both read the same values in the same
+    order: the same values and gradients to the bit."""
+    gen = torch.Generator().manual_seed(8)
+    lo = torch.randn(1, 30, 28, 28, generator=gen).clamp_min(0)
+    hi = torch.randn(1, 6, 14, 14, generator=gen)
+    mask = (torch.rand(1, 30, generator=gen) > 0.4).float()
+    feat = torch.randn(1, 40, 28, 28, generator=gen)
+    mc_mask = (torch.rand(1, 40, generator=gen) > 0.4).float()
+    grads = [torch.randn(1, 2, generator=gen, dtype=F64), torch.randn(1, 2, generator=gen, dtype=F64)]
+
+    def run():
+        emu.stats(reset=True)
+        out = [*strict(emu, emu.terms, [], lo, mask, 15, hi, "bilinear", False),
+               *strict(emu, emu.terms, grads, lo, mask, 15, hi, "bilinear", False),
+               *strict(emu, emu.terms, [], feat, mc_mask, 20, None, "nearest", False),
+               *strict(emu, emu.terms, grads, feat, mc_mask, 20, None, "nearest", False)]
+        st = emu.stats()
+        assert st["launches"] == 12 and st["no_dynamic_smem_launches"] == 0  # no global-scratch kernel
+        return out, st["max_dynamic_smem"]
+
+    copied, smem_copied = run()
+    default_optin = emu.config()["optin"]
+    emu.configure(optin=48 * 1024)
+    try:
+        streamed, smem_streamed = run()
+    finally:
+        emu.configure(optin=default_optin)
+    assert smem_copied > 20 * 784 * 4 > 30 * 1024 > smem_streamed > 0
+    assert len(copied) == 7  # g, h, d low, d high; g, h, d x
+    for a, b in zip(copied, streamed):
+        assert torch.equal(a, b)
+
+
 def test_the_global_fallback_grid_comes_from_the_occupancy(emu):
-    # fp64 at 448 px does not fit the 227 KB opt-in: the real plan picks the global-scratch
-    # kernel with a grid of SMs x occupancy (here 1 x 1) and a workspace of one slice per block
+    # channels_last fp64 at 448 px (a strided group: not streamed) does not fit the 227 KB
+    # opt-in: the real plan picks the global-scratch kernel with a grid of SMs x occupancy
+    # (here 1 x 1) and a workspace of one slice per block
     emu.configure(sms=1, occupancy=1)
     try:
         emu.stats(reset=True)
-        _tdsa_case(emu, 1, 2, 3, 5, (56, 56), (28, 28), F64, "contiguous", "bilinear", seed=3)
+        _tdsa_case(emu, 1, 2, 3, 5, (56, 56), (28, 28), F64, "channels_last", "bilinear", seed=3)
         st = emu.stats()
         assert st["max_grid"] == 1 and st["opt_in_launches"] == 0 and st["max_dynamic_smem"] == 0
+        assert st["no_dynamic_smem_launches"] == st["launches"] == 6
     finally:
         emu.configure(sms=132, occupancy=2)
 

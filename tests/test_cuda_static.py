@@ -4,7 +4,9 @@ nvcc compiles csrc/cuda/*.cu for sm_90 and sm_80 with ``-Xptxas -v``; the SASS i
 cuobjdump. Every kernel must run without register spills; the fast-path kernels (scratch
 in shared memory, dense groups) must access their scratch with LDS/STS only (no generic
 LD/ST), load their groups with 16-byte vector loads and no scalar 2-byte load in a load
-loop, and fit the paper's shapes with at least 2 resident blocks per SM.
+loop, and fit the paper's shapes with at least 2 resident blocks per SM; the streamed
+kernels (a dense group too large to copy, read from global memory) keep the rest of their
+scratch in shared memory, and at 448 px no dense group takes the global-memory fallback.
 
 Skipped, with the reason, where nvcc is absent; where nvcc is present but the analysis
 cannot run (no cuobjdump, a compile error), it fails under CI=true and skips otherwise.
@@ -70,6 +72,36 @@ def test_fast_path_scratch_is_shared_memory(kernels, arch):
     for k in _fast(kernels, arch):
         assert k.generic_ld == 0 and k.generic_st == 0, (k.short, k.generic_ld, k.generic_st)
         assert k.shared_ld > 0 and k.shared_st > 0, k.short
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_streamed_kernels_keep_their_scratch_in_shared_memory(kernels, arch):
+    """The StreamedGroup kernels read the group from global memory; everything else is
+    shared-memory scratch (LDS/STS, no generic LD/ST)."""
+    sel = [k for k in kernels if k.arch == arch and k.streamed]
+    assert len(sel) == 16, [k.short for k in sel]  # mc / tdsa x fwd / bwd x 4 dtypes
+    for k in sel:
+        assert k.generic_ld == 0 and k.generic_st == 0, (k.short, k.generic_ld, k.generic_st)
+        assert k.shared_ld > 0 and k.shared_st > 0, k.short
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_448_px_dense_groups_never_take_the_global_fallback(kernels, arch):
+    """The host's plan for a dense group (terms_kernels.cu): the copy into shared memory
+    when it fits, else the streamed group. At 448 px one of the two fits every dtype (fp64
+    included) on sm_90 and sm_80: none takes the global-memory fallback."""
+    by = {(k.dtype, k.kind, k.streamed): k for k in kernels
+          if k.arch == arch and k.name.startswith("terms_kernel") and "Shared" in k.short
+          and ("Dense" in k.short or k.streamed)}
+    for dtype in ("bf16", "fp16", "fp32", "fp64"):
+        for kind in ("mc_fwd", "mc_bwd", "tdsa_fwd", "tdsa_bwd"):
+            copied, streamed = by[(dtype, kind, False)], by[(dtype, kind, True)]
+            chosen = copied if copied.blocks_per_sm["448"] >= 1 else streamed
+            assert chosen.blocks_per_sm["448"] >= 1, (arch, dtype, kind, copied.dyn_smem, streamed.dyn_smem)
+            assert streamed.dyn_smem["448"] < copied.dyn_smem["448"], (arch, dtype, kind)
+    # fp32's gated kernels are the case: their copy does not fit sm_90's 227 KB at 448 px
+    assert by[("fp32", "tdsa_bwd", False)].blocks_per_sm["448"] == 0
+    assert by[("fp32", "tdsa_bwd", True)].blocks_per_sm["448"] >= 1
 
 
 @pytest.mark.parametrize("arch", ARCHS)

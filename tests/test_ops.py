@@ -220,14 +220,29 @@ def test_tdsa_terms_matches_reference(device, dtype, mode, case):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_large_groups_beyond_shared_memory(device):
-    """Groups far larger than a CUDA block's shared memory (global-memory fallback there)."""
+    """Groups far larger than a CUDA block's shared memory: on CUDA a dense group is streamed
+    from global memory (its other scratch in shared memory), a strided one (channels_last)
+    takes the global-memory fallback."""
     gen = torch.Generator().manual_seed(1)
     args = _mc_args((1, 2, 15, 64, 72), False, device, gen)
     _compare("mc_terms", args, [0], F32, 1e-5)
+    args[0] = args[0].contiguous(memory_format=torch.channels_last)
+    _compare("mc_terms", args, [0], F32, 1e-5)
     args = _tdsa_args((1, 1, 3, 5, (64, 64), (30, 31)), "bicubic", True, device, gen)
+    _compare("tdsa_terms", args, [0, 1], F32, 1e-5)
+    args[0] = args[0].contiguous(memory_format=torch.channels_last)
     _compare("tdsa_terms", args, [0, 1], F32, 1e-5)
     args = _gate_args(((1, 2, 150, 140), (1, 1, 70, 33)), "bilinear", device, gen)
     _compare("topdown_gate", args, [0, 1], F32, 1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [F32, BF16])
+def test_tdsa_terms_at_448_px(device, dtype):
+    """448 px inputs: middle 56x56 from 28x28, xi = 5 (on CUDA, fp32 streams the group)."""
+    gen = torch.Generator().manual_seed(3)
+    args = _tdsa_args((2, 2, 3, 5, (56, 56), (28, 28)), "nearest", False, device, gen)
+    _compare("tdsa_terms", args, [0, 1], dtype, _tol(dtype))
 
 
 # ---- float64 gradcheck --------------------------------------------------------------------

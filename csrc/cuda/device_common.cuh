@@ -87,9 +87,12 @@ __device__ __forceinline__ void for_planes_positions(int planes, int HW, bool k_
 struct SharedScratch {};
 struct GlobalScratch {};
 // How a group lies in global memory: DenseGroup = each group's channels are one
-// contiguous NCHW run (16-byte vector loads, flat stores); StridedGroup = any strides.
+// contiguous NCHW run (16-byte vector loads, flat stores); StridedGroup = any strides;
+// StreamedGroup = dense, but too large to copy into shared memory: read from global
+// memory (coalesced, through L2) in every pass, the rest of the scratch in shared memory.
 struct DenseGroup {};
 struct StridedGroup {};
+struct StreamedGroup {};
 
 // The scratch base of block blockIdx.x.
 template <class Where>

@@ -3,7 +3,9 @@
 //
 // The block loads its group once into scratch (shared memory when it fits):
 //   lo   [n][HW]      the group's channels of feat / low, in the storage dtype (a dense
-//                     group is copied with 16-byte vector loads, see copy_dense)
+//                     group is copied with 16-byte vector loads, see copy_dense); a dense
+//                     group too large to copy (StreamedGroup, p.stream_low) is not copied
+//                     but read from global memory in every pass instead
 //   hi   [ch][Hh*Wh]  (tdsa) the class's ch = n / xi high channels, likewise
 //   gate [ch][HW]     (tdsa) sigmoid(Upsample(hi)), from per-axis tap tables built once
 //                     per block
@@ -20,7 +22,8 @@
 //
 // Template arguments: the storage and accumulation types, GATED (tdsa_terms), BWD, where
 // the scratch lives (SharedScratch / GlobalScratch) and how the group lies in memory
-// (DenseGroup / StridedGroup); the host picks them (terms_kernels.cu, terms_dense()).
+// (DenseGroup / StridedGroup / StreamedGroup); the host picks them (terms_kernels.cu:
+// terms_dense(), then the copy's fit).
 #pragma once
 
 #include "device_common.cuh"
@@ -64,7 +67,7 @@ struct TermsLayout {
       off += round16(bytes);
       return at;
     };
-    const int64_t lo_bytes = dense_region_bytes(n * HW, ss);
+    const int64_t lo_bytes = p.stream_low ? 0 : dense_region_bytes(n * HW, ss);
     lo = take(lo_bytes);
     hi = take(p.gated ? dense_region_bytes(ch * p.Hh * p.Wh, ss) : 0);
     gate = take(ch * HW * as);
@@ -106,12 +109,22 @@ inline bool terms_cache_exp(TermsParams p, bool bwd, int64_t ss, int64_t as, int
   return blocks_with >= (blocks_without < min_blocks ? blocks_without : min_blocks);
 }
 
+// Blocks per SM the terms kernels are compiled for: min_blocks, but 2 for the streamed
+// backward (its group's 64-bit global addresses beside the shared scratch spill at 3 blocks'
+// 80 registers; at 448 px its shared memory allows 2 blocks in any case).
+template <typename acc_t, class Where, class Layout, bool BWD>
+constexpr int terms_min_blocks() {
+  constexpr int m = min_blocks<acc_t, Where>();
+  return std::is_same<Layout, StreamedGroup>::value && BWD && m > 2 ? 2 : m;
+}
+
 template <typename scalar_t, typename acc_t, bool GATED, bool BWD, class Where, class Layout>
-__global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
+__global__ void __launch_bounds__(kThreads, terms_min_blocks<acc_t, Where, Layout, BWD>())
     terms_kernel(const TermsParams p, unsigned char* __restrict__ gws, int64_t ws_stride, int64_t groups) {
   TDSA_DYNAMIC_SMEM(smem_raw);
   TDSA_SHARED acc_t red[kWarps];
-  constexpr bool kDense = std::is_same<Layout, DenseGroup>::value;
+  constexpr bool kStream = std::is_same<Layout, StreamedGroup>::value;  // lo read in place (dense)
+  constexpr bool kDense = kStream || std::is_same<Layout, DenseGroup>::value;
   unsigned char* const base = scratch_base<Where>(smem_raw, gws, ws_stride);
   const TermsLayout Lt(p, BWD, sizeof(scalar_t), sizeof(acc_t));
   acc_t* const gate = reinterpret_cast<acc_t*>(base + Lt.gate);
@@ -185,12 +198,17 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
   for (int64_t grp = blockIdx.x; grp < groups; grp += gridDim.x) {
     const int64_t b = grp / S, i = grp % S;
     const scalar_t* xb = X + b * p.xs[0] + i * n * p.xs[1];
-    scalar_t* lo = reinterpret_cast<scalar_t*>(base + Lt.lo);
+    const scalar_t* lo = reinterpret_cast<const scalar_t*>(base + Lt.lo);
     const scalar_t* hi = reinterpret_cast<const scalar_t*>(base + Lt.hi);
     if constexpr (kDense) {
-      lo = copy_dense(xb, n * HW, base + Lt.lo);
+      if constexpr (kStream) {
+        lo = xb;
+      } else {
+        lo = copy_dense(xb, n * HW, base + Lt.lo);
+      }
       if constexpr (GATED) hi = copy_dense(Hi + b * p.hs[0] + i * ch * p.hs[1], ch * HWh, base + Lt.hi);
     } else {
+      scalar_t* lw = reinterpret_cast<scalar_t*>(base + Lt.lo);
       for (int e = tid; e < n * HW; e += kThreads) {
         int j, q;
         if (chan_fast) {
@@ -201,7 +219,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks<acc_t, Where>())
           q = e - j * HW;
         }
         const int y = q / W, x = q - y * W;
-        lo[j * HW + q] = xb[j * p.xs[1] + y * p.xs[2] + x * p.xs[3]];
+        lw[j * HW + q] = xb[j * p.xs[1] + y * p.xs[2] + x * p.xs[3]];
       }
       if constexpr (GATED) {
         scalar_t* hw = reinterpret_cast<scalar_t*>(base + Lt.hi);

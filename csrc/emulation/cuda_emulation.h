@@ -87,6 +87,7 @@ struct Stats {
   long launches = 0, blocks = 0, switches = 0, barriers = 0, set_attribute = 0;
   long opt_in_launches = 0;  // launches with more than 48 KB of dynamic shared memory
   size_t max_dynamic_smem = 0;
+  long no_dynamic_smem_launches = 0;  // launches with none (the global-scratch kernels)
   long max_grid = 0;
 };
 inline Stats& stats() {
@@ -338,6 +339,7 @@ void launch(const void* id, unsigned grid, unsigned threads, size_t smem_bytes, 
   ++st.launches;
   st.opt_in_launches += smem_bytes > static_cast<size_t>(kDefaultSmem);
   st.max_dynamic_smem = std::max(st.max_dynamic_smem, smem_bytes);
+  st.no_dynamic_smem_launches += smem_bytes == 0;
   st.max_grid = std::max(st.max_grid, static_cast<long>(grid));
   grid_dim = Dim3{grid, 1, 1};
   block_dim = Dim3{threads, 1, 1};

@@ -263,6 +263,7 @@ std::map<std::string, int64_t> stats(bool reset) {
                                    {"opt_in_launches", s.opt_in_launches},
                                    {"max_dynamic_smem", static_cast<int64_t>(s.max_dynamic_smem)},
                                    {"max_grid", s.max_grid},
+                                   {"no_dynamic_smem_launches", s.no_dynamic_smem_launches},
                                    {"threads", kThreads}};
   if (reset) s = tdsa_emu::Stats{};
   return r;

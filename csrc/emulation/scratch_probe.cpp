@@ -3,7 +3,8 @@
 // memory per block. Host-only (compiled with the C++ compiler against the emulation's CUDA
 // keywords); not part of the package build.
 //   scratch_probe mc|tdsa|gate n xi H W Hh Wh storage_bytes acc_bytes optin_bytes sm_bytes
-//     -> "<kind>_fwd BYTES" and "<kind>_bwd BYTES"
+//     -> "<kind>_fwd BYTES" and "<kind>_bwd BYTES" (terms kinds also "<kind>_fwd_streamed BYTES" and
+//        "<kind>_bwd_streamed BYTES": the StreamedGroup plan, the group not copied)
 // The terms kernels' bytes are those of the host's plan on a device with that opt-in limit and
 // shared memory per SM (kernels::terms_cache_exp, with the static `red` of kWarps acc_t).
 #include <cstdio>
@@ -37,9 +38,14 @@ int main(int argc, char** argv) {
       using tdsa_fast::cuda::min_blocks;
       using tdsa_fast::cuda::SharedScratch;
       const int64_t blocks = v[7] == 8 ? min_blocks<double, SharedScratch>() : min_blocks<float, SharedScratch>();
-      p.cache_exp = tdsa_fast::cuda::kernels::terms_cache_exp(p, bwd != 0, v[6], v[7], tdsa_fast::cuda::kWarps * v[7],
-                                                              v[8], v[9], blocks);
-      bytes = static_cast<long>(tdsa_fast::cuda::kernels::TermsLayout(p, bwd != 0, v[6], v[7]).total);
+      for (int stream = 0; stream < 2; ++stream) {  // the group copied, then streamed (StreamedGroup)
+        p.stream_low = stream != 0;
+        p.cache_exp = tdsa_fast::cuda::kernels::terms_cache_exp(p, bwd != 0, v[6], v[7],
+                                                                tdsa_fast::cuda::kWarps * v[7], v[8], v[9], blocks);
+        const long b = static_cast<long>(tdsa_fast::cuda::kernels::TermsLayout(p, bwd != 0, v[6], v[7]).total);
+        std::printf("%s_%s%s %ld\n", kind, bwd ? "bwd" : "fwd", stream ? "_streamed" : "", b);
+      }
+      continue;
     }
     std::printf("%s_%s %ld\n", kind, bwd ? "bwd" : "fwd", bytes);
   }
