@@ -18,6 +18,8 @@ Switches (environment variables):
 * ``TDSA_FAST_NO_AVX2=1``   skip the AVX2 variant of the CPU kernels (the baseline variant
                             is always built; the AVX2 one is picked at run time when the CPU
                             and torch's ATEN_CPU_CAPABILITY allow it).
+* ``TDSA_FAST_NO_AVX512=1`` skip the AVX-512 variant (picked at run time when torch's
+                            capability is AVX512; otherwise AVX2, then the baseline).
 * ``MAX_JOBS``              parallel compile jobs (torch's ninja build; default: all cores).
 
 Flags: -O3, OpenMP (-fopenmp: at::parallel_for runs on torch's OpenMP pool), no forced
@@ -108,8 +110,9 @@ def _extension():
     include_dirs = [str(ROOT / "csrc"), str(_write_build_config(with_cuda))]
     cxx = ["-O3", "-fopenmp", "-Wno-psabi", "-Wno-unknown-pragmas", "-g0"]
     macros = []
-    if _flag("TDSA_FAST_NO_AVX2"):
-        macros.append(("TDSA_FAST_NO_AVX2", "1"))
+    for isa in ("AVX2", "AVX512"):
+        if _flag(f"TDSA_FAST_NO_{isa}"):
+            macros.append((f"TDSA_FAST_NO_{isa}", "1"))
     if with_cuda:
         sources += sorted(str(p) for p in (csrc / "cuda").glob("*.cu"))
         sources += sorted(str(p) for p in (csrc / "cuda").glob("*.cpp"))

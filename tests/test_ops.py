@@ -16,6 +16,7 @@ checks of tdsa_fast.functional before any kernel; direct misuse of the ops.
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -668,26 +669,49 @@ def test_direct_misuse_of_the_ops_raises(device):
             fn()
 
 
-def test_baseline_cpu_kernels_in_a_subprocess():
-    """ATEN_CPU_CAPABILITY=default selects the baseline (non-AVX2) build of the CPU kernels;
-    it must give the same results as the reference too."""
+_ISA_ORDER = ("DEFAULT", "AVX2", "AVX512")
+
+
+@pytest.mark.parametrize("isa", _ISA_ORDER)
+def test_each_cpu_kernel_variant_in_a_subprocess(isa):
+    """ATEN_CPU_CAPABILITY selects the variant of the CPU kernels (baseline, AVX2, AVX-512:
+    the build has all three on x86-64); each must give the reference's values and gradients,
+    in place (float32 NCHW, sizes with a partial last vector) and through scratch
+    (channels_last, bfloat16)."""
+    best = torch.backends.cpu.get_cpu_capability()
+    if best not in _ISA_ORDER or _ISA_ORDER.index(isa) > _ISA_ORDER.index(best):
+        pytest.skip(f"this CPU runs torch's {best} kernels, not {isa}")
+    if isa != "DEFAULT" and platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the AVX variants are built on x86-64 only")
     code = (
         "import torch\n"
         "from tdsa_fast import _ops, reference\n"
-        "assert _ops.build_info()['cpu_kernels'] == 'DEFAULT', _ops.build_info()\n"
+        f"assert _ops.build_info()['cpu_kernels'] == {isa!r}, _ops.build_info()\n"
         "g = torch.Generator().manual_seed(0)\n"
-        "middle = torch.rand(2, 18, 9, 7, generator=g, requires_grad=True)\n"
-        "high = torch.randn(2, 6, 4, 5, generator=g, requires_grad=True)\n"
         "m = (torch.rand(2, 18, generator=g) > 0.5).float()\n"
-        "for mode in ('nearest', 'bilinear', 'bicubic'):\n"
-        "    a = torch.ops.tdsa_fast.tdsa_terms(middle, high, m, 9, mode)\n"
-        "    b = reference.tdsa_terms(middle, high, m, 9, mode)\n"
-        "    ga = torch.autograd.grad(a[0].sum() + a[1].sum(), (middle, high))\n"
-        "    gb = torch.autograd.grad(b[0].sum() + b[1].sum(), (middle, high))\n"
-        "    for x, y in zip(a + ga, b + gb):\n"
-        "        assert ((x - y).norm() / y.norm()).item() < 1e-5, mode\n"
+        "def close(a, b, tol, what):\n"
+        "    for x, y in zip(a, b):\n"
+        "        assert ((x.double() - y.double()).norm() / y.double().norm()).item() < tol, what\n"
+        "for (h, w), dtype, fmt in [((9, 7), torch.float32, torch.contiguous_format),\n"
+        "                           ((28, 28), torch.float32, torch.contiguous_format),\n"
+        "                           ((9, 7), torch.float32, torch.channels_last),\n"
+        "                           ((9, 7), torch.bfloat16, torch.contiguous_format)]:\n"
+        "    tol = 1e-5 if dtype == torch.float32 else 2e-2\n"
+        "    middle = torch.rand(2, 18, h, w, generator=g).to(dtype).contiguous(memory_format=fmt).requires_grad_()\n"
+        "    high = torch.randn(2, 6, 4, 5, generator=g).to(dtype).requires_grad_()\n"
+        "    for mode in ('nearest', 'bilinear', 'bicubic'):\n"
+        "        a = torch.ops.tdsa_fast.tdsa_terms(middle, high, m, 9, mode)\n"
+        "        b = reference.tdsa_terms(middle.float(), high.float(), m, 9, mode)\n"
+        "        ga = torch.autograd.grad(a[0].sum() + a[1].sum(), (middle, high))\n"
+        "        gb = torch.autograd.grad(b[0].sum() + b[1].sum(), (middle, high))\n"
+        "        close(a + ga, b + gb, tol, (h, w, dtype, fmt, mode))\n"
+        "    a = torch.ops.tdsa_fast.mc_terms(middle, m, 9)\n"
+        "    b = reference.mc_terms(middle.float(), m, 9)\n"
+        "    ga = torch.autograd.grad(a[0].sum() + a[1].sum(), middle)\n"
+        "    gb = torch.autograd.grad(b[0].sum() + b[1].sum(), middle)\n"
+        "    close(a + ga, b + gb, tol, (h, w, dtype, fmt, 'mc'))\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa.lower())
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

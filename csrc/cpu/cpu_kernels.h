@@ -1,6 +1,7 @@
 // Interface between the CPU op wrappers (ops_cpu.cpp) and the CPU kernels, which are
-// compiled twice (kernels_default.cpp, and kernels_avx2.cpp with AVX2+FMA enabled for
-// that translation unit only) and picked at run time from at::get_cpu_capability().
+// compiled three times (kernels_default.cpp; kernels_avx2.cpp and kernels_avx512.cpp, each
+// with its instruction set enabled for that translation unit only) and picked at run time
+// from at::get_cpu_capability().
 #pragma once
 
 #include <c10/core/ScalarType.h>
@@ -45,7 +46,8 @@ struct KernelSet {
 };
 
 const KernelSet& kernels_default();
-const KernelSet* kernels_avx2();  // nullptr when this build has no AVX2 variant
+const KernelSet* kernels_avx2();    // nullptr when this build has no AVX2 variant
+const KernelSet* kernels_avx512();  // nullptr when this build has no AVX-512 variant
 
 }  // namespace cpu
 }  // namespace tdsa_fast

@@ -2,40 +2,12 @@
 // (GCC on x86-64), so one build runs everywhere: ops_cpu.cpp calls this variant only when
 // at::native::get_cpu_capability() reports AVX2 or better (which also honours
 // ATEN_CPU_CAPABILITY=default).
-//
-// Every torch / standard header is included *before* the target pragma, so only the
-// at::vec code (in its own inline namespace at::vec::AVX2, like ATen's own AVX2 kernels)
-// and this project's kernels (namespace tdsa_fast::cpu::AVX2) are compiled for AVX2.
+// isa_prelude.h holds the headers included before the target pragma.
 #include "cpu_kernels.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(TDSA_FAST_NO_AVX2)
 
-#include <ATen/Dispatch.h>
-#include <ATen/NumericUtils.h>
-#include <ATen/OpMathType.h>
-#include <ATen/native/Math.h>
-#include <ATen/native/cpu/zmath.h>
-#include <c10/macros/Macros.h>
-#include <c10/util/BFloat16-math.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-#include <c10/util/Load.h>
-#include <c10/util/MathConstants.h>
-#include <c10/util/TypeCast.h>
-#include <c10/util/complex.h>
-#include <c10/util/copysign.h>
-#include <c10/util/irange.h>
-
-#include <algorithm>
-#include <array>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <functional>
-#include <limits>
-#include <ostream>
-#include <type_traits>
-#include <vector>
+#include "isa_prelude.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")

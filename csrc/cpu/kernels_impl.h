@@ -1,12 +1,14 @@
-// The CPU kernels. This file is included by kernels_default.cpp and kernels_avx2.cpp,
-// each of which defines CPU_CAPABILITY (DEFAULT / AVX2) first, so at::vec::Vectorized and
-// everything below live in a namespace of their own per instruction set (no ODR clash).
+// The CPU kernels. This file is included by kernels_default.cpp, kernels_avx2.cpp and
+// kernels_avx512.cpp, each of which defines CPU_CAPABILITY (DEFAULT / AVX2 / AVX512) first,
+// so at::vec::Vectorized and everything below live in a namespace of their own per
+// instruction set (no ODR clash).
 //
 // One task = one group: (sample b, class i) for the terms, (sample b, high channel k) for
-// the gate. A task copies its group's channels into a float (double for float64) scratch
+// the gate. A task reads its group's channels in place when they are float (double) planes
+// that are each contiguous, else copies them into a float (double for float64) scratch
 // (reading any strides: NCHW, channels_last or other views, no full-tensor copy), does
-// every pass on that cache-resident scratch with Vectorized<acc_t>, and writes only its
-// own outputs: nothing is shared between tasks, so no atomics and bitwise-reproducible.
+// every pass on cache-resident data with Vectorized<acc_t>, and writes only its own
+// outputs: nothing is shared between tasks, so no atomics and bitwise-reproducible.
 //
 // No header guard on purpose: it must not be included twice in one translation unit.
 
@@ -85,26 +87,39 @@ inline Vec<double> replaces<double>(const Vec<double>& v, const Vec<double>& bes
 }
 #endif
 
-// Asks for a contiguous plane to be brought into cache ahead of its use (the next group's
-// channels while the current group computes: hides the DRAM latency of the one read of
-// the feature map). Does nothing for other layouts.
-template <typename scalar_t>
-inline void prefetch_plane(const scalar_t* base, int64_t sH, int64_t sW, int64_t H, int64_t W) {
+// Whether an H x W plane with strides (sH, sW) is one contiguous run.
+inline bool dense_plane(int64_t sH, int64_t sW, int64_t H, int64_t W) { return sW == 1 && (sH == W || H == 1); }
+
+// Asks for the cache line at p to be brought into cache ahead of its use (the next group's
+// planes, a line or two per vector of a compute pass: the one read of the feature map
+// overlaps the computation instead of stalling the next group's first pass).
+inline void prefetch_line(const void* p) {
 #if defined(__GNUC__)
-  if (sW == 1 && (sH == W || H == 1)) {
-    const char* p = reinterpret_cast<const char*>(base);
-    const int64_t bytes = H * W * static_cast<int64_t>(sizeof(scalar_t));
-    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 2);
-  }
+  __builtin_prefetch(p, 0, 2);
 #else
-  (void)base, (void)sH, (void)sW, (void)H, (void)W;
+  (void)p;
 #endif
+}
+
+// The vector at p with only its first cnt lanes read (a plane read in place has no
+// padding after its last vector), and the store of only its first cnt lanes.
+template <typename acc_t>
+inline Vec<acc_t> load_n(const acc_t* p, int64_t cnt) {
+  return cnt == Vec<acc_t>::size() ? Vec<acc_t>::loadu(p) : Vec<acc_t>::loadu(p, cnt);
+}
+template <typename acc_t>
+inline void store_n(const Vec<acc_t>& v, acc_t* p, int64_t cnt) {
+  if (cnt == Vec<acc_t>::size()) {
+    v.store(p);
+  } else {
+    v.store(p, cnt);
+  }
 }
 
 // One H x W plane of a strided 4-D tensor into a dense acc_t buffer (row stride W).
 template <typename scalar_t, typename acc_t>
 inline void load_plane(const scalar_t* base, int64_t sH, int64_t sW, int64_t H, int64_t W, acc_t* dst) {
-  if (sW == 1 && (sH == W || H == 1)) {
+  if (dense_plane(sH, sW, H, W)) {
     at::vec::convert(base, dst, H * W);
     return;
   }
@@ -117,7 +132,7 @@ inline void load_plane(const scalar_t* base, int64_t sH, int64_t sW, int64_t H, 
 
 template <typename scalar_t, typename acc_t>
 inline void store_plane(const acc_t* src, int64_t H, int64_t W, scalar_t* base, int64_t sH, int64_t sW) {
-  if (sW == 1 && (sH == W || H == 1)) {
+  if (dense_plane(sH, sW, H, W)) {
     at::vec::convert(src, base, H * W);
     return;
   }
@@ -224,11 +239,15 @@ void adjoint_plane(const acc_t* dU, int64_t H, int64_t W, int64_t Hh, int64_t Wh
 }
 
 // mc_terms (GATED = false) / tdsa_terms (GATED = true), forward (BWD = false) or backward.
+// float / double planes that are each contiguous are read (x) and written (grad_x) in place;
+// other dtypes and layouts go through the scratch planes `lo` / `ex` and load_plane /
+// store_plane. Either way the arithmetic, and so every result, is the same.
 template <typename scalar_t, bool GATED, bool BWD>
 void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
   constexpr int64_t L = V::size();
+  constexpr bool kInPlace = std::is_same<scalar_t, acc_t>::value;
   const int64_t H = p.H, W = p.W, HW = H * W, HWp = round_up(HW, L);
   const int64_t n = p.cnum, S = p.S;
   const int64_t xi = GATED ? p.xi : 1;
@@ -237,27 +256,31 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
   const scalar_t* X = static_cast<const scalar_t*>(p.x);
   const scalar_t* Hi = static_cast<const scalar_t*>(p.high);
   const acc_t* M = static_cast<const acc_t*>(p.mask);
+  const bool x_in_place = kInPlace && dense_plane(p.xs[2], p.xs[3], H, W);
+  const bool gx_in_place = kInPlace && BWD && dense_plane(p.gxs[2], p.gxs[3], H, W);
+  // the next group's planes are prefetched when they are contiguous (any dtype)
+  const bool x_prefetch = dense_plane(p.xs[2], p.xs[3], H, W);
 
   const int64_t tmp_size = GATED ? Hh * std::max(W, Wh) : 0;
   std::vector<acc_t> buf(static_cast<size_t>(
-      n * HWp                            // lo: the group's x (feat) / low values
+      (x_in_place ? 0 : n * HWp)         // lo: the group's x (feat) / low values
       + (GATED ? n * HWp : 0)            // xs: gated values low * gate
-      + n * HWp                          // ex: exp(x - max), then the gradient planes
+      + n * HWp                          // ex: exp(x - max) (and the gradient planes when
+                                         //     grad_x is not written in place)
       + ch * HWp                         // gate planes
       + (BWD && GATED ? ch * HWp : 0)    // dG planes
       + tmp_size                         // separable upsample / adjoint scratch
       + (BWD && GATED ? Hh * Wh : 0)     // one grad_high plane
       + (BWD ? 2 * HWp : 0)              // ag, ah: argmax channel of g and h per position
-      + 4 * n                            // mx, inv, mk, dot
-      + (BWD ? L * n : 0)));             // per-lane partial sums of dot
+      + 4 * n));                         // mx, inv, mk, dot
   acc_t* cur = buf.data();
   auto take = [&](int64_t count) {
     acc_t* r = cur;
     cur += count;
     return r;
   };
-  acc_t* lo = take(n * HWp);
-  acc_t* xs = GATED ? take(n * HWp) : lo;
+  acc_t* lo = take(x_in_place ? 0 : n * HWp);
+  acc_t* xs = take(GATED ? n * HWp : 0);
   acc_t* ex = take(n * HWp);
   acc_t* gate = take(ch * HWp);
   acc_t* dG = take(BWD && GATED ? ch * HWp : 0);
@@ -269,7 +292,9 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
   acc_t* inv = take(n);
   acc_t* mk = take(n);
   acc_t* dot = take(n);
-  acc_t* dlane = take(BWD ? L * n : 0);
+  // per channel: its x values (in place or in `lo`) and the values the maxima compare
+  // (x itself, or the gated values in `xs`)
+  std::vector<const acc_t*> xp(static_cast<size_t>(n)), vp(static_cast<size_t>(n));
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
 
   for (int64_t grp = begin; grp < end; ++grp) {
@@ -283,27 +308,37 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
     }
     // Load, gate, and the per-channel softmax statistics (max-subtracted, as torch.softmax).
     bool group_finite = true;
-    const bool has_next = grp + 1 < end;
-    const int64_t nb = (grp + 1) / S, ni = (grp + 1) % S;
+    const char* next = nullptr;  // the next group's first plane, prefetched during the exp pass
+    if (x_prefetch && grp + 1 < end) {
+      const int64_t nb = (grp + 1) / S, ni = (grp + 1) % S;
+      next = reinterpret_cast<const char*>(X + nb * p.xs[0] + ni * n * p.xs[1]);
+    }
     for (int64_t j = 0; j < n; ++j) {
       const int64_t c = i * n + j;
-      acc_t* lj = lo + j * HWp;
-      load_plane<scalar_t, acc_t>(X + b * p.xs[0] + c * p.xs[1], p.xs[2], p.xs[3], H, W, lj);
-      if (has_next) prefetch_plane(X + nb * p.xs[0] + (ni * n + j) * p.xs[1], p.xs[2], p.xs[3], H, W);
-      mk[j] = M[b * p.mask_sb + c];
-      acc_t* xj = xs + j * HWp;
-      if constexpr (GATED) {
-        const acc_t* gk = gate + (j / xi) * HWp;
-        for_vec<L>(HW, [&](int64_t q, int64_t cnt) {
-          (V::loadu(lj + q, cnt) * V::loadu(gk + q, cnt)).store(xj + q, cnt);
-        });
+      const scalar_t* xplane = X + b * p.xs[0] + c * p.xs[1];
+      const acc_t* xj;
+      if (x_in_place) {
+        xj = reinterpret_cast<const acc_t*>(xplane);
+      } else {
+        load_plane<scalar_t, acc_t>(xplane, p.xs[2], p.xs[3], H, W, lo + j * HWp);
+        xj = lo + j * HWp;
       }
+      xp[j] = xj;
+      mk[j] = M[b * p.mask_sb + c];
+      acc_t* gj = xs + j * HWp;
+      const acc_t* gk = gate + (j / xi) * HWp;
       V vmax(neg_inf), vmin(-neg_inf);
       for_vec<L>(HW, [&](int64_t q, int64_t cnt) {
-        const V v = V::loadu(xj + q, cnt);
+        V v = load_n(xj + q, cnt);
+        if constexpr (GATED) {
+          v = v * V::loadu(gk + q);
+          v.store(gj + q);
+        }
         vmax = at::vec::maximum(vmax, cnt == L ? v : V::set(V(neg_inf), v, cnt));
         vmin = at::vec::minimum(vmin, cnt == L ? v : V::set(V(-neg_inf), v, cnt));
       });
+      const acc_t* vj = GATED ? gj : xj;
+      vp[j] = vj;
       alignas(64) acc_t lanes[L];
       vmax.store(lanes);
       acc_t m = lanes[0];
@@ -317,17 +352,18 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
       group_finite = group_finite && finite_max && lowest > neg_inf && std::isfinite(mk[j]);
       V vsum(acc_t(0));
       acc_t* ej = ex + j * HWp;
+      const char* next_j = next != nullptr ? next + j * p.xs[1] * static_cast<int64_t>(sizeof(scalar_t)) : nullptr;
       for_vec<L>(HW, [&](int64_t q, int64_t cnt) {
-        const V e = softmax_exp(V::loadu(xj + q, cnt) - V(m));
+        const V e = softmax_exp(load_n(vj + q, cnt) - V(m));
         e.store(ej + q);
         vsum = vsum + head(e, cnt);
+        if (next_j != nullptr) prefetch_line(next_j + q * static_cast<int64_t>(sizeof(scalar_t)));
       });
       inv[j] = finite_max ? acc_t(1) / lane_sum(vsum) : std::numeric_limits<acc_t>::quiet_NaN();
     }
 
     // Per position: the cross-channel maxima (lowest index wins ties, first NaN wins).
     V gsum(acc_t(0)), hsum(acc_t(0));
-    if constexpr (BWD) std::fill(dlane, dlane + L * n, acc_t(0));
     // FINITE: no NaN can occur, so "replaces" is a plain greater-than (one instruction).
     auto per_position = [&](auto finite_tag) {
       constexpr bool FINITE = decltype(finite_tag)::value;
@@ -339,11 +375,11 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
         }
       };
       for_vec<L>(HW, [&](int64_t q, int64_t cnt) {
-        V gb = V(mk[0]) * V::loadu(xs + q);
+        V gb = V(mk[0]) * load_n(vp[0] + q, cnt);
         V hb = V::loadu(ex + q) * V(inv[0]);
         V gi(acc_t(0)), hi(acc_t(0));
         for (int64_t j = 1; j < n; ++j) {
-          const V v = V(mk[j]) * V::loadu(xs + j * HWp + q);
+          const V v = V(mk[j]) * load_n(vp[j] + q, cnt);
           const V s = V::loadu(ex + j * HWp + q) * V(inv[j]);
           const V ug = takes_over(v, gb);
           const V uh = takes_over(s, hb);
@@ -357,12 +393,6 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
         if constexpr (BWD) {
           gi.store(ag + q);
           hi.store(ah + q);
-          // T_j: the winning softmax values summed per winning channel, one partial sum per
-          // lane (no dependency chain between lanes), added up after the pass.
-          alignas(64) acc_t hv[L], iv[L];
-          hb.store(hv);
-          hi.store(iv);
-          for (int64_t l = 0; l < cnt; ++l) dlane[l * n + static_cast<int64_t>(iv[l])] += hv[l];
         } else {
           gsum = gsum + head(gb, cnt);
           hsum = hsum + head(hb, cnt);
@@ -382,18 +412,25 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
       const acc_t gg = static_cast<const acc_t*>(p.grad_g)[grp];
       const acc_t gh = static_cast<const acc_t*>(p.grad_h)[grp];
       const acc_t gg_hw = gg / static_cast<acc_t>(HW);  // mean's backward
-      // dot_j = sum_p go_p s_p with go = grad_h where channel j wins p = grad_h * T_j.
-      for (int64_t j = 0; j < n; ++j) {
-        acc_t t = acc_t(0);
-        for (int64_t l = 0; l < L; ++l) t += dlane[l * n + j];
-        dot[j] = gh * t;
-      }
       for (int64_t j = 0; j < n; ++j) {
         const V jv(static_cast<acc_t>(j));
+        const V invv(inv[j]);
+        acc_t* ej = ex + j * HWp;
+        // dot_j = sum_p go_p s_p with go = grad_h where channel j wins p = grad_h * T_j,
+        // T_j summed in one partial sum per lane (positions q = lane mod L, in order).
+        V tsum(acc_t(0));
+        for_vec<L>(HW, [&](int64_t q, int64_t cnt) {
+          const V s = V::loadu(ej + q) * invv;
+          tsum = tsum + head(V::blendv(V(acc_t(0)), s, V::loadu(ah + q) == jv), cnt);
+        });
+        dot[j] = gh * lane_sum(tsum);
         const V gmask(gg_hw * mk[j]);
-        const V ghv(gh), dotv(dot[j]), invv(inv[j]);
-        acc_t* ej = ex + j * HWp;  // overwritten by this channel's input gradient
-        const acc_t* lj = lo + j * HWp;
+        const V ghv(gh), dotv(dot[j]);
+        const int64_t c = i * n + j;
+        scalar_t* gplane = static_cast<scalar_t*>(p.grad_x) + b * p.gxs[0] + c * p.gxs[1];
+        // this channel's input gradient: in place, or over its exp values in `ex`
+        acc_t* out = gx_in_place ? reinterpret_cast<acc_t*>(gplane) : ej;
+        const acc_t* xj = xp[j];
         const int64_t kk = j / xi;
         const acc_t* gk = gate + kk * HWp;
         acc_t* dgk = dG + kk * HWp;
@@ -405,16 +442,14 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
           const V dx = math::terms_combine(gpart, math::softmax_backward(s, go, dotv));
           if constexpr (GATED) {
             const V gv = V::loadu(gk + q);
-            (dx * gv).store(ej + q);  // d low = d gated * gate
-            const V dgate = dx * V::loadu(lj + q);
+            store_n(dx * gv, out + q, cnt);  // d low = d gated * gate
+            const V dgate = dx * load_n(xj + q, cnt);
             (first_of_block ? dgate : V::loadu(dgk + q) + dgate).store(dgk + q);
           } else {
-            dx.store(ej + q);
+            store_n(dx, out + q, cnt);
           }
         });
-        const int64_t c = i * n + j;
-        store_plane<scalar_t, acc_t>(ej, H, W, static_cast<scalar_t*>(p.grad_x) + b * p.gxs[0] + c * p.gxs[1],
-                                     p.gxs[2], p.gxs[3]);
+        if (!gx_in_place) store_plane<scalar_t, acc_t>(ej, H, W, gplane, p.gxs[2], p.gxs[3]);
       }
       if constexpr (GATED) {
         for (int64_t kk = 0; kk < ch; ++kk) {

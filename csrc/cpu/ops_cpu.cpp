@@ -20,12 +20,14 @@ namespace {
 const cpu::KernelSet& kernels() {
   static const cpu::KernelSet* ks = [] {
     const cpu::KernelSet* avx2 = cpu::kernels_avx2();
+    const cpu::KernelSet* avx512 = cpu::kernels_avx512();
 #if defined(__x86_64__) || defined(_M_X64)
     // torch's own choice ("DEFAULT", "AVX2", "AVX512"; honours ATEN_CPU_CAPABILITY).
     const std::string cap = at::get_cpu_capability();
+    if (avx512 != nullptr && cap == "AVX512") return avx512;
     if (avx2 != nullptr && (cap == "AVX2" || cap == "AVX512")) return avx2;
 #else
-    (void)avx2;
+    (void)avx2, (void)avx512;
 #endif
     return &cpu::kernels_default();
   }();
