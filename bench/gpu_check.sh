@@ -217,9 +217,9 @@ echo "compute-sanitizer: ${SANITIZER:-none (the sanitize step is skipped)}"
 
 if [ "$DRY_RUN" -eq 1 ]; then
   run_step "static report (no GPU): bench/cuda_static.py" 900 cpu "$PY" "$REPO/bench/cuda_static.py" --arch 90 --dtype bf16 --table
-  run_step "sanitizer workload on the CPU (tiny)" 300 cpu env PYTHONPATH="$REPO" "$PY" "$REPO/bench/gpu_sanitize.py" --device cpu --shapes tiny
+  run_step "sanitizer workload on the CPU (tiny, 448 px)" 300 cpu env PYTHONPATH="$REPO" "$PY" "$REPO/bench/gpu_sanitize.py" --device cpu --shapes tiny 448
   for tool in memcheck racecheck synccheck initcheck; do
-    run_step "sanitize: $tool" 60 gpu "${SANITIZER:-compute-sanitizer}" --tool "$tool" --error-exitcode 1 "$PY" "$REPO/bench/gpu_sanitize.py" --shapes tiny paper --batch 1
+    run_step "sanitize: $tool" 60 gpu "${SANITIZER:-compute-sanitizer}" --tool "$tool" --error-exitcode 1 "$PY" "$REPO/bench/gpu_sanitize.py" --shapes tiny paper 448 --batch 1
   done
   run_step "build" 240 gpu "$PY" -m pip install --no-build-isolation --no-deps "$REPO"
   run_step "CUDA tests" 120 gpu timeout 150 "$PY" -m pytest "$REPO/tests/test_ops.py" -k cuda -q -p no:cacheprovider -rs
@@ -249,8 +249,8 @@ cd "$OUT"
 
 if [ -n "$SANITIZER" ]; then
   for tool in memcheck racecheck synccheck initcheck; do
-    run_step "sanitize: $tool (tiny and paper shapes, B=1)" 60 gpu "$SANITIZER" --tool "$tool" --error-exitcode 1 \
-      "$PY" "$REPO/bench/gpu_sanitize.py" --shapes tiny paper --batch 1 2>&1 | tee "$OUT/sanitize_$tool.log" | tail -n 6
+    run_step "sanitize: $tool (tiny, paper and 448 px shapes, B=1)" 60 gpu "$SANITIZER" --tool "$tool" --error-exitcode 1 \
+      "$PY" "$REPO/bench/gpu_sanitize.py" --shapes tiny paper 448 --batch 1 2>&1 | tee "$OUT/sanitize_$tool.log" | tail -n 6
     [ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
   done
 fi

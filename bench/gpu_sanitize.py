@@ -1,9 +1,11 @@
-"""Runs every CUDA op of tdsa_fast once, forward and backward, at a tiny shape and at the
-paper's shapes (bf16, NCHW and channels_last; fp32 tiny), checking the values against the
-reference: the workload bench/gpu_check.sh runs under compute-sanitizer (memcheck,
+"""Runs every CUDA op of tdsa_fast once, forward and backward, at a tiny shape, at the
+paper's shapes (bf16, NCHW and channels_last; fp32 tiny) and at 448 px with two classes
+(56x56 from 28x28, xi = 5: bf16 NCHW copies its group into the > 48 KB opt-in, fp32 NCHW
+streams it, fp32 channels_last takes the global-memory fallback), checking the values against
+the reference: the workload bench/gpu_check.sh runs under compute-sanitizer (memcheck,
 racecheck, synccheck, initcheck). Exits non-zero on a mismatch.
 
-    python bench/gpu_sanitize.py [--shapes tiny paper] [--device cuda]
+    python bench/gpu_sanitize.py [--shapes tiny paper 448] [--device cuda]
 """
 from __future__ import annotations
 
@@ -23,7 +25,14 @@ from tdsa_fast import functional as TF  # noqa: E402
 from tdsa_fast import reference  # noqa: E402
 
 # (classes, cnum_high, xi, high HxW, middle HxW)
-SHAPES = {"tiny": (2, 3, 3, (3, 5), (7, 9)), "paper": (200, 3, 3, (14, 14), (28, 28))}
+SHAPES = {"tiny": (2, 3, 3, (3, 5), (7, 9)), "paper": (200, 3, 3, (14, 14), (28, 28)),
+          "448": (2, 3, 5, (28, 28), (56, 56))}
+# (dtype, layout) per shape: each scratch plan of the terms kernels at least once
+COMBOS = {
+    "tiny": [(torch.bfloat16, "contiguous"), (torch.bfloat16, "channels_last"), (torch.float32, "contiguous")],
+    "paper": [(torch.bfloat16, "contiguous"), (torch.bfloat16, "channels_last")],
+    "448": [(torch.bfloat16, "contiguous"), (torch.float32, "contiguous"), (torch.float32, "channels_last")],
+}
 
 
 def _rel(a, b) -> float:
@@ -68,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     fail = 0
     for shape in args.shapes:
-        combos = [(torch.bfloat16, "contiguous"), (torch.bfloat16, "channels_last")]
-        if shape == "tiny":
-            combos.append((torch.float32, "contiguous"))
-        for dtype, layout in combos:
+        for dtype, layout in COMBOS[shape]:
             err = check(shape, dtype, layout, args.device, args.batch)
             tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
             ok = err <= tol
