@@ -1,8 +1,8 @@
 // The CPU kernels again, with AVX2 + FMA + F16C enabled for this translation unit only
-// (GCC on x86-64), so one build runs everywhere: ops_cpu.cpp calls this variant only when
-// at::native::get_cpu_capability() reports AVX2 or better (which also honours
-// ATEN_CPU_CAPABILITY=default).
-// isa_prelude.h holds the headers included before the target pragma.
+// (GCC on x86-64), so one build runs everywhere: ops_cpu.cpp calls this variant when
+// at::get_cpu_capability() reports AVX2 (or AVX512 in a build without the AVX-512 variant;
+// it honours ATEN_CPU_CAPABILITY). isa_prelude.h holds the headers included before the
+// target pragma.
 #include "cpu_kernels.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(TDSA_FAST_NO_AVX2)
