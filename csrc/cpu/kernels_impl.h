@@ -256,10 +256,10 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
   const scalar_t* X = static_cast<const scalar_t*>(p.x);
   const scalar_t* Hi = static_cast<const scalar_t*>(p.high);
   const acc_t* M = static_cast<const acc_t*>(p.mask);
-  const bool x_in_place = kInPlace && dense_plane(p.xs[2], p.xs[3], H, W);
+  // contiguous planes of x: prefetched (any dtype), and read in place (float / double)
+  const bool x_dense = dense_plane(p.xs[2], p.xs[3], H, W);
+  const bool x_in_place = kInPlace && x_dense;
   const bool gx_in_place = kInPlace && BWD && dense_plane(p.gxs[2], p.gxs[3], H, W);
-  // the next group's planes are prefetched when they are contiguous (any dtype)
-  const bool x_prefetch = dense_plane(p.xs[2], p.xs[3], H, W);
 
   const int64_t tmp_size = GATED ? Hh * std::max(W, Wh) : 0;
   std::vector<acc_t> buf(static_cast<size_t>(
@@ -309,7 +309,7 @@ void terms_impl(const TermsParams& p, const GateTables& tb, int64_t begin, int64
     // Load, gate, and the per-channel softmax statistics (max-subtracted, as torch.softmax).
     bool group_finite = true;
     const char* next = nullptr;  // the next group's first plane, prefetched during the exp pass
-    if (x_prefetch && grp + 1 < end) {
+    if (x_dense && grp + 1 < end) {
       const int64_t nb = (grp + 1) / S, ni = (grp + 1) % S;
       next = reinterpret_cast<const char*>(X + nb * p.xs[0] + ni * n * p.xs[1]);
     }
