@@ -162,9 +162,10 @@ WINDOWS = [(0, 0, False), (-4, 3, True), (4, -4, False), (2, 4, True), (-70, 0, 
                                                           for t, l, m in WINDOWS])
 def test_released_recipe_window_equals_the_transcription(top, left, mirror):
     """The window (the released recipe's RandomCrop(s, padding=4) is top, left in -4..4) inside,
-    across and wholly outside the resized image, with and without the flip."""
-    images = [noise(120, 90, 1), noise(70, 150, 2)]
-    got = run_op(images, [params_of(top=top, left=left, mirror=mirror)] * 2, 64)
+    across and wholly outside the resized image, with and without the flip; down- and upscaled
+    (the upscaling filter's taps padded to a fixed 3, the image 3 rows high exactly that)."""
+    images = [noise(120, 90, 1), noise(70, 150, 2), noise(40, 52, 3), noise(3, 61, 4)]
+    got = run_op(images, [params_of(top=top, left=left, mirror=mirror)] * len(images), 64)
     for g, image in zip(got, images):
         np.testing.assert_array_equal(g, reference(image, 64, top=top, left=left, mirror=mirror))
 
@@ -184,7 +185,8 @@ def test_box_equals_the_transcription(box, mirror):
 
 @pytest.mark.parametrize("top,left,mirror", WINDOWS, ids=[f"top{t}-left{l}-{'flip' if m else 'keep'}"
                                                           for t, l, m in WINDOWS])
-@pytest.mark.parametrize("shape,size", [((120, 90), 64), ((7, 5), 3), ((1, 1), 1)], ids=["64", "3", "1"])
+@pytest.mark.parametrize("shape,size", [((120, 90), 64), ((40, 52), 64), ((7, 5), 3), ((1, 1), 1)],
+                         ids=["64", "64-up", "3", "1"])
 def test_resized_output_is_the_whole_resized_image(top, left, mirror, shape, size):
     """``resized=True``: the second output is the whole resized image in uint8 CHW (the
     transcription's levels, whatever the window), and the first is the window as without it."""

@@ -11,11 +11,18 @@
 // (height + 224) / 2), and there the two differ by at most one grey level where the
 // intermediate rounding differs (tests/test_dali_plugin.py checks both).  Only the rows and
 // columns the window keeps are computed, unless the whole resized image is asked for too.
+//
+// The loops differ from Pillow's, not the sums: every output reads a fixed number of taps
+// (the filter's ksize, zero weights past Pillow's count, so the integer sums are unchanged)
+// with the common sizes unrolled at compile time; the horizontal pass writes one plane per
+// channel so the vertical pass runs over contiguous rows; and the normalisation is a 256-entry
+// table of the same float expression.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace tdsa_dali {
@@ -71,10 +78,31 @@ inline AxisTaps axis_taps(int in_size, double in0, double in1, int out_size) {
   return t;
 }
 
+// Pillow's clip8: in >> 22 clamped to 0..255 (written without branches).
 inline uint8_t clip8(int32_t in) {
-  if (in >= (1 << kPrecisionBits << 8)) return 255;
-  if (in <= 0) return 0;
-  return static_cast<uint8_t>(in >> kPrecisionBits);
+  const int32_t v = in >> kPrecisionBits;
+  return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+// Makes outputs [i0, i1) of t read exactly t.ksize inputs from [lo, hi): first moved back
+// where the filter would leave the range, weights shifted to match and zero elsewhere (the
+// integer sums are unchanged).  False (t unchanged) when the range is shorter than ksize.
+inline bool pad_taps(AxisTaps& t, int lo, int hi, int i0, int i1) {
+  const int k = t.ksize;
+  if (hi - lo < k) return false;
+  for (int i = i0; i < i1; ++i) {
+    const int first = t.count[i] > 0 ? t.first[i] : lo;
+    const int moved = std::max(lo, std::min(first, hi - k));
+    const int shift = first - moved;
+    int32_t* w = t.w.data() + static_cast<size_t>(i) * k;
+    if (shift > 0) {
+      for (int x = t.count[i] - 1; x >= 0; --x) w[x + shift] = w[x];
+      std::fill(w, w + shift, 0);
+    }
+    t.first[i] = moved;
+    t.count[i] = k;
+  }
+  return true;
 }
 
 // What one sample asks for.  The resized image is size x size (Pillow's resize of the source
@@ -93,9 +121,94 @@ struct WindowSpec {
 
 // Scratch buffers kept per thread between samples.
 struct Scratch {
-  std::vector<uint8_t> rows;   // horizontal pass: [source rows used, window columns, 3]
-  std::vector<int32_t> acc;    // vertical pass: one output row, [window columns, 3]
+  std::vector<uint8_t> rows;   // horizontal pass: [3][source rows used][computed columns]
+  std::vector<uint8_t> level;  // vertical pass: one resized row, [3][computed columns]
+  std::vector<int32_t> acc;    // vertical pass with taps not unrolled: [computed columns]
 };
+
+// Horizontal pass of one source row (HWC) into the three channel rows d[0..2], columns
+// [c0, c1) of the resized image.  K > 0: every output reads K taps (padded); 0: t.count.
+template <int K>
+inline void horizontal_row(const uint8_t* src, const AxisTaps& t, int c0, int c1, uint8_t* d0, uint8_t* d1,
+                           uint8_t* d2) {
+  for (int c = c0; c < c1; ++c) {
+    const int32_t* k = t.w.data() + static_cast<size_t>(c) * t.ksize;
+    const uint8_t* p = src + t.first[c] * 3;
+    const int n = K > 0 ? K : t.count[c];
+    int32_t a0 = 1 << (kPrecisionBits - 1), a1 = a0, a2 = a0;
+    for (int x = 0; x < n; ++x) {
+      a0 += p[3 * x + 0] * k[x];
+      a1 += p[3 * x + 1] * k[x];
+      a2 += p[3 * x + 2] * k[x];
+    }
+    d0[c - c0] = clip8(a0);
+    d1[c - c0] = clip8(a1);
+    d2[c - c0] = clip8(a2);
+  }
+}
+
+// Vertical pass of one output row of one channel: rows[y * n_cols ..] for the taps' rows,
+// into level[0 .. n_cols).  K > 0: K taps (padded); 0: n taps through acc.
+template <int K>
+inline void vertical_row(const uint8_t* rows, int n_cols, const int32_t* k, int n, uint8_t* level, int32_t* acc) {
+  if constexpr (K > 0) {
+    for (int j = 0; j < n_cols; ++j) {
+      int32_t a = 1 << (kPrecisionBits - 1);
+      for (int y = 0; y < K; ++y) a += rows[static_cast<size_t>(y) * n_cols + j] * k[y];
+      level[j] = clip8(a);
+    }
+  } else {
+    std::fill(acc, acc + n_cols, 1 << (kPrecisionBits - 1));
+    for (int y = 0; y < n; ++y) {
+      const uint8_t* row = rows + static_cast<size_t>(y) * n_cols;
+      const int32_t w = k[y];
+      for (int j = 0; j < n_cols; ++j) acc[j] += row[j] * w;
+    }
+    for (int j = 0; j < n_cols; ++j) level[j] = clip8(acc[j]);
+  }
+}
+
+// Both passes over the computed rows [R0, R1) and columns [C0, C1), calling emit(r, level)
+// with level[ch * n_cols + j] the resized image's value at (r, C0 + j, ch).  KX, KY: the
+// horizontal and vertical taps unrolled (0: not).
+template <int KX, int KY, typename Emit>
+void resample_rows(const uint8_t* in, int64_t row_stride, const AxisTaps& hx, const AxisTaps& vy, int R0, int R1,
+                   int C0, int C1, int y_first, int n_rows, Scratch& scratch, Emit&& emit) {
+  const int n_cols = C1 - C0;
+  const size_t plane_rows = static_cast<size_t>(n_rows) * n_cols;
+  scratch.rows.resize(3 * plane_rows);
+  uint8_t* rows = scratch.rows.data();
+  for (int y = 0; y < n_rows; ++y) {
+    uint8_t* d = rows + static_cast<size_t>(y) * n_cols;
+    horizontal_row<KX>(in + (y_first + y) * row_stride, hx, C0, C1, d, d + plane_rows, d + 2 * plane_rows);
+  }
+  scratch.level.resize(3 * static_cast<size_t>(n_cols));
+  scratch.acc.resize(n_cols);
+  uint8_t* level = scratch.level.data();
+  for (int r = R0; r < R1; ++r) {
+    const int32_t* k = vy.w.data() + static_cast<size_t>(r) * vy.ksize;
+    const size_t first = static_cast<size_t>(vy.first[r] - y_first) * n_cols;
+    for (int ch = 0; ch < 3; ++ch) {
+      vertical_row<KY>(rows + ch * plane_rows + first, n_cols, k, vy.count[r], level + ch * n_cols,
+                       scratch.acc.data());
+    }
+    emit(r, static_cast<const uint8_t*>(level));
+  }
+}
+
+// Upscaling's ksize 3 unrolled (Pillow's counts of 2 or 3 padded to 3); larger filters,
+// whose counts are close to their ksize, read Pillow's counts.
+template <int KY, typename... Args>
+void resample_rows_kx(int kx, Args&&... args) {
+  if (kx == 3) return resample_rows<3, KY>(std::forward<Args>(args)...);
+  return resample_rows<0, KY>(std::forward<Args>(args)...);
+}
+
+template <typename... Args>
+void resample_rows_k(int kx, int ky, Args&&... args) {
+  if (ky == 3) return resample_rows_kx<3>(kx, std::forward<Args>(args)...);
+  return resample_rows_kx<0>(kx, std::forward<Args>(args)...);
+}
 
 // in: [height, width, 3] uint8, rows of row_stride bytes.  out: size * size * 3 values of OutT
 // (float, or a type constructible from float).  resized (optional): [3, size, size] uint8, the
@@ -104,86 +217,69 @@ template <typename OutT>
 void resample_window(const uint8_t* in, int height, int width, int64_t row_stride, const WindowSpec& spec,
                      OutT* out, Scratch& scratch, uint8_t* resized = nullptr) {
   const int s = spec.size;
-  const OutT fill = static_cast<OutT>((0.0f - spec.mean) / spec.std);
-  // The window's part inside the resized image: resized rows [r0, r1), columns [c0, c1).
+  const int64_t plane = static_cast<int64_t>(s) * s;
+  OutT value[256];  // the normalised value of each level, (v - mean) / std as one float expression
+  for (int v = 0; v < 256; ++v) value[v] = static_cast<OutT>((static_cast<float>(v) - spec.mean) / spec.std);
+  const OutT fill = value[0];  // zero before normalisation: the same expression
+  // The window's part inside the resized image: resized rows [r0, r1), columns [c0, c1); in the
+  // output, rows [r0 - top, r1 - top) and columns [o0, o1) (mirrored when the window is).
   const int r0 = std::max(spec.top, 0), r1 = std::min(spec.top + s, s);
   const int c0 = std::max(spec.left, 0), c1 = std::min(spec.left + s, s);
-  const int64_t plane = static_cast<int64_t>(s) * s;
-  if (r0 != spec.top || r1 != spec.top + s || c0 != spec.left || c1 != spec.left + s || r0 >= r1 ||
-      c0 >= c1) {
-    std::fill(out, out + 3 * plane, fill);
+  const bool inside = r0 < r1 && c0 < c1;
+  const int o0 = !inside ? 0 : spec.mirror ? s - (c1 - spec.left) : c0 - spec.left;
+  const int o1 = !inside ? 0 : o0 + (c1 - c0);
+  const int64_t pixel = spec.channels_last ? 3 : 1, channel = spec.channels_last ? 1 : plane;
+  // Zero fill of the output outside the window's inside part: whole rows, then the columns
+  // either side of it.
+  for (int oy = 0; oy < s; ++oy) {
+    const bool row_inside = inside && oy >= r0 - spec.top && oy < r1 - spec.top;
+    for (int ch = 0; ch < 3; ++ch) {
+      OutT* o = out + ch * channel + static_cast<int64_t>(oy) * s * pixel;
+      if (!row_inside) {
+        for (int ox = 0; ox < s; ++ox) o[ox * pixel] = fill;
+        continue;
+      }
+      for (int ox = 0; ox < o0; ++ox) o[ox * pixel] = fill;
+      for (int ox = o1; ox < s; ++ox) o[ox * pixel] = fill;
+    }
   }
   // The resized image's rows [R0, R1) and columns [C0, C1) computed: the window's, or all.
   const int R0 = resized ? 0 : r0, R1 = resized ? s : r1, C0 = resized ? 0 : c0, C1 = resized ? s : c1;
   if (R0 >= R1 || C0 >= C1) return;
-  const int ncols = C1 - C0;
+  const int n_cols = C1 - C0;
 
-  const AxisTaps hx = axis_taps(width, spec.box_x0, spec.box_x1, s);
-  const AxisTaps vy = axis_taps(height, spec.box_y0, spec.box_y1, s);
+  AxisTaps hx = axis_taps(width, spec.box_x0, spec.box_x1, s);
+  AxisTaps vy = axis_taps(height, spec.box_y0, spec.box_y1, s);
   int y_first = height, y_last = 0;
   for (int r = R0; r < R1; ++r) {
     if (vy.count[r] == 0) continue;
     y_first = std::min(y_first, vy.first[r]);
     y_last = std::max(y_last, vy.first[r] + vy.count[r]);
   }
-  const int nrows = std::max(y_last - y_first, 0);
+  if (y_first >= y_last) y_first = y_last = 0;  // no row reads the image: every level is 0
+  const int n_rows = y_last - y_first;
+  const int kx = hx.ksize == 3 && pad_taps(hx, 0, width, C0, C1) ? 3 : 0;
+  const int ky = vy.ksize == 3 && pad_taps(vy, y_first, y_last, R0, R1) ? 3 : 0;
 
-  // Horizontal pass: source rows [y_first, y_last) -> window columns, 8-bit.
-  scratch.rows.resize(static_cast<size_t>(nrows) * ncols * 3);
-  for (int y = 0; y < nrows; ++y) {
-    const uint8_t* src = in + (y_first + y) * row_stride;
-    uint8_t* dst = scratch.rows.data() + static_cast<size_t>(y) * ncols * 3;
-    for (int c = C0; c < C1; ++c) {
-      const int32_t* k = hx.w.data() + static_cast<size_t>(c) * hx.ksize;
-      const uint8_t* p = src + hx.first[c] * 3;
-      int32_t a0 = 1 << (kPrecisionBits - 1), a1 = a0, a2 = a0;
-      for (int x = 0; x < hx.count[c]; ++x) {
-        a0 += p[3 * x + 0] * k[x];
-        a1 += p[3 * x + 1] * k[x];
-        a2 += p[3 * x + 2] * k[x];
-      }
-      uint8_t* d = dst + (c - C0) * 3;
-      d[0] = clip8(a0);
-      d[1] = clip8(a1);
-      d[2] = clip8(a2);
-    }
-  }
-
-  // Vertical pass, one output row at a time (contiguous over columns x channels), then the
-  // rounding, normalisation (divided, not multiplied by 1/std: the torch loader's values to
-  // the last bit), flip and layout.
-  const int width3 = ncols * 3;
-  scratch.acc.resize(width3);
-  int32_t* acc = scratch.acc.data();
-  for (int r = R0; r < R1; ++r) {
-    std::fill(acc, acc + width3, 1 << (kPrecisionBits - 1));
-    const int32_t* k = vy.w.data() + static_cast<size_t>(r) * vy.ksize;
-    for (int y = 0; y < vy.count[r]; ++y) {
-      const uint8_t* row = scratch.rows.data() + static_cast<size_t>(vy.first[r] - y_first + y) * width3;
-      const int32_t w = k[y];
-      for (int j = 0; j < width3; ++j) acc[j] += row[j] * w;
-    }
+  auto emit = [&](int r, const uint8_t* level) {
     if (resized) {
-      for (int c = 0; c < s; ++c) {
-        for (int ch = 0; ch < 3; ++ch) resized[ch * plane + static_cast<int64_t>(r) * s + c] = clip8(acc[c * 3 + ch]);
-      }
-    }
-    if (r < r0 || r >= r1) continue;
-    const int oy = r - spec.top;
-    for (int c = c0; c < c1; ++c) {
-      const int wx = c - spec.left;
-      const int ox = spec.mirror ? s - 1 - wx : wx;
-      const int32_t* a = acc + (c - C0) * 3;
       for (int ch = 0; ch < 3; ++ch) {
-        const float v = (static_cast<float>(clip8(a[ch])) - spec.mean) / spec.std;
-        if (spec.channels_last) {
-          out[(static_cast<int64_t>(oy) * s + ox) * 3 + ch] = static_cast<OutT>(v);
-        } else {
-          out[ch * plane + static_cast<int64_t>(oy) * s + ox] = static_cast<OutT>(v);
-        }
+        std::copy(level + ch * n_cols, level + (ch + 1) * n_cols, resized + ch * plane + static_cast<int64_t>(r) * s);
       }
     }
-  }
+    if (r < r0 || r >= r1) return;
+    const int oy = r - spec.top;
+    for (int ch = 0; ch < 3; ++ch) {
+      const uint8_t* l = level + ch * n_cols + (c0 - C0);
+      OutT* o = out + ch * channel + static_cast<int64_t>(oy) * s * pixel;
+      if (spec.mirror) {
+        for (int j = 0; j < c1 - c0; ++j) o[(o1 - 1 - j) * pixel] = value[l[j]];
+      } else {
+        for (int j = 0; j < c1 - c0; ++j) o[(o0 + j) * pixel] = value[l[j]];
+      }
+    }
+  };
+  resample_rows_k(kx, ky, in, row_stride, hx, vy, R0, R1, C0, C1, y_first, n_rows, scratch, emit);
 }
 
 }  // namespace tdsa_dali
