@@ -382,6 +382,26 @@ def test_both_crop_paths_give_the_same_windows(s):
         assert torch.equal(got[j], ref.flip(-1) if f else ref), (t, l, f)
     with pytest.raises(ValueError, match="how must be"):
         memory_loader.shifted_windows(images, idx, tops, lefts, flips, how="loop")
+    for how in ("gather", "slices"):  # a batch whose every image was skipped as unreadable
+        empty = memory_loader.shifted_windows(images, [], [], [], [], how=how)
+        assert empty.shape == (0, 3, s, s) and empty.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("recipe", ["released", "rrc"])
+def test_a_batch_of_only_unreadable_images_is_empty_and_counted(jpegs, tmp_path, recipe):
+    """With ``skip_bad`` and one image a batch, the bad image's batch is empty (0 images, one
+    skipped), as in the other loaders; the rrc path and the gather see no image at all."""
+    samples = list(jpegs)
+    samples[2] = (str(write_bad(tmp_path / "bad.jpg", "corrupt")), samples[2][1])
+    a = args(skip_bad=True, batch_size=1, recipe=recipe)
+    with build_loader(samples, loader="memory", decoder="torch", **a) as m:
+        for epoch in (0, 1):
+            m.set_epoch(epoch)
+            batches = list(m)
+            empty = [b for b in batches if b.images.shape[0] == 0]
+            assert len(empty) == 1 and empty[0].skipped == 1 and empty[0].num_real == 0
+            assert empty[0].images.shape == (0, 3, S, S)
+            assert sum(b.images.shape[0] for b in batches) == N - 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)

@@ -173,6 +173,10 @@ def shifted_windows(images: torch.Tensor, idx, tops, lefts, flips, how: str = "g
     per image); ``"slices"``: a copy of each window's part inside the image (what the CPU path,
     :func:`finished_windows`, does straight into the float batch).  The two give the same tensor."""
     n, s, dev = len(idx), images.shape[-1], images.device
+    if how not in ("gather", "slices"):
+        raise ValueError(f"how must be 'gather' or 'slices', got {how!r}")
+    if n == 0:  # every image of the batch skipped as unreadable
+        return images.new_zeros((0, 3, s, s))
     if how == "gather":
         ar = torch.arange(s, device=dev)
         rows = torch.as_tensor(tops, device=dev)[:, None] + PAD + ar                 # [n, s]
@@ -181,8 +185,6 @@ def shifted_windows(images: torch.Tensor, idx, tops, lefts, flips, how: str = "g
         padded = torch.nn.functional.pad(images[torch.as_tensor(idx, device=dev)], (PAD,) * 4)
         return padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
                       rows[:, None, :, None], cols[:, None, None, :]]
-    if how != "slices":
-        raise ValueError(f"how must be 'gather' or 'slices', got {how!r}")
     return _paste_windows(torch.zeros((n, 3, s, s), dtype=images.dtype), images, idx, tops, lefts, flips)
 
 
@@ -453,6 +455,8 @@ class MemoryImageLoader(ImageLoader):
         """``float32 [n, 3, s, s]`` with integer values: each drawn window (in the original
         image's pixels) scaled to the stored image and resampled with Pillow's weights."""
         s, big, dev = self.img_size, self.stored_size, self.device
+        if len(idx) == 0:  # every image of the batch skipped as unreadable
+            return torch.zeros((0, 3, s, s), dtype=torch.float32, device=dev)
         wys, wxs, flips = [], [], []
         for i in idx:
             width, height = self._sizes[int(i)]
