@@ -220,7 +220,10 @@ class GraphStep:
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates its own grads
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            # thread_local: the torch loader's pin-memory thread may call the CUDA runtime
+            # (cudaHostAlloc, event queries) while this thread captures; "global" would fail
+            # the capture for calls that never touch the captured stream
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._body(self.masks)
         except Exception as e:  # nothing ran: the weights are the last completed step's
             raise GraphCaptureError(f"--cuda-graph: the training step could not be captured in a CUDA graph "
