@@ -1,4 +1,4 @@
-"""The PyTorch loader on a CUDA device (skipped without one; run by `bench/gpu_check.sh data`):
+"""The PyTorch and memory loaders on a CUDA device (skipped without one; run by `bench/gpu_check.sh`):
 batches arrive on the GPU in the asked dtype and memory format, and decoding with nvJPEG
 (``decode="device"``) gives the tensors of the CPU path within decoder and resampling rounding."""
 from __future__ import annotations
@@ -43,3 +43,26 @@ def test_gpu_decode_matches_the_cpu_path(tmp_path, train):
     diff = (ref.images - got.images).abs() * 127.5
     assert diff.max() <= CUDA_DECODE_MAX_LEVELS, f"max {diff.max():.1f} levels"
     assert diff.mean() <= CUDA_DECODE_MEAN_LEVELS, f"mean {diff.mean():.2f} levels"
+
+
+@pytest.mark.parametrize("train,recipe", [(False, "released"), (True, "released"), (True, "rrc")])
+def test_memory_loader_on_the_gpu_matches_the_cpu_one(tmp_path, train, recipe):
+    """``--loader memory`` on CUDA (nvJPEG decode into GPU memory, each batch gathered and
+    augmented there: what bench/gpu_reproduce.sh trains from) against the same loader on the
+    CPU (PIL decode), then again from its cache."""
+    samples = make_jpegs(tmp_path, 12)
+    common = dict(loader="memory", decoder="torch", img_size=48, train=train, recipe=recipe, batch_size=5,
+                  workers=0, seed=3)
+    with build_loader(samples, device="cpu", **common) as cpu_loader:
+        ref = drain(cpu_loader, epoch=1)
+    with build_loader(samples, device="cuda", cache_dir=tmp_path / "cache", **common) as gpu_loader:
+        assert gpu_loader.images.is_cuda and gpu_loader.images.dtype == torch.uint8
+        got = drain(gpu_loader, epoch=1)
+    assert torch.equal(ref.indices, got.indices) and torch.equal(ref.labels, got.labels)
+    diff = (ref.images - got.images).abs() * 127.5
+    assert diff.max() <= CUDA_DECODE_MAX_LEVELS, f"max {diff.max():.1f} levels"
+    assert diff.mean() <= CUDA_DECODE_MEAN_LEVELS, f"mean {diff.mean():.2f} levels"
+    with build_loader(samples, device="cuda", cache_dir=tmp_path / "cache", **common) as cached:
+        assert cached.decode_seconds == 0.0  # loaded from the cache
+        again = drain(cached, epoch=1)
+    assert torch.equal(again.images, got.images)
