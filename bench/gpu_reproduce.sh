@@ -11,8 +11,10 @@
 # a minute or two, taken from the budget) unless the installed tdsa_fast already has them (e.g.
 # from bench/gpu_check.sh on the same machine); --build builds in any case, --no-build never (the
 # losses then run on their PyTorch reference where no kernels import; printed below).  Results: $OUT
-# (default /tmp/tdsa_gpu_reproduce): reproduce.json, the run folders, the logs.
+# (default /tmp/tdsa_gpu_reproduce): reproduce.json, logs.tar.gz and build.log, three files (the
+# device tool sends back at most 8); the run folders, cache and checkpoints in a folder under $TMPDIR.
 set -uo pipefail
+export PYTHONUNBUFFERED=1  # progress and logs as they happen, also from a run cut off at the call's limit
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export OUT="${OUT:-/tmp/tdsa_gpu_reproduce}"
