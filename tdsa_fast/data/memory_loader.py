@@ -66,6 +66,7 @@ from tdsa_fast._checks import int_at_least
 from tdsa_fast.data.augment import PAD, finish_images, pil_bilinear_weights
 from tdsa_fast.data.batch import Batch, ImageLoader
 from tdsa_fast.data.decode import BadImageError, dali_available, load_rgb
+from tdsa_fast.data.prefault import IdlePrefault
 
 __all__ = ["MemoryImageLoader", "DECODERS", "shifted_windows", "stored_bytes", "free_memory", "fits_in_memory",
            "DEFAULT_MEMORY_FRACTION"]
@@ -251,6 +252,7 @@ class MemoryImageLoader(ImageLoader):
         if cache_dir is not None:
             self.cache_path = Path(cache_dir) / f"memory-{_cache_key(self.samples, s, name)[:32]}.pt"
         self.decode_seconds = 0.0
+        self._prefault: Optional[IdlePrefault] = None
         self.labels = torch.tensor([int(label) for _, label in self.samples], dtype=torch.int64, device=self.device)
         self._seen: Optional[np.ndarray] = None  # while the first epoch decodes: the images stored so far
         self._known_bad: set[int] = set()
@@ -259,12 +261,13 @@ class MemoryImageLoader(ImageLoader):
         if cached:
             self._keep(*self._load_cache(n, s))
         elif self.decodes_first_epoch:
-            self._images = torch.empty((n, 3, s, s), dtype=torch.uint8, device=self.device)
+            self._images = self._empty_store(n, s)
             self._seen = np.zeros(n, dtype=bool)
         else:
             t0 = time.perf_counter()
-            stored = torch.empty((n, 3, s, s), dtype=torch.uint8, device=self.device)
+            stored = self._empty_store(n, s)
             seen = self._decode_into(stored, np.arange(n), np.zeros(n, dtype=bool))
+            self._stop_prefault()
             self.decode_seconds = time.perf_counter() - t0
             self._keep(stored, *self._bad_and_reasons(stored, seen), save=True)
         self._sizes = self._original_sizes() if self.train and self.recipe == "rrc" else None
@@ -291,6 +294,19 @@ class MemoryImageLoader(ImageLoader):
                 f"--loader memory: the split's {len(self.samples)} images at {self.stored_size}x{self.stored_size} "
                 f"take {_gib(need)}, more than {self.memory_fraction:g} of the {self.device.type} device's free "
                 f"{_gib(free)}; use --loader dali (or --loader torch), which decode every batch")
+
+    def _empty_store(self, n: int, s: int) -> torch.Tensor:
+        """The uninitialised ``uint8 [n, 3, s, s]`` store; on the CPU its pages are faulted in
+        by an idle-priority thread while the decode runs (:mod:`tdsa_fast.data.prefault`)."""
+        stored = torch.empty((n, 3, s, s), dtype=torch.uint8, device=self.device)
+        if self.device.type == "cpu":
+            self._prefault = IdlePrefault(stored)
+        return stored
+
+    def _stop_prefault(self) -> None:
+        if self._prefault is not None:
+            self._prefault.stop()
+            self._prefault = None
 
     def _can_decode_in_first_epoch(self) -> bool:
         """The first epoch is the DALI loader's, storing its operator's whole resized images:
@@ -325,6 +341,7 @@ class MemoryImageLoader(ImageLoader):
         found unreadable) and takes the split."""
         if self._seen is None:
             return
+        self._stop_prefault()
         seen, self._seen = self._seen, None
         try:
             todo = np.setdiff1d(np.flatnonzero(~seen), sorted(self._known_bad))
@@ -496,6 +513,7 @@ class MemoryImageLoader(ImageLoader):
             yield Batch(images, self.labels[index_t.to(self.device)], num_real, skipped, index_t)
 
     def close(self) -> None:
+        self._stop_prefault()
         self._seen = None  # nothing left to decode
         s = self.stored_size  # the stored split is freed with the loader, not at exit (a view would keep it)
         self._images = torch.empty((0, 3, s, s), dtype=torch.uint8, device=self.device)

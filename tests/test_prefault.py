@@ -1,0 +1,56 @@
+"""tdsa_fast.data.prefault: a fresh CPU tensor's pages faulted in by an idle-priority thread
+(Linux 5.14+; elsewhere the thread ends at once and nothing changes)."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tdsa_fast.data.prefault import IdlePrefault
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_POPULATE_WRITE) is Linux's")
+
+
+def resident_pages(t: torch.Tensor) -> tuple[int, int]:
+    """(resident, total) pages of the whole pages inside ``t``'s memory, by mincore(2)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    page = os.sysconf("SC_PAGE_SIZE")
+    addr = t.data_ptr()
+    start = -(-addr // page) * page
+    end = (addr + t.numel() * t.element_size()) // page * page
+    vec = ctypes.create_string_buffer((end - start) // page)
+    assert libc.mincore(start, end - start, vec) == 0, ctypes.get_errno()
+    flags = np.frombuffer(vec.raw, dtype=np.uint8)
+    return int((flags & 1).sum()), len(flags)
+
+
+@linux
+def test_pages_are_faulted_in_and_the_values_kept():
+    memory = mmap.mmap(-1, 48 << 20)  # pages never touched (torch.empty may reuse resident memory)
+    t = torch.frombuffer(memory, dtype=torch.uint8)
+    t[:4096].fill_(7)  # a value written before the thread runs stays
+    before, total = resident_pages(t)
+    assert before < total // 2  # fresh memory: not faulted in yet
+    prefault = IdlePrefault(t)
+    assert prefault.wait(timeout=60)
+    if not prefault.populated:
+        pytest.skip("madvise(MADV_POPULATE_WRITE) or SCHED_IDLE not available here (Linux < 5.14?)")
+    assert resident_pages(t) == (total, total)
+    assert int(t[:4096].min()) == 7 == int(t[:4096].max())
+
+
+def test_stop_ends_the_thread_and_other_devices_do_nothing():
+    t = torch.empty(256 << 20, dtype=torch.uint8)
+    prefault = IdlePrefault(t)
+    prefault.stop()
+    assert prefault.wait(timeout=60)
+    del t  # the thread held its own reference while it ran
+    meta = IdlePrefault(torch.empty(16, dtype=torch.uint8, device="meta"))
+    assert meta.wait(timeout=0) and not meta.populated
