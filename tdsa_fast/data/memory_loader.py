@@ -22,7 +22,8 @@ returns every image's whole resized levels, stored as the batches go by; the ima
 epoch did not read (other ranks' shares, an epoch left early) are decoded when the next
 epoch starts or ``images`` is first read.  That first epoch costs about one DALI epoch
 instead of a decode plus an epoch (bench/RESULTS.md); its batches are the DALI loader's,
-the same pixels as the stored path's to the bit.
+the same pixels as the stored path's to the bit.  On the CPU the store's pages are faulted in
+while the decode runs, by a thread that takes only idle cores (:mod:`tdsa_fast.data.prefault`).
 
 Each batch of the epoch's :class:`~tdsa_fast.data.sharding.ShardPlan` is then a gather from
 the stored tensor plus, for training, the augmentation drawn by
