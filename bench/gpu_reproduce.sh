@@ -52,7 +52,7 @@ if [ $DRY -eq 0 ]; then
   fi
   if [ "$BUILD" = 1 ]; then
     echo "building the CUDA kernels for the visible card ($OUT/build.log)"
-    TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$("$PY" -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')")}" \
+    TORCH_CUDA_ARCH_LIST="${TDSA_ARCH_LIST:-$("$PY" -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')")}" \
       MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install --no-build-isolation --no-deps "$REPO" >"$OUT/build.log" 2>&1 \
       || { echo "build failed: $OUT/build.log" >&2; tail -n 20 "$OUT/build.log" >&2; exit 1; }
     unset PYTHONPATH  # from here on the installed package, with its kernels (run from $OUT, not the repo)

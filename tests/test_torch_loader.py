@@ -15,10 +15,11 @@ from loader_helpers import (
     drain,
     levels,
     make_jpegs,
+    photo_like,
     reference_test_image,
     write_odd_format,
 )
-from tdsa_fast.data.decode import dali_available, load_rgb
+from tdsa_fast.data.decode import dali_available, gpu_jpeg_decodable, load_rgb
 from tdsa_fast.data.augment import draw_augment
 from tdsa_fast.data.batch import Batch
 from tdsa_fast.data.loading import build_loader
@@ -262,3 +263,23 @@ def test_epoch_started_mid_way_yields_the_rest_of_the_same_epoch(jpegs):
     """``set_epoch(e, start_batch=k)`` (a resumed run) on the torch loader (DALI's case is in
     test_dali_loader.py, which is skipped where DALI is missing)."""
     check_start_batch_resumes_the_epoch(TorchImageLoader, jpegs, S)
+
+
+@pytest.mark.parametrize("kind,want", [("rgb", True), ("progressive", True), ("grey", True), ("cmyk", False),
+                                       ("adobe", False), ("png", False), ("truncated", False), ("empty", False)])
+def test_which_images_the_gpu_decoder_gets(tmp_path, kind, want):
+    """decode="device" sends nvJPEG only JPEGs with 1 or 3 components and no Adobe segment
+    (nvJPEG may not follow CMYK/YCCK or Adobe's colour transform); the rest go to PIL."""
+    a = photo_like(np.random.default_rng(0), 30, 20)
+    p = tmp_path / "image"
+    if kind in ("rgb", "progressive", "adobe"):
+        Image.fromarray(a).save(p, format="JPEG", quality=90, progressive=kind == "progressive")
+    elif kind in ("grey", "cmyk", "png"):
+        p = write_odd_format(tmp_path, kind)
+    if kind == "adobe":  # an APP14 "Adobe" segment after SOI, as Photoshop writes (transform 1: YCbCr)
+        data = p.read_bytes()
+        app14 = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x01"
+        p.write_bytes(data[:2] + app14 + data[2:])
+        assert Image.open(p).mode == "RGB"
+    data = {"truncated": b"\xff\xd8\xff\xe0\x00", "empty": b""}.get(kind)
+    assert gpu_jpeg_decodable(p.read_bytes() if data is None else data) is want

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["BadImageError", "MAX_IMAGE_PIXELS", "ImageHeader", "read_header", "decode_rgb", "load_rgb",
-           "read_image_bytes", "has_alpha", "to_rgb",
+           "read_image_bytes", "has_alpha", "to_rgb", "gpu_jpeg_decodable",
            "dali_available"]
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,40 @@ def read_image_bytes(path: str) -> bytes:
     if not data:
         raise BadImageError.for_file(path, "empty file (0 bytes)")
     return data
+
+
+#: Start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic):
+#: 0xC0-0xCF but DHT (C4), JPG (C8) and DAC (CC).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def gpu_jpeg_decodable(data: bytes) -> bool:
+    """Whether ``data`` is a JPEG that the GPU decoder (nvJPEG through
+    ``torchvision.io.decode_jpeg(device="cuda")``) decodes to the colours PIL gives: one or
+    three components and no Adobe APP14 segment.  Four-component (CMYK, YCCK) JPEGs and Adobe's,
+    whose colour transform nvJPEG may not follow, go to PIL; so does anything this scan of the
+    markers up to the frame header cannot read (PIL then names the problem)."""
+    if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return False
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        if length < 2:
+            return False
+        if marker == 0xEE and data[i + 4:i + 9] == b"Adobe":
+            return False
+        if marker in _SOF_MARKERS:
+            return i + 9 < len(data) and data[i + 9] in (1, 3)
+        if marker == 0xDA:  # scan data before any frame header
+            return False
+        i += 2 + length
+    return False
 
 
 def dali_available() -> bool:

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 
 from tdsa_fast.data.augment import apply_augment_pil, apply_augment_tensor, draw_augment, finish_images
 from tdsa_fast.data.batch import Batch, ImageLoader
-from tdsa_fast.data.decode import BadImageError, decode_rgb, load_rgb, read_header, read_image_bytes
+from tdsa_fast.data.decode import (BadImageError, decode_rgb, gpu_jpeg_decodable, load_rgb, read_header,
+                                   read_image_bytes)
 from tdsa_fast.data.worker_signals import ignore_stop_signals
 
 __all__ = ["TorchImageLoader"]
@@ -196,7 +197,7 @@ class TorchImageLoader(ImageLoader):
         ``float32 [m, 3, s, s]`` and the positions (into ``blobs``) that were decoded."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        jpeg = [k for k, b in enumerate(blobs) if len(b) > 2 and b[0] == 0xFF and b[1] == 0xD8]
+        jpeg = [k for k, b in enumerate(blobs) if gpu_jpeg_decodable(b.numpy().tobytes())]
         decoded: dict[int, torch.Tensor] = {}
         if jpeg:
             try:
