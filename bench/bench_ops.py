@@ -200,6 +200,33 @@ def time_phase(setup, run, device: str, rounds: int, warmup: int = 2) -> float:
     return statistics.median(times[warmup:])
 
 
+def kernel_ms(setup, run, iters: int = 5):
+    """CUDA: GPU milliseconds per call from the profiler's kernel records over ``iters`` calls,
+    ``(every kernel, the project's kernels only: names in the tdsa_fast namespace)``; launch
+    gaps and host time left out, unlike :func:`time_phase`.  None when the profiler gives no
+    kernel record (said once in the output)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    calls = [setup() for _ in range(iters)]
+    sync()
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for args in calls:
+                run(*args)
+            sync()
+        kernels = [a for a in prof.key_averages() if getattr(a, "device_type", None) == DeviceType.CUDA]
+    except Exception as e:  # a profiler that cannot run here must not cost the benchmark
+        print(f"kernel times unavailable: {type(e).__name__}: {e}", flush=True)
+        return None
+    if not kernels:
+        return None
+    total = sum(a.self_device_time_total for a in kernels) / iters / 1e3
+    ours = sum(a.self_device_time_total for a in kernels if "tdsa_fast::" in a.key) / iters / 1e3
+    return total, ours
+
+
 def peak_memory(case: str, impl: str, x: dict) -> int:
     """CUDA: peak bytes allocated by one forward + backward of the loss, above the inputs."""
     setup, run = phase_callables(case, impl, x)["fwdbwd"]
@@ -261,6 +288,11 @@ def table(device: str, dtype: torch.dtype, batches: list[int], rounds: int, smok
                 calls = {impl: per_impl[impl][phase] for impl in use if impl != "compiled" or phase in compiled_phases}
                 for impl, t in time_interleaved(calls, device, rounds).items():
                     row[f"{impl}_{phase}_ms"] = 1e3 * t
+            if device.startswith("cuda"):
+                for phase in PHASES:
+                    got = kernel_ms(*per_impl["fused"][phase])
+                    if got is not None:
+                        row[f"fused_{phase}_all_kernels_ms"], row[f"fused_{phase}_kernels_ms"] = got
             for impl in use:
                 row.update({f"{impl}_{k}": v for k, v in saved_bytes(case, impl, x).items()})
                 if device.startswith("cuda"):
@@ -274,6 +306,9 @@ def table(device: str, dtype: torch.dtype, batches: list[int], rounds: int, smok
                 row["floor_bytes"] = floor
                 row["fused_fwdbwd_GBps"] = floor / (row["fused_fwdbwd_ms"] / 1e3) / 1e9
                 row["fraction_of_copy_bw"] = row["fused_fwdbwd_GBps"] / results["copy_GBps"]
+                if row.get("fused_fwdbwd_kernels_ms"):  # the kernels alone, without launch gaps
+                    row["kernels_fwdbwd_GBps"] = floor / (row["fused_fwdbwd_kernels_ms"] / 1e3) / 1e9
+                    row["kernels_fraction_of_copy_bw"] = row["kernels_fwdbwd_GBps"] / results["copy_GBps"]
             results["rows"].append(row)
             print(format_row(row, impls), flush=True)
     return results
@@ -301,6 +336,13 @@ def format_row(row: dict, impls=IMPLS) -> str:
             f"  tdsa_terms fwd+bwd: {row['fused_fwdbwd_GBps']:.0f} GB/s over the traffic floor "
             f"({row['floor_bytes'] / 2**20:.0f} MB) = {100 * row['fraction_of_copy_bw']:.0f}% of copy bandwidth"
         )
+    if "kernels_fwdbwd_GBps" in row:
+        parts.append(f"  the kernels alone (profiler): {row['kernels_fwdbwd_GBps']:.0f} GB/s = "
+                     f"{100 * row['kernels_fraction_of_copy_bw']:.0f}% of copy bandwidth")
+    kernel_times = [f"{phase} {row[f'fused_{phase}_kernels_ms']:.4f} ({row[f'fused_{phase}_all_kernels_ms']:.4f})"
+                    for phase in PHASES if f"fused_{phase}_kernels_ms" in row]
+    if kernel_times:
+        parts.append("  fused, GPU ms of the project's kernels (of every kernel): " + ", ".join(kernel_times))
     return "\n".join(parts)
 
 

@@ -41,3 +41,24 @@ def test_compare_flags_a_time_slower_than_the_model(tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == rc, proc.stdout + proc.stderr
         assert ("SLOWER THAN THE MODEL" in proc.stdout) == (rc == 1)
+
+
+def test_compare_uses_the_kernels_alone_when_measured():
+    """bench_ops.py's profiler times of the project's kernels, when the JSON has them, are what
+    the model is compared with (the whole call holds dispatch and launches the model leaves out)."""
+    gp = _load("gpu_predict")
+    worst = gp.predict("tdsa_terms", "fwdbwd", 64, dict(gp.H200, bandwidth=4.0e12))["worst_ms"]
+    row = {"case": "tdsa_terms", "batch": 64, "fused_fwdbwd_ms": 5 * worst, "fused_fwdbwd_kernels_ms": 1.1 * worst}
+    rows, ok = gp.compare({"copy_GBps": 4000.0, "rows": [row]}, tolerance=1.5)
+    assert ok and rows[0]["measured"] == "kernels" and rows[0]["measured_ms"] == row["fused_fwdbwd_kernels_ms"]
+    rows, ok = gp.compare({"copy_GBps": 4000.0, "rows": [dict(row, fused_fwdbwd_kernels_ms=None)]}, tolerance=1.5)
+    assert not ok and rows[0]["measured"] == "call"
+
+
+def test_kernel_times_are_none_without_cuda_kernels():
+    """bench_ops.kernel_ms reads the profiler's CUDA kernel rows; a run that launched none (the
+    CPU here) gives None rather than zeros that would read as infinitely fast kernels."""
+    import torch
+
+    bo = _load("bench_ops")
+    assert bo.kernel_ms(lambda: (torch.ones(8),), lambda t: t + 1, iters=2) is None
