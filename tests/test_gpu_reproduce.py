@@ -98,3 +98,20 @@ def test_dry_run(tmp_path):
         cfg = json.loads((Path(summary["work"]) / "reproduce" / "runs" / loss / "config.json").read_text())
         assert cfg["loader_used"] == "memory"
     assert "1 of the paper's 300 epochs" in p.stdout and "TDSA" in p.stdout, p.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_runs_past_the_budget_are_stopped_and_reported(tmp_path):
+    """run_grid's deadline: the runner gets SIGTERM, its trainers stop with a checkpoint, and
+    a run that had not finished is read from its metrics.csv (partial), the others as usual."""
+    data = gpu_reproduce.make_dry_data(tmp_path / "data")
+    base = gpu_reproduce.recipe(data, tmp_path / "cache", dry_run=True)
+    spec = gpu_reproduce.write_spec(tmp_path / "reproduce", dict(base, epochs=400, eval_every=1))
+    lines = []
+    rc, wall, seen = gpu_reproduce.run_grid(spec, deadline_s=20, log=lambda *a, **k: lines.append(" ".join(a)))
+    assert rc != 0 and wall < 120 and any("past the budget" in line for line in lines)
+    runs = {loss: gpu_reproduce.read_run(spec.parent / "runs" / loss) for loss in gpu_reproduce.LOSSES}
+    assert all(r["partial"] and 1 <= r["epochs"] < 400 for r in runs.values()), runs
+    assert all(len(seen[loss]) == runs[loss]["epochs"] for loss in runs), (seen, runs)
+    assert "interrupted" in (spec.parent / "runner.log").read_text()
