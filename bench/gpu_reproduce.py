@@ -13,9 +13,9 @@ test evaluation, checkpoint); the real runs then load the decoded splits from th
 Prints each method's final and best test accuracy beside the paper's, the wall time and the
 training img/s, and a progress line every 30 s.  The run folders, the memory cache and the
 checkpoints stay in ``--work`` (default: a new folder under ``$TMPDIR``); ``--out`` receives
-three files, small enough for the device tool to send back (at most 8 files, 2 folders down):
-``reproduce.json``, ``logs.tar.gz`` (every run's ``train.log``, ``metrics.csv`` and config,
-and the runner's log; written after the calibration and again at the end) and nothing else.
+two files, small enough for the device tool to send back (at most 8 files, 2 folders down):
+``reproduce.json`` and ``logs.tar.gz`` (every run's ``train.log``, ``metrics.csv`` and config,
+and the runner's log; written after the calibration and again at the end).
 Runs still going when the budget is spent are stopped (SIGTERM: each saves a checkpoint) and
 reported from their ``metrics.csv``.  A failed run's last log lines are printed.
 

@@ -12,11 +12,11 @@
 // intermediate rounding differs (tests/test_dali_plugin.py checks both).  Only the rows and
 // columns the window keeps are computed, unless the whole resized image is asked for too.
 //
-// The loops differ from Pillow's, not the sums: every output reads a fixed number of taps
-// (the filter's ksize, zero weights past Pillow's count, so the integer sums are unchanged)
-// with the common sizes unrolled at compile time; the horizontal pass writes one plane per
-// channel so the vertical pass runs over contiguous rows; and the normalisation is a 256-entry
-// table of the same float expression.
+// The loops differ from Pillow's, not the sums: when upscaling, every output reads a fixed
+// 3 taps (zero weights past Pillow's count of 2 or 3, so the integer sums are unchanged),
+// unrolled at compile time; the horizontal pass writes one plane per channel so the vertical
+// pass runs over contiguous rows; and the normalisation is a 256-entry table of the same float
+// expression.
 #pragma once
 
 #include <algorithm>
