@@ -200,22 +200,21 @@ def time_phase(setup, run, device: str, rounds: int, warmup: int = 2) -> float:
     return statistics.median(times[warmup:])
 
 
-def kernel_ms(setup, run, iters: int = 5):
+def kernel_ms(setup, run, device: str, iters: int = 5):
     """CUDA: GPU milliseconds per call from the profiler's kernel records over ``iters`` calls,
     ``(every kernel, the project's kernels only: names in the tdsa_fast namespace)``; launch
     gaps and host time left out, unlike :func:`time_phase`.  None when the profiler gives no
-    kernel record (said once in the output)."""
+    kernel record, or fails (its error printed)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     calls = [setup() for _ in range(iters)]
-    sync()
+    _sync(device)
     try:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for args in calls:
                 run(*args)
-            sync()
+            _sync(device)
         kernels = [a for a in prof.key_averages() if getattr(a, "device_type", None) == DeviceType.CUDA]
     except Exception as e:  # a profiler that cannot run here must not cost the benchmark
         print(f"kernel times unavailable: {type(e).__name__}: {e}", flush=True)
@@ -290,7 +289,7 @@ def table(device: str, dtype: torch.dtype, batches: list[int], rounds: int, smok
                     row[f"{impl}_{phase}_ms"] = 1e3 * t
             if device.startswith("cuda"):
                 for phase in PHASES:
-                    got = kernel_ms(*per_impl["fused"][phase])
+                    got = kernel_ms(*per_impl["fused"][phase], device)
                     if got is not None:
                         row[f"fused_{phase}_all_kernels_ms"], row[f"fused_{phase}_kernels_ms"] = got
             for impl in use:

@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     print(f"=== the three runs at once: {epochs} epochs", flush=True)
     spec = write_spec(work / "reproduce", dict(base, epochs=epochs, eval_every=eval_every))
     deadline = a.budget_s - (time.perf_counter() - t0) + OVERRUN_S
-    rc, wall, seen = run_grid(spec, deadline_s=deadline)
+    rc, wall, _ = run_grid(spec, deadline_s=deadline)
     pack_logs(work, out)
     paper = read_paper_results()
     rows = {}

@@ -61,4 +61,4 @@ def test_kernel_times_are_none_without_cuda_kernels():
     import torch
 
     bo = _load("bench_ops")
-    assert bo.kernel_ms(lambda: (torch.ones(8),), lambda t: t + 1, iters=2) is None
+    assert bo.kernel_ms(lambda: (torch.ones(8),), lambda t: t + 1, "cpu", iters=2) is None

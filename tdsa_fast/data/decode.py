@@ -206,8 +206,8 @@ def read_image_bytes(path: str) -> bytes:
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def gpu_jpeg_decodable(data: bytes) -> bool:
-    """Whether ``data`` is a JPEG that the GPU decoder (nvJPEG through
+def gpu_jpeg_decodable(data) -> bool:
+    """Whether ``data`` (bytes, or a byte memoryview) is a JPEG that the GPU decoder (nvJPEG through
     ``torchvision.io.decode_jpeg(device="cuda")``) decodes to the colours PIL gives: one or
     three components and no Adobe APP14 segment.  Four-component (CMYK, YCCK) JPEGs and Adobe's,
     whose colour transform nvJPEG may not follow, go to PIL; so does anything this scan of the

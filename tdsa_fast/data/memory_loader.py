@@ -300,8 +300,7 @@ class MemoryImageLoader(ImageLoader):
         """The uninitialised ``uint8 [n, 3, s, s]`` store; on the CPU its pages are faulted in
         by an idle-priority thread while the decode runs (:mod:`tdsa_fast.data.prefault`)."""
         stored = torch.empty((n, 3, s, s), dtype=torch.uint8, device=self.device)
-        if self.device.type == "cpu":
-            self._prefault = IdlePrefault(stored)
+        self._prefault = IdlePrefault(stored)  # does nothing for a CUDA tensor
         return stored
 
     def _stop_prefault(self) -> None:

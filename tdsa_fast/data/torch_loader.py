@@ -197,7 +197,7 @@ class TorchImageLoader(ImageLoader):
         ``float32 [m, 3, s, s]`` and the positions (into ``blobs``) that were decoded."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        jpeg = [k for k, b in enumerate(blobs) if gpu_jpeg_decodable(b.numpy().tobytes())]
+        jpeg = [k for k, b in enumerate(blobs) if gpu_jpeg_decodable(memoryview(b.numpy()))]
         decoded: dict[int, torch.Tensor] = {}
         if jpeg:
             try:
