@@ -1,9 +1,10 @@
 """Python-side registrations of the compiled ops ``torch.ops.tdsa_fast.*``.
 
 Importing this module loads the extension ``tdsa_fast._C`` (whose C++ ``TORCH_LIBRARY``
-block defines the six ops and whose CPU / CUDA sources register the kernels) and adds:
+block defines the six loss ops of :data:`OPS` and whose CPU / CUDA sources register the
+kernels, plus the memory loader's CPU batch op ``released_windows``, :data:`DATA_OPS`) and adds:
 
-* ``torch.library.register_fake`` for all six ops, so they trace under
+* ``torch.library.register_fake`` for all seven ops, so they trace under
   ``torch.compile(fullgraph=True)``, FakeTensor and meta devices;
 * ``torch.library.register_autograd`` for the three forward ops ``mc_terms``,
   ``topdown_gate`` and ``tdsa_terms``: the context saves the op's *inputs* only (no
@@ -46,6 +47,7 @@ OPS = (
     "tdsa_terms",
     "tdsa_terms_backward",
 )
+DATA_OPS = ("released_windows",)  # CPU only: the CUDA loader gathers with torch ops
 
 try:
     from tdsa_fast import _C
@@ -110,6 +112,12 @@ def _register() -> None:
     @torch.library.register_fake("tdsa_fast::tdsa_terms_backward")
     def _tdsa_terms_backward_fake(grad_g, grad_h, middle, high, mask_middle, cnum_middle, mode):
         return torch.empty_like(middle), torch.empty_like(high)
+
+    @torch.library.register_fake("tdsa_fast::released_windows")
+    def _released_windows_fake(images, idx, tops, lefts, flips, dtype, channels_last):
+        s = images.shape[-1]
+        out = images.new_empty((idx.shape[0], 3, s, s), dtype=dtype)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
     # ---- autograd ----------------------------------------------------------------------
     def _mc_setup(ctx, inputs, output):

@@ -24,6 +24,7 @@ from loader_helpers import (
     save_jpeg,
     write_bad,
 )
+from tdsa_fast import _backend
 from tdsa_fast.data import memory_loader
 from tdsa_fast.data.decode import BadImageError
 from tdsa_fast.data.decode import dali_available
@@ -404,23 +405,104 @@ def test_a_batch_of_only_unreadable_images_is_empty_and_counted(jpegs, tmp_path,
             assert sum(b.images.shape[0] for b in batches) == N - 1
 
 
+HAVE_WINDOWS_OP = _backend.fused_available("cpu", "released_windows")
+WINDOW_PATHS = ["python", pytest.param("op", marks=pytest.mark.skipif(
+    not HAVE_WINDOWS_OP, reason="tdsa_fast._C is not built (pip install -e . builds it)"))]
+
+
+def _windows(path, images, idx, tops, lefts, flips, **kw):
+    if path == "op":
+        return memory_loader.cpu_windows(images, idx, tops, lefts, flips, **kw)
+    return memory_loader.finished_windows(images, idx, tops, lefts, flips, **kw)
+
+
+@pytest.mark.parametrize("path", WINDOW_PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
-@pytest.mark.parametrize("s", [1, 12])
-def test_cpu_windows_pasted_into_the_float_batch_are_finish_images_bitwise(s, channels_last, dtype):
-    """The CPU path's ``finished_windows`` equals ``finish_images(shifted_windows(...))`` to
-    the bit, in every output dtype and layout."""
+@pytest.mark.parametrize("s", [1, 2, 5, 12, 33])
+def test_cpu_windows_are_finish_images_of_the_gathered_windows_bitwise(s, channels_last, dtype, path):
+    """The CPU batch -- the windows pasted into the float batch (``finished_windows``) or the
+    compiled op (``cpu_windows``) -- equals ``finish_images(shifted_windows(...))`` to the
+    bit, in every output dtype and layout, for every shift of the recipe (images smaller than
+    the shift too)."""
     from tdsa_fast.data.augment import finish_images
 
     g = torch.Generator().manual_seed(s)
     images = torch.randint(0, 256, (7, 3, s, s), dtype=torch.uint8, generator=g)
-    draws = [(t, l, f) for t in (-4, 0, 3) for l in (-4, 2, 4) for f in (False, True)]
+    images[0] = torch.tensor([0, 255, 127, 128], dtype=torch.uint8).repeat(3 * s * s)[:3 * s * s].view(3, s, s)
+    draws = [(t, l, f) for t in (-4, -1, 0, 3, 4) for l in (-4, 0, 2, 4) for f in (False, True)]
     idx = [k % 7 for k in range(len(draws))]
     tops, lefts, flips = zip(*draws)
     ref = finish_images(memory_loader.shifted_windows(images, idx, tops, lefts, flips, how="gather"),
                         device=torch.device("cpu"), channels_last=channels_last, dtype=dtype, layout="NCHW")
-    got = memory_loader.finished_windows(images, idx, tops, lefts, flips, channels_last=channels_last, dtype=dtype)
-    assert got.dtype == ref.dtype and got.stride() == ref.stride() and torch.equal(got, ref)
+    got = _windows(path, images, idx, tops, lefts, flips, channels_last=channels_last, dtype=dtype)
+    assert got.dtype == ref.dtype and got.shape == ref.shape and got.stride() == ref.stride()
+    assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("path", WINDOW_PATHS)
+@pytest.mark.parametrize("shift", [-9, 7, 40])
+def test_cpu_windows_shifted_past_the_image_are_the_zero_level(path, shift):
+    """A window wholly outside its image (a shift of more than ``s``) is the zero level
+    everywhere; the rest of the batch is unaffected."""
+    images = torch.randint(0, 256, (2, 3, 3, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    got = _windows(path, images, [0, 1, 1], [shift, 0, 0], [0, shift, 0], [True, False, False],
+                   channels_last=False, dtype=torch.float32)
+    assert torch.equal(got[:2], torch.full((2, 3, 3, 3), -1.0))
+    assert torch.equal(got[2], (images[1].float() - 127.5) / 127.5)
+
+
+def test_cpu_windows_of_an_empty_batch():
+    images = torch.zeros((2, 3, 4, 4), dtype=torch.uint8)
+    for channels_last in (False, True):
+        got = memory_loader.cpu_windows(images, [], [], [], [], channels_last=channels_last, dtype=torch.float16)
+        assert got.shape == (0, 3, 4, 4) and got.dtype == torch.float16
+
+
+@pytest.mark.skipif(not HAVE_WINDOWS_OP, reason="tdsa_fast._C is not built (pip install -e . builds it)")
+def test_released_windows_op_refuses_bad_input():
+    """The op names what is wrong instead of reading outside the stored split."""
+    op = torch.ops.tdsa_fast.released_windows
+    images = torch.zeros((2, 3, 4, 4), dtype=torch.uint8)
+    z, f = torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.bool)
+    for bad_idx in (2, -1):
+        with pytest.raises(RuntimeError, match=r"idx\[0\] = .* is outside \[0, 2\)"):
+            op(images, torch.tensor([bad_idx]), z, z, f, torch.float32, False)
+    with pytest.raises(RuntimeError, match="contiguous uint8"):
+        op(images.float(), z, z, z, f, torch.float32, False)
+    with pytest.raises(RuntimeError, match="contiguous uint8"):
+        op(images.transpose(2, 3), z, z, z, f, torch.float32, False)
+    with pytest.raises(RuntimeError, match=r"\[N, 3, s, s\]"):
+        op(torch.zeros((2, 3, 4, 5), dtype=torch.uint8), z, z, z, f, torch.float32, False)
+    with pytest.raises(RuntimeError, match="int64"):
+        op(images, z.int(), z, z, f, torch.float32, False)
+    with pytest.raises(RuntimeError, match="int64"):
+        op(images, z, torch.zeros(2, dtype=torch.int64), z, f, torch.float32, False)
+    with pytest.raises(RuntimeError, match="bool"):
+        op(images, z, z, z, z, torch.float32, False)
+    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
+        op(images, z, z, z, f, torch.float64, False)
+
+
+@pytest.mark.skipif(not HAVE_WINDOWS_OP, reason="tdsa_fast._C is not built (pip install -e . builds it)")
+def test_released_windows_opcheck():
+    images = torch.randint(0, 256, (3, 3, 6, 6), dtype=torch.uint8)
+    args = (images, torch.tensor([2, 0]), torch.tensor([-4, 1]), torch.tensor([3, 0]), torch.tensor([True, False]))
+    for dtype, channels_last in ((torch.float32, False), (torch.bfloat16, True)):
+        torch.library.opcheck(torch.ops.tdsa_fast.released_windows.default, (*args, dtype, channels_last))
+
+
+def test_cpu_windows_falls_back_to_the_python_path(monkeypatch):
+    """Without the compiled op (or for a dtype it does not write) the Python path runs."""
+    calls = []
+    real = memory_loader.finished_windows
+    monkeypatch.setattr(memory_loader, "finished_windows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    images = torch.zeros((1, 3, 4, 4), dtype=torch.uint8)
+    got = memory_loader.cpu_windows(images, [0], [1], [0], [False], channels_last=False, dtype=torch.float64)
+    assert calls == [1] and got.dtype == torch.float64
+    monkeypatch.setattr(_backend, "fused_available", lambda *a, **k: False)
+    memory_loader.cpu_windows(images, [0], [1], [0], [False], channels_last=False, dtype=torch.float32)
+    assert calls == [1, 1]
 
 
 @pytest.mark.parametrize("normalised", [False, True], ids=["uint8", "float32"])

@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tdsa_fast import _backend
 from tdsa_fast._checks import int_at_least
 
 from tdsa_fast.data.augment import PAD, finish_images, pil_bilinear_weights
@@ -196,6 +197,8 @@ def _paste_windows(out: torch.Tensor, images: torch.Tensor, idx, tops, lefts, fl
     s = images.shape[-1]
     for j, (i, top, left, flip) in enumerate(zip(idx, tops, lefts, flips)):
         y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + s, s), min(left + s, s)
+        if y0 >= y1 or x0 >= x1:  # a shift past the whole image (s < 4): zeros only
+            continue
         window = images[int(i), :, y0:y1, x0:x1]
         if flip:  # the mirrored window sits mirrored in the output too
             out[j, :, y0 - top:y1 - top, s - (x1 - left):s - (x0 - left)].copy_(window.flip(-1))
@@ -212,6 +215,19 @@ def finished_windows(images: torch.Tensor, idx, tops, lefts, flips, *, channels_
     n, s = len(idx), images.shape[-1]
     x = _paste_windows(torch.zeros((n, 3, s, s), dtype=torch.float32), images, idx, tops, lefts, flips)
     return finish_images(x, device=images.device, channels_last=channels_last, dtype=dtype, layout="NCHW")
+
+
+def cpu_windows(images: torch.Tensor, idx, tops, lefts, flips, *, channels_last: bool,
+                dtype: torch.dtype) -> torch.Tensor:
+    """:func:`finished_windows`, bitwise: the compiled op ``tdsa_fast::released_windows``
+    (each window read once and written once, in ``dtype``, the images in parallel) when it is
+    built, else the Python path."""
+    if dtype in (torch.float32, torch.float16, torch.bfloat16) and _backend.fused_available("cpu", "released_windows"):
+        as_long = lambda v: torch.as_tensor(np.asarray(v, dtype=np.int64))  # noqa: E731
+        return torch.ops.tdsa_fast.released_windows(images, as_long(idx), as_long(tops), as_long(lefts),
+                                                    torch.as_tensor(np.asarray(flips, dtype=bool)), dtype,
+                                                    channels_last)
+    return finished_windows(images, idx, tops, lefts, flips, channels_last=channels_last, dtype=dtype)
 
 
 class MemoryImageLoader(ImageLoader):
@@ -461,11 +477,11 @@ class MemoryImageLoader(ImageLoader):
 
     def _released(self, idx: np.ndarray) -> torch.Tensor:
         """The finished batch of the shifted windows (zero fill) of the stored images, flipped
-        where drawn: on CUDA one gather, on the CPU pasted into the float batch."""
+        where drawn: on CUDA one gather, on the CPU :func:`cpu_windows`."""
         tops, lefts, flips = self._draws(idx)
         if self.device.type == "cpu":
-            return finished_windows(self._images, idx, tops, lefts, flips, channels_last=self.channels_last,
-                                    dtype=self.dtype)
+            return cpu_windows(self._images, idx, tops, lefts, flips, channels_last=self.channels_last,
+                               dtype=self.dtype)
         return self._finish(shifted_windows(self._images, idx, tops, lefts, flips, how="gather"))
 
     def _rrc(self, idx: np.ndarray) -> torch.Tensor:
@@ -502,9 +518,12 @@ class MemoryImageLoader(ImageLoader):
             skipped = int((~keep[:real]).sum())
             num_real = real - skipped
             indices = indices[keep]
-            if not self.train:
-                images = self._finish(torch.from_numpy(self._images.numpy()[indices]) if self.device.type == "cpu"
-                                      else self._images[torch.as_tensor(indices, device=self.device)])
+            if not self.train and self.device.type == "cpu":
+                n = len(indices)
+                images = cpu_windows(self._images, indices, [0] * n, [0] * n, [False] * n,
+                                     channels_last=self.channels_last, dtype=self.dtype)
+            elif not self.train:
+                images = self._finish(self._images[torch.as_tensor(indices, device=self.device)])
             elif self.recipe == "rrc":
                 images = self._finish(self._rrc(indices))
             else:
