@@ -214,6 +214,58 @@ def test_resized_output_beside_every_main_output(levels):
         np.testing.assert_allclose(out.transpose(2, 0, 1), want, rtol=0, atol=1e-3)
 
 
+def run_op_store(images, params, size: int, store: np.ndarray, **kw) -> list[np.ndarray]:
+    """As :func:`run_op` with ``store``: the whole resized images go into rows of ``store``."""
+    batch = len(images)
+
+    @pipeline_def(batch_size=batch, num_threads=2, device_id=None, prefetch_queue_depth=1)
+    def pipe():
+        img = fn.external_source(source=lambda: [np.ascontiguousarray(a) for a in images], batch=True,
+                                 dtype=types.UINT8, layout="HWC")
+        par = fn.external_source(source=lambda: [np.asarray(p, np.float32) for p in params], batch=True,
+                                 dtype=types.FLOAT)
+        return fn.tdsa_resample_window(img, par, size=size, store=store.ctypes.data, store_rows=store.shape[0],
+                                       **kw)
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    return [np.array(out.at(i)).astype(np.float32) for i in range(batch)]
+
+
+@pytest.mark.parametrize("kw", [{}, dict(levels=True), dict(half=True, channels_last=True)],
+                         ids=["float32", "levels", "float16-HWC"])
+def test_store_rows_hold_the_whole_resized_images(kw):
+    """``store``: each sample's whole resized image lands in its row (the same bytes as the
+    ``resized`` output), the other rows are untouched, the window output is unchanged."""
+    images = [noise(120, 90, 1), noise(40, 52, 3), noise(7, 5, 2)]
+    params = [params_of(top=-3, left=2, mirror=True), params_of(top=4, left=-4), params_of(top=0, left=1)]
+    rows = [4, 0, 2]
+    store = np.full((5, 3, 24, 24), 77, dtype=np.uint8)
+    got = run_op_store(images, [p + [r] for p, r in zip(params, rows)], 24, store, **kw)
+    for image, p, row, out in zip(images, params, rows, got):
+        ((want_out, whole),) = run_op_resized([image], [p], 24, **kw)
+        np.testing.assert_array_equal(store[row], whole)
+        np.testing.assert_array_equal(out, want_out)
+    assert (store[[1, 3]] == 77).all()
+
+
+@pytest.mark.parametrize("row", [5.0, -1.0, 1.5])
+def test_store_row_outside_the_store_is_refused(row):
+    store = np.zeros((5, 3, 8, 8), dtype=np.uint8)
+    with pytest.raises(RuntimeError, match="store row"):
+        run_op_store([noise(9, 9, 1)], [params_of() + [row]], 8, store)
+    assert not store.any()
+
+
+def test_store_needs_the_row_and_excludes_the_resized_output():
+    store = np.zeros((2, 3, 8, 8), dtype=np.uint8)
+    with pytest.raises(RuntimeError, match="must hold 8 values"):
+        run_op_store([noise(9, 9, 1)], [params_of()], 8, store)
+    with pytest.raises(RuntimeError, match="excludes the resized output"):
+        run_op_store([noise(9, 9, 1)], [params_of() + [0]], 8, store, resized=True)
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["CHW", "HWC"])
 @pytest.mark.parametrize("half", [False, True], ids=["float32", "float16"])
 def test_layout_and_dtype(half, channels_last):

@@ -165,6 +165,34 @@ def test_on_resized_is_refused_without_the_operator(jpegs):
         DaliImageLoader(jpegs, on_resized=lambda i, x: None, **args(recipe="rrc"))
 
 
+@pytest.mark.parametrize("bad,match", [
+    (lambda: torch.zeros((N, 3, S, S), dtype=torch.float32), "uint8"),
+    (lambda: torch.zeros((N - 1, 3, S, S), dtype=torch.uint8), r"shape \(13, 3, 32, 32\)"),
+    (lambda: torch.zeros((N, 3, S + 1, S), dtype=torch.uint8), "shape"),
+    (lambda: torch.zeros((N, 3, S, 2 * S), dtype=torch.uint8)[..., ::2], "not contiguous"),
+    (lambda: torch.zeros((N, 3, S, S), dtype=torch.uint8, device="meta"), "CPU"),
+    (lambda: np.zeros((N, 3, S, S), dtype=np.uint8), "ndarray")], ids=["dtype", "rows", "size", "strided", "meta",
+                                                                       "numpy"])
+def test_dali_store_is_checked(jpegs, bad, match):
+    """The store the operator writes through its address must be exactly the split's."""
+    if not dali_available():
+        pytest.skip("NVIDIA DALI is not installed")
+    from tdsa_fast.data import dali_plugin
+    from tdsa_fast.data.dali_loader import DaliImageLoader
+
+    if not dali_plugin.load():
+        pytest.skip("the DALI plugin is not available")
+    with pytest.raises(ValueError, match=match):
+        DaliImageLoader(jpegs, store=bad(), **args())
+    ok = torch.zeros((N, 3, S, S), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="exclude each other"):
+        DaliImageLoader(jpegs, store=ok, on_resized=lambda i, x: None, **args())
+    with pytest.raises(ValueError, match="store needs"):
+        DaliImageLoader(jpegs, store=ok, **args(recipe="rrc"))
+    with pytest.raises(ValueError, match="store needs"):
+        DaliImageLoader(jpegs, store=ok, fused_resize=False, **args())
+
+
 @pytest.mark.parametrize("dtype,channels_last,tol", [
     (torch.float32, False, 0.0), (torch.float32, True, 0.0), (torch.bfloat16, False, 2 ** -8),
     (torch.float16, True, 2 ** -11)])

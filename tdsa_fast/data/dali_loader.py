@@ -79,16 +79,22 @@ def _as_rgb_png(data: bytes, path: str) -> bytes:
     return buf.getvalue()
 
 
-def _plugin_window(aug, recipe: str) -> np.ndarray:
+def _plugin_window(aug, recipe: str, store_row: Optional[int] = None) -> np.ndarray:
     """The ``tdsa_resample_window`` parameters of one image: source box (x0, y0, x1, y1;
-    x1 = 0: the whole image), the window's corner (top, left) and the flip."""
+    x1 = 0: the whole image), the window's corner (top, left) and the flip, and the store row
+    when there is a store."""
     box, corner = (0.0, 0.0, 0.0, 0.0), (0.0, 0.0)
     if aug.box is not None and recipe == "rrc":
         top, left, h, w = aug.box
         box = (left, top, left + w, top + h)
     elif aug.box is not None:
         corner = (aug.box[0], aug.box[1])
-    return np.array([*box, *corner, 1.0 if aug.flip else 0.0], dtype=np.float32)
+    row = () if store_row is None else (store_row,)
+    return np.array([*box, *corner, 1.0 if aug.flip else 0.0, *row], dtype=np.float32)
+
+
+# The operator reads a store row from a float32 parameter: exact below 2 ** 24.
+_MAX_STORE_ROWS = 1 << 24
 
 
 class DaliImageLoader(ImageLoader):
@@ -99,17 +105,22 @@ class DaliImageLoader(ImageLoader):
     ``levels`` (``uint8`` batches of the 0..255 values, not normalised, whatever ``dtype``
     says: the memory loader's decode) and ``on_resized`` (a callable, given each batch's
     ``indices`` and its whole resized images, ``uint8 [n, 3, s, s]``, before the batch is
-    yielded: the memory loader stores them while its first epoch trains; CPU operator
-    only, the tensor valid during the call)."""
+    yielded; CPU operator only, the tensor valid during the call) or ``store`` (a contiguous
+    CPU ``uint8 [len(samples), 3, s, s]`` tensor: the operator writes each image's whole
+    resized levels straight into row ``index`` as it decodes, no later than the batch is
+    yielded, also for batches decoded ahead and never yielded; the loader holds the tensor as
+    long as a pipeline may write it).  The memory loader's first epoch fills its store so."""
 
     kind = "dali"
 
     def __init__(self, samples, *, prefetch: int = 2, fused_resize: Optional[bool] = None, levels: bool = False,
-                 on_resized: Optional[Callable[[np.ndarray, torch.Tensor], None]] = None, **kwargs):
+                 on_resized: Optional[Callable[[np.ndarray, torch.Tensor], None]] = None,
+                 store: Optional[torch.Tensor] = None, **kwargs):
         super().__init__(samples, **kwargs)
         self.prefetch = int(prefetch)
         self.levels = bool(levels)
         self.on_resized = on_resized
+        self.store = store
         self._out_dtype = torch.uint8 if self.levels else self.dtype
         self.known_bad: set[int] = set()
         self._pipe = None
@@ -128,9 +139,25 @@ class DaliImageLoader(ImageLoader):
             if fused_resize and not self.fused_resize:
                 raise RuntimeError("fused_resize=True but the tdsa_fast DALI plugin is not available: "
                                    + (dali_plugin.why_not_loaded() or "TDSA_FAST_DALI_PLUGIN=0"))
-        if on_resized is not None and not (self.fused_resize and (self.recipe != "rrc" or not self.train)):
-            raise ValueError("on_resized needs the CPU pipeline's tdsa_resample_window operator and a whole-image "
-                             "resize (not the rrc recipe)")
+        if (on_resized is not None or store is not None) and not (
+                self.fused_resize and (self.recipe != "rrc" or not self.train)):
+            raise ValueError(f"{'store' if on_resized is None else 'on_resized'} needs the CPU pipeline's "
+                             "tdsa_resample_window operator and a whole-image resize (not the rrc recipe)")
+        if store is not None:
+            self._check_store(store)
+
+    def _check_store(self, store: torch.Tensor) -> None:
+        if self.on_resized is not None:
+            raise ValueError("store and on_resized exclude each other")
+        shape = (len(self.samples), 3, self.img_size, self.img_size)
+        if not isinstance(store, torch.Tensor) or store.device.type != "cpu" or store.dtype != torch.uint8 \
+                or tuple(store.shape) != shape or not store.is_contiguous():
+            got = (f"{store.device.type} {store.dtype} {tuple(store.shape)}"
+                   f"{'' if store.is_contiguous() else ' (not contiguous)'}" if isinstance(store, torch.Tensor)
+                   else type(store).__name__)
+            raise ValueError(f"store must be a contiguous CPU uint8 tensor of shape {shape}, got {got}")
+        if len(self.samples) > _MAX_STORE_ROWS:
+            raise ValueError(f"store: at most {_MAX_STORE_ROWS} images, got {len(self.samples)}")
 
     # -- the pipeline ------------------------------------------------------------------
     def _build_pipeline(self):
@@ -157,9 +184,11 @@ class DaliImageLoader(ImageLoader):
             img = fn.decoders.image(feed["encoded"], device="mixed" if gpu else "cpu", output_type=types.RGB,
                                     adjust_orientation=False, jpeg_fancy_upsampling=True)
             if self.fused_resize:
+                store = {} if self.store is None else dict(store=self.store.data_ptr(),
+                                                             store_rows=self.store.shape[0])
                 out = fn.tdsa_resample_window(img, feed["window"], size=s, half=out_dtype == types.FLOAT16,
                                               levels=levels, channels_last=self.channels_last, mean=mean, std=std,
-                                              resized=self.on_resized is not None)
+                                              resized=self.on_resized is not None, **store)
                 return tuple(out) if self.on_resized is not None else out
             if train and rrc:
                 img = fn.resize(img, size=[s, s], roi_start=feed["roi_start"], roi_end=feed["roi_end"],
@@ -181,6 +210,9 @@ class DaliImageLoader(ImageLoader):
             return fn.crop_mirror_normalize(img, mirror=feed["mirror"] if train else 0, **normalize)
 
         pipe = pipeline()
+        # The operator writes the store through its address: the pipeline holds the tensor, which
+        # is released only after DALI's Pipeline.__del__ has shut the pipeline's threads down.
+        pipe._tdsa_store = self.store
         pipe.build()
         return pipe
 
@@ -220,7 +252,8 @@ class DaliImageLoader(ImageLoader):
         if self.fused_resize or self.train:
             augs = [self.augment(i, *sizes[n]) for n, i in enumerate(kept)]
         if self.fused_resize:
-            feed["window"] = [_plugin_window(a, self.recipe) for a in augs]
+            rows = kept if self.store is not None else [None] * len(kept)
+            feed["window"] = [_plugin_window(a, self.recipe, row) for a, row in zip(augs, rows)]
         elif self.train:
             feed["mirror"] = [np.array(a.flip, dtype=np.int32) for a in augs]
             if self.recipe == "rrc":

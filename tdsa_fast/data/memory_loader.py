@@ -18,7 +18,7 @@ order (``decoder``):
 On the CPU with the DALI decoder and the project's DALI operator (the released recipe or the
 test transform), the decode is the first epoch instead: construction decodes nothing, and the
 first full epoch is the DALI loader's own training (or test) epoch, whose operator also
-returns every image's whole resized levels, stored as the batches go by; the images that
+writes every image's whole resized levels straight into the store; the images that
 epoch did not read (other ranks' shares, an epoch left early) are decoded when the next
 epoch starts or ``images`` is first read.  That first epoch costs about one DALI epoch
 instead of a decode plus an epoch (bench/RESULTS.md); its batches are the DALI loader's,
@@ -371,15 +371,12 @@ class MemoryImageLoader(ImageLoader):
             raise
 
     def _decoding_epoch(self):
-        """The first epoch, decoding: the DALI loader's epoch (same plan and draws), each
-        batch's whole resized images stored as it goes by."""
+        """The first epoch, decoding: the DALI loader's epoch (same plan and draws), whose
+        operator writes each image's whole resized levels straight into the store; an image
+        counts as stored once its batch is yielded."""
         from tdsa_fast.data.dali_loader import DaliImageLoader
 
-        def store(indices: np.ndarray, resized: torch.Tensor) -> None:
-            _store(self._images, torch.from_numpy(indices), resized)
-            self._seen[indices] = True
-
-        with DaliImageLoader(self.samples, **self.options, fused_resize=True, on_resized=store) as dali:
+        with DaliImageLoader(self.samples, **self.options, fused_resize=True, store=self._images) as dali:
             dali.set_epoch(self.plan.epoch)
             batches = iter(dali)
             log.info("--loader memory: decoding %d images to %dx%d in the first epoch (%s)", len(self.samples),
@@ -391,6 +388,7 @@ class MemoryImageLoader(ImageLoader):
                     self.decode_seconds += time.perf_counter() - t0
                     if batch is None:
                         break
+                    self._seen[batch.indices.numpy()] = True
                     yield batch
             finally:
                 self._known_bad |= dali.known_bad

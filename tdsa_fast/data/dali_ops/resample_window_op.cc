@@ -7,11 +7,15 @@
 // Inputs:  0  decoded images, uint8 HWC, 3 channels (any size per sample)
 //          1  float32 [7] per sample: box_x0, box_y0, box_x1, box_y1 (the source box in pixels;
 //             box_x1 <= 0 means the whole image), top, left (the window's corner in the
-//             resized image), mirror (0 or 1)
+//             resized image), mirror (0 or 1); with store, an 8th value: the store row
 // Output:  0  [3, size, size] (or [size, size, 3] with channels_last), float32 or float16, or with
 //             levels the uint8 0..255 values themselves (no normalisation);
 //          1  with resized only: uint8 [3, size, size], the whole resized image before the
 //             window, flip and normalisation (what the memory loader stores).
+// store (an address, 0: none): instead of output 1, the whole resized image is written into
+// row p[7] of the caller's uint8 [store_rows, 3, size, size] array, which must outlive the
+// pipeline (the memory loader's store, filled without a copy).
+#include <cstdint>
 #include <vector>
 
 #include "dali/core/float16.h"
@@ -31,10 +35,14 @@ class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
         channels_last_(spec.GetArgument<bool>("channels_last")),
         resized_(spec.GetArgument<bool>("resized")),
         mean_(spec.GetArgument<float>("mean")),
-        std_(spec.GetArgument<float>("std")) {
+        std_(spec.GetArgument<float>("std")),
+        store_(spec.GetArgument<int64_t>("store")),
+        store_rows_(spec.GetArgument<int64_t>("store_rows")) {
     DALI_ENFORCE(size_ > 0, "size must be positive");
     DALI_ENFORCE(std_ != 0.0f, "std must not be zero");
     DALI_ENFORCE(!(levels_ && half_), "levels (uint8 output) and half exclude each other");
+    DALI_ENFORCE(store_ == 0 || (store_rows_ > 0 && !resized_),
+                 "store needs store_rows > 0 and excludes the resized output");
   }
 
  protected:
@@ -49,8 +57,16 @@ class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
       const auto shape = images.tensor_shape(i);
       DALI_ENFORCE(shape.size() == 3 && shape[2] == 3,
                    ::dali::make_string("image ", i, " is not HWC with 3 channels: ", shape));
-      DALI_ENFORCE(params.tensor_shape(i).num_elements() == 7,
-                   ::dali::make_string("params of sample ", i, " must hold 7 values"));
+      const int64_t values = store_ != 0 ? 8 : 7;
+      DALI_ENFORCE(params.tensor_shape(i).num_elements() == values,
+                   ::dali::make_string("params of sample ", i, " must hold ", values, " values"));
+      if (store_ != 0) {
+        const float row = params.tensor<float>(i)[7];
+        DALI_ENFORCE(row >= 0.0f && row < static_cast<float>(store_rows_) && row == static_cast<float>(
+                         static_cast<int64_t>(row)),
+                     ::dali::make_string("sample ", i, ": store row ", row, " is not an integer in [0, ",
+                                         store_rows_, ")"));
+      }
     }
     output_desc.resize(resized_ ? 2 : 1);
     output_desc[0].type = levels_ ? DALI_UINT8 : half_ ? DALI_FLOAT16 : DALI_FLOAT;
@@ -99,6 +115,10 @@ class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
         spec.channels_last = channels_last_;
         const uint8_t* in = images.tensor<uint8_t>(i);
         uint8_t* resized_out = resized ? resized->mutable_tensor<uint8_t>(i) : nullptr;
+        if (store_ != 0) {
+          resized_out = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(store_)) +
+                        static_cast<int64_t>(p[7]) * 3 * int64_t{size_} * size_;
+        }
         if (levels_) {  // integer values 0..255 in float: the cast to uint8 is exact
           resample_window(in, height, width, int64_t{width} * 3, spec, output.mutable_tensor<uint8_t>(i), scratch,
                           resized_out);
@@ -118,6 +138,7 @@ class ResampleWindow : public ::dali::Operator<::dali::CPUBackend> {
   int size_;
   bool half_, levels_, channels_last_, resized_;
   float mean_, std_;
+  int64_t store_, store_rows_;
 };
 
 }  // namespace tdsa_dali
@@ -134,5 +155,8 @@ DALI_SCHEMA(TdsaResampleWindow)
     .AddOptionalArg("levels", "uint8 output of the 0..255 values, not normalised (mean and std unused).", false)
     .AddOptionalArg("channels_last", "HWC output instead of CHW.", false)
     .AddOptionalArg("resized", "A second output: the whole resized image, uint8 CHW, before the window.", false)
+    .AddOptionalArg("store", "Address of a uint8 [store_rows, 3, size, size] array that receives each whole "
+                    "resized image in row params[7] (0: none; excludes resized).", int64_t{0})
+    .AddOptionalArg("store_rows", "Rows of the store array.", int64_t{0})
     .AddOptionalArg("mean", "Subtracted from every 0..255 value.", 127.5f)
     .AddOptionalArg("std", "Divides every value after the mean is subtracted.", 127.5f);
