@@ -1,8 +1,11 @@
 // The Python extension module tdsa_fast._C. Importing it loads this shared library, whose
 // static initialisers register the ops (ops.cpp, cpu/ops_cpu.cpp, cuda/ops_cuda.cu).
-// Its only Python function is build_info(): how this library was built.
+// Its Python functions: build_info() (how this library was built) and touch_pages() (the
+// memory loader's idle-time prefault, tdsa_fast/data/prefault.py).
 #include <pybind11/pybind11.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "op_common.h"
@@ -64,4 +67,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "How this library was built: build system, the torch it was compiled against, CUDA "
       "(version, arch list), the CPU kernel variant in use (DEFAULT or AVX2), OpenMP.");
+  m.def(
+      "touch_pages",
+      [](std::uintptr_t address, std::size_t nbytes, std::size_t page) {
+        if (page == 0) throw py::value_error("touch_pages: page must be positive");
+        py::gil_scoped_release release;
+        auto* p = reinterpret_cast<unsigned char*>(address);
+        // A write that keeps the byte, atomically: other threads may be writing this memory.
+        for (std::size_t off = 0; off < nbytes; off += page) {
+          __atomic_fetch_or(p + off, static_cast<unsigned char>(0), __ATOMIC_RELAXED);
+        }
+      },
+      "Faults in the pages of [address, address + nbytes) (one write per page, every byte kept; "
+      "the GIL released): the caller guarantees the memory is mapped and writable.",
+      py::arg("address"), py::arg("nbytes"), py::arg("page"));
 }

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tdsa_fast.data import prefault as prefault_module
 from tdsa_fast.data.prefault import IdlePrefault
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_POPULATE_WRITE) is Linux's")
@@ -31,19 +32,50 @@ def resident_pages(t: torch.Tensor) -> tuple[int, int]:
     return int((flags & 1).sum()), len(flags)
 
 
+METHODS = ["madvise", pytest.param("touch", marks=pytest.mark.skipif(
+    prefault_module._touch_pages() is None, reason="tdsa_fast._C is not built (pip install -e . builds it)"))]
+
+
+@pytest.fixture(params=METHODS)
+def method(request, monkeypatch):
+    """Each way of faulting pages in: the compiled touch, or madvise (the touch taken away)."""
+    if request.param == "madvise":
+        monkeypatch.setattr(prefault_module, "_touch_pages", lambda: None)
+    return request.param
+
+
 @linux
-def test_pages_are_faulted_in_and_the_values_kept():
+def test_pages_are_faulted_in_and_the_values_kept(method):
     memory = mmap.mmap(-1, 48 << 20)  # pages never touched (torch.empty may reuse resident memory)
     t = torch.frombuffer(memory, dtype=torch.uint8)
     t[:4096].fill_(7)  # a value written before the thread runs stays
+    t[-1] = 9
     before, total = resident_pages(t)
     assert before < total // 2  # fresh memory: not faulted in yet
     prefault = IdlePrefault(t)
+    assert prefault.method == method
     assert prefault.wait(timeout=60)
     if not prefault.populated:
-        pytest.skip("madvise(MADV_POPULATE_WRITE) or SCHED_IDLE not available here (Linux < 5.14?)")
+        pytest.skip(f"{method} or SCHED_IDLE not available here (madvise: Linux < 5.14?)")
     assert resident_pages(t) == (total, total)
-    assert int(t[:4096].min()) == 7 == int(t[:4096].max())
+    assert int(t[:4096].min()) == 7 == int(t[:4096].max()) and int(t[-1]) == 9
+    assert int(t[4096:-1].max()) == 0
+
+
+@linux
+def test_values_written_while_the_pages_are_faulted_in_are_kept(method):
+    """The memory loader's decoder writes the store while the thread runs: every byte that a
+    concurrent writer puts there stays (the touch is an atomic write of the byte it reads)."""
+    memory = mmap.mmap(-1, 32 << 20)
+    t = torch.frombuffer(memory, dtype=torch.uint8)
+    page = os.sysconf("SC_PAGE_SIZE")
+    starts = t[::page]  # the bytes the touch writes
+    prefault = IdlePrefault(t)
+    for k in range(starts.numel() - 1, -1, -1):  # from the end, to meet the thread in the middle
+        starts[k] = 1 + k % 251
+    assert prefault.wait(timeout=60)
+    want = 1 + torch.arange(starts.numel()) % 251
+    assert torch.equal(starts.to(torch.int64), want)
 
 
 def test_stop_ends_the_thread_and_other_devices_do_nothing():

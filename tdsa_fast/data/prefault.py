@@ -4,9 +4,13 @@ The first write to each 4 KB page of a fresh allocation costs a page fault and t
 the page: for the memory loader's stored split (300 MB at 224 px for Flowers-102) about 0.13 s
 of one core, paid inside the first epoch by whichever thread writes first.  A thread under
 ``SCHED_IDLE`` (run only when a core would otherwise idle: the gaps of the decoding pipeline)
-faults the pages in ahead with ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14 and later), 2 MB at a
-time.  Nothing changes what the tensor holds; where the call or the policy is not available
-the thread ends and the pages fault in as usual.
+faults the pages in ahead, 2 MB at a time: with the compiled ``tdsa_fast._C.touch_pages`` (one
+atomic write per page that keeps its byte, so the decoder may be writing the same memory), else
+with ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14 and later).  The first is preferred: while it
+runs, ``madvise`` holds the process's memory-map lock, which other threads' allocations need,
+and an idle-priority thread holding it can be kept off the CPU (first epochs 4-6 % slower in
+bench/RESULTS.md).  Nothing changes what the tensor holds; where neither way nor the policy is
+available the thread ends and the pages fault in as usual.
 """
 from __future__ import annotations
 
@@ -25,6 +29,17 @@ _MADV_POPULATE_WRITE = 23
 _STEP = 2 << 20
 
 
+def _touch_pages():
+    """``tdsa_fast._C.touch_pages`` when the library is built, else None."""
+    from tdsa_fast import _backend
+
+    if not _backend._load_library():
+        return None
+    from tdsa_fast import _C
+
+    return getattr(_C, "touch_pages", None)
+
+
 def _madvise():
     name = ctypes.util.find_library("c")
     if name is None:
@@ -38,23 +53,25 @@ def _madvise():
 class IdlePrefault:
     """Starts faulting in ``tensor``'s pages (a CPU tensor) in idle time; ``stop()`` ends it
     early.  ``populated`` (after the thread ended, see :meth:`wait`): whether every page was
-    faulted in.  The thread holds the tensor until it ends, so freeing the tensor's other
-    references is always safe."""
+    faulted in; ``method``: ``"touch"``, ``"madvise"`` or None (no thread).  The thread holds the
+    tensor until it ends, so freeing the tensor's other references is always safe."""
 
     def __init__(self, tensor: torch.Tensor):
         self.populated = False
+        self.method: Optional[str] = None  # "touch" or "madvise" once the thread started
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         if tensor.device.type != "cpu" or not sys.platform.startswith("linux") or not hasattr(os, "SCHED_IDLE"):
             return
-        madvise = _madvise()
-        if madvise is None:
+        touch, madvise = _touch_pages(), _madvise()
+        if touch is None and madvise is None:
             return
-        self._thread = threading.Thread(target=self._run, args=(tensor, madvise), name="tdsa-idle-prefault",
+        self.method = "touch" if touch is not None else "madvise"
+        self._thread = threading.Thread(target=self._run, args=(tensor, touch, madvise), name="tdsa-idle-prefault",
                                         daemon=True)
         self._thread.start()
 
-    def _run(self, tensor: torch.Tensor, madvise) -> None:
+    def _run(self, tensor: torch.Tensor, touch, madvise) -> None:
         try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
         except OSError:
@@ -66,7 +83,9 @@ class IdlePrefault:
         for a in range(start, end, _STEP):
             if self._stop.is_set():
                 return
-            if madvise(a, min(_STEP, end - a), _MADV_POPULATE_WRITE) != 0:
+            if touch is not None:
+                touch(a, min(_STEP, end - a), page)
+            elif madvise(a, min(_STEP, end - a), _MADV_POPULATE_WRITE) != 0:
                 return  # EINVAL before Linux 5.14: the pages fault in when written
         self.populated = True
 
