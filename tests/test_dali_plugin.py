@@ -224,8 +224,8 @@ def run_op_store(images, params, size: int, store: np.ndarray, **kw) -> list[np.
                                  dtype=types.UINT8, layout="HWC")
         par = fn.external_source(source=lambda: [np.asarray(p, np.float32) for p in params], batch=True,
                                  dtype=types.FLOAT)
-        return fn.tdsa_resample_window(img, par, size=size, store=store.ctypes.data, store_rows=store.shape[0],
-                                       **kw)
+        out = fn.tdsa_resample_window(img, par, size=size, store=store.ctypes.data, store_rows=store.shape[0], **kw)
+        return out[0] if isinstance(out, list) else out  # resized=True (refused) would add a second output
 
     p = pipe()
     p.build()
