@@ -142,6 +142,31 @@ def test_first_epoch_left_early_or_resumed_decodes_the_rest(jpegs):
 
 
 @needs_first_epoch_decode
+def test_first_epoch_abandoned_with_batches_in_flight_keeps_the_store_alive(jpegs):
+    """The operator writes the store through its address while DALI decodes ahead: closing the
+    loader, dropping the epoch's iterator or the whole loader mid-epoch leaves the store to the
+    pipeline until DALI has shut it down (run under ASan or valgrind this is where a write after
+    free would show)."""
+    import gc
+    import weakref
+
+    m = _decoding(jpegs, **args(batch_size=2))
+    it = iter(m)
+    next(it)
+    store = weakref.ref(m._images)
+    m.close()  # the loader lets go of the store; the suspended epoch still holds a pipeline
+    assert store() is not None
+    del it
+    gc.collect()
+    assert store() is None  # released once the pipeline was shut down
+    m = _decoding(jpegs, **args(batch_size=2))
+    it = iter(m)
+    next(it)
+    del m, it  # no close at all: a reference cycle through the pipeline's source
+    gc.collect()
+
+
+@needs_first_epoch_decode
 def test_first_epoch_that_decodes_fills_the_cache(jpegs, tmp_path):
     cache = tmp_path / "cache"
     with _decoding(jpegs, cache_dir=cache, **args()) as m:
