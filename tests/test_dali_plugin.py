@@ -90,40 +90,38 @@ def reference(image: np.ndarray, size: int, box=None, top=0, left=0, mirror=Fals
 # Running the operator
 
 
-def run_op(images, params, size: int, *, half=False, channels_last=False) -> list[np.ndarray]:
-    """One batch through ``decoded images -> tdsa_resample_window``; float32 outputs."""
-    batch = len(images)
-
-    @pipeline_def(batch_size=batch, num_threads=2, device_id=None, prefetch_queue_depth=1)
+def _run(images, params, size: int, **kw) -> tuple:
+    """One batch through ``decoded images -> tdsa_resample_window(size, **kw)``: its outputs."""
+    @pipeline_def(batch_size=len(images), num_threads=2, device_id=None, prefetch_queue_depth=1)
     def pipe():
         img = fn.external_source(source=lambda: [np.ascontiguousarray(a) for a in images], batch=True,
                                  dtype=types.UINT8, layout="HWC" if images[0].ndim == 3 else None)
         par = fn.external_source(source=lambda: [np.asarray(p, np.float32) for p in params], batch=True,
                                  dtype=types.FLOAT)
-        return fn.tdsa_resample_window(img, par, size=size, half=half, channels_last=channels_last)
+        out = fn.tdsa_resample_window(img, par, size=size, **kw)
+        return tuple(out) if isinstance(out, list) else out
 
     p = pipe()
     p.build()
-    (out,) = p.run()
-    return [np.array(out.at(i)).astype(np.float32) for i in range(batch)]
+    return p.run()
+
+
+def run_op(images, params, size: int, *, half=False, channels_last=False) -> list[np.ndarray]:
+    """One batch through ``decoded images -> tdsa_resample_window``; float32 outputs."""
+    (out,) = _run(images, params, size, half=half, channels_last=channels_last)
+    return [np.array(out.at(i)).astype(np.float32) for i in range(len(images))]
 
 
 def run_op_resized(images, params, size: int, **kw) -> list[tuple[np.ndarray, np.ndarray]]:
     """As :func:`run_op` with ``resized=True``: (window output as float32, whole resized uint8)."""
-    batch = len(images)
+    out, whole = _run(images, params, size, resized=True, **kw)
+    return [(np.array(out.at(i)).astype(np.float32), np.array(whole.at(i))) for i in range(len(images))]
 
-    @pipeline_def(batch_size=batch, num_threads=2, device_id=None, prefetch_queue_depth=1)
-    def pipe():
-        img = fn.external_source(source=lambda: [np.ascontiguousarray(a) for a in images], batch=True,
-                                 dtype=types.UINT8, layout="HWC")
-        par = fn.external_source(source=lambda: [np.asarray(p, np.float32) for p in params], batch=True,
-                                 dtype=types.FLOAT)
-        return tuple(fn.tdsa_resample_window(img, par, size=size, resized=True, **kw))
 
-    p = pipe()
-    p.build()
-    out, whole = p.run()
-    return [(np.array(out.at(i)).astype(np.float32), np.array(whole.at(i))) for i in range(batch)]
+def run_op_store(images, params, size: int, store: np.ndarray, **kw) -> list[np.ndarray]:
+    """As :func:`run_op` with ``store``: the whole resized images go into rows of ``store``."""
+    (out,) = _run(images, params, size, store=store.ctypes.data, store_rows=store.shape[0], **kw)
+    return [np.array(out.at(i)).astype(np.float32) for i in range(len(images))]
 
 
 def params_of(box=None, top=0, left=0, mirror=False):
@@ -212,25 +210,6 @@ def test_resized_output_beside_every_main_output(levels):
         np.testing.assert_array_equal(out, want * 127.5 + 127.5)
     else:
         np.testing.assert_allclose(out.transpose(2, 0, 1), want, rtol=0, atol=1e-3)
-
-
-def run_op_store(images, params, size: int, store: np.ndarray, **kw) -> list[np.ndarray]:
-    """As :func:`run_op` with ``store``: the whole resized images go into rows of ``store``."""
-    batch = len(images)
-
-    @pipeline_def(batch_size=batch, num_threads=2, device_id=None, prefetch_queue_depth=1)
-    def pipe():
-        img = fn.external_source(source=lambda: [np.ascontiguousarray(a) for a in images], batch=True,
-                                 dtype=types.UINT8, layout="HWC")
-        par = fn.external_source(source=lambda: [np.asarray(p, np.float32) for p in params], batch=True,
-                                 dtype=types.FLOAT)
-        out = fn.tdsa_resample_window(img, par, size=size, store=store.ctypes.data, store_rows=store.shape[0], **kw)
-        return out[0] if isinstance(out, list) else out  # resized=True (refused) would add a second output
-
-    p = pipe()
-    p.build()
-    (out,) = p.run()
-    return [np.array(out.at(i)).astype(np.float32) for i in range(batch)]
 
 
 @pytest.mark.parametrize("kw", [{}, dict(levels=True), dict(half=True, channels_last=True)],
