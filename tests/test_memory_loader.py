@@ -179,17 +179,6 @@ def test_first_epoch_that_decodes_fills_the_cache(jpegs, tmp_path):
         assert torch.equal(again.images, stored)
 
 
-def test_on_resized_is_refused_without_the_operator(jpegs):
-    if not dali_available():
-        pytest.skip("NVIDIA DALI is not installed")
-    from tdsa_fast.data.dali_loader import DaliImageLoader
-
-    with pytest.raises(ValueError, match="on_resized"):
-        DaliImageLoader(jpegs, fused_resize=False, on_resized=lambda i, x: None, **args())
-    with pytest.raises(ValueError, match="on_resized"):
-        DaliImageLoader(jpegs, on_resized=lambda i, x: None, **args(recipe="rrc"))
-
-
 @pytest.mark.parametrize("bad,match", [
     (lambda: torch.zeros((N, 3, S, S), dtype=torch.float32), "uint8"),
     (lambda: torch.zeros((N - 1, 3, S, S), dtype=torch.uint8), r"shape \(13, 3, 32, 32\)"),
@@ -210,8 +199,6 @@ def test_dali_store_is_checked(jpegs, bad, match):
     with pytest.raises(ValueError, match=match):
         DaliImageLoader(jpegs, store=bad(), **args())
     ok = torch.zeros((N, 3, S, S), dtype=torch.uint8)
-    with pytest.raises(ValueError, match="exclude each other"):
-        DaliImageLoader(jpegs, store=ok, on_resized=lambda i, x: None, **args())
     with pytest.raises(ValueError, match="store needs"):
         DaliImageLoader(jpegs, store=ok, **args(recipe="rrc"))
     with pytest.raises(ValueError, match="store needs"):

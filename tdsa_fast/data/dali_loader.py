@@ -32,7 +32,7 @@ from __future__ import annotations
 import io
 import logging
 from collections import deque
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -103,23 +103,19 @@ class DaliImageLoader(ImageLoader):
     ``fused_resize`` (the CPU pipeline's ``tdsa_resample_window`` operator: None uses it
     when the plugin builds, True requires it, False uses DALI's resize; never on CUDA) and
     ``levels`` (``uint8`` batches of the 0..255 values, not normalised, whatever ``dtype``
-    says: the memory loader's decode) and ``on_resized`` (a callable, given each batch's
-    ``indices`` and its whole resized images, ``uint8 [n, 3, s, s]``, before the batch is
-    yielded; CPU operator only, the tensor valid during the call) or ``store`` (a contiguous
-    CPU ``uint8 [len(samples), 3, s, s]`` tensor: the operator writes each image's whole
-    resized levels straight into row ``index`` as it decodes, no later than the batch is
-    yielded, also for batches decoded ahead and never yielded; the loader holds the tensor as
-    long as a pipeline may write it).  The memory loader's first epoch fills its store so."""
+    says: the memory loader's decode) and ``store`` (a contiguous CPU ``uint8 [len(samples),
+    3, s, s]`` tensor; CPU operator only: the operator writes each image's whole resized
+    levels straight into row ``index`` as it decodes, no later than the batch is yielded, also
+    for batches decoded ahead and never yielded; the pipeline holds the tensor as long as it
+    may write it).  The memory loader's first epoch fills its store so."""
 
     kind = "dali"
 
     def __init__(self, samples, *, prefetch: int = 2, fused_resize: Optional[bool] = None, levels: bool = False,
-                 on_resized: Optional[Callable[[np.ndarray, torch.Tensor], None]] = None,
                  store: Optional[torch.Tensor] = None, **kwargs):
         super().__init__(samples, **kwargs)
         self.prefetch = int(prefetch)
         self.levels = bool(levels)
-        self.on_resized = on_resized
         self.store = store
         self._out_dtype = torch.uint8 if self.levels else self.dtype
         self.known_bad: set[int] = set()
@@ -139,16 +135,13 @@ class DaliImageLoader(ImageLoader):
             if fused_resize and not self.fused_resize:
                 raise RuntimeError("fused_resize=True but the tdsa_fast DALI plugin is not available: "
                                    + (dali_plugin.why_not_loaded() or "TDSA_FAST_DALI_PLUGIN=0"))
-        if (on_resized is not None or store is not None) and not (
-                self.fused_resize and (self.recipe != "rrc" or not self.train)):
-            raise ValueError(f"{'store' if on_resized is None else 'on_resized'} needs the CPU pipeline's "
-                             "tdsa_resample_window operator and a whole-image resize (not the rrc recipe)")
+        if store is not None and not (self.fused_resize and (self.recipe != "rrc" or not self.train)):
+            raise ValueError("store needs the CPU pipeline's tdsa_resample_window operator and a whole-image "
+                             "resize (not the rrc recipe)")
         if store is not None:
             self._check_store(store)
 
     def _check_store(self, store: torch.Tensor) -> None:
-        if self.on_resized is not None:
-            raise ValueError("store and on_resized exclude each other")
         shape = (len(self.samples), 3, self.img_size, self.img_size)
         if not isinstance(store, torch.Tensor) or store.device.type != "cpu" or store.dtype != torch.uint8 \
                 or tuple(store.shape) != shape or not store.is_contiguous():
@@ -188,8 +181,8 @@ class DaliImageLoader(ImageLoader):
                                                              store_rows=self.store.shape[0])
                 out = fn.tdsa_resample_window(img, feed["window"], size=s, half=out_dtype == types.FLOAT16,
                                               levels=levels, channels_last=self.channels_last, mean=mean, std=std,
-                                              resized=self.on_resized is not None, **store)
-                return tuple(out) if self.on_resized is not None else out
+                                              **store)
+                return out
             if train and rrc:
                 img = fn.resize(img, size=[s, s], roi_start=feed["roi_start"], roi_end=feed["roi_end"],
                                 roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True)
@@ -301,7 +294,7 @@ class DaliImageLoader(ImageLoader):
         self._pipe = None  # owned by this generator until the epoch ends cleanly
         while True:
             try:
-                images, *resized = pipe.run()
+                (images,) = pipe.run()
                 out = self._to_torch(images)
             except StopIteration:
                 pipe.reset()
@@ -327,8 +320,6 @@ class DaliImageLoader(ImageLoader):
             while not len(self._fed[0].indices):
                 yield self._empty_batch(self._fed.popleft())
             fed = self._fed.popleft()
-            if resized:
-                self.on_resized(fed.indices, torch.from_dlpack(resized[0].as_tensor()))
             labels = torch.from_numpy(fed.labels).to(self.device, non_blocking=True)
             yield Batch(out, labels, fed.num_real, fed.skipped, torch.from_numpy(fed.indices))
 

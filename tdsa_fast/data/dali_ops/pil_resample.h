@@ -212,7 +212,7 @@ void resample_rows_k(int kx, int ky, Args&&... args) {
 
 // in: [height, width, 3] uint8, rows of row_stride bytes.  out: size * size * 3 values of OutT
 // (float, or a type constructible from float).  resized (optional): [3, size, size] uint8, the
-// whole resized image before the window, flip and normalisation (the memory loader stores it).
+// whole resized image before the window, flip and normalisation (the second output, or a row of the store).
 template <typename OutT>
 void resample_window(const uint8_t* in, int height, int width, int64_t row_stride, const WindowSpec& spec,
                      OutT* out, Scratch& scratch, uint8_t* resized = nullptr) {

@@ -11,7 +11,7 @@
 // Output:  0  [3, size, size] (or [size, size, 3] with channels_last), float32 or float16, or with
 //             levels the uint8 0..255 values themselves (no normalisation);
 //          1  with resized only: uint8 [3, size, size], the whole resized image before the
-//             window, flip and normalisation (what the memory loader stores).
+//             window, flip and normalisation.
 // store (an address, 0: none): instead of output 1, the whole resized image is written into
 // row p[7] of the caller's uint8 [store_rows, 3, size, size] array, which must outlive the
 // pipeline (the memory loader's store, filled without a copy).
