@@ -158,7 +158,7 @@ def test_first_epoch_abandoned_with_batches_in_flight_keeps_the_store_alive(jpeg
     assert store() is not None
     del it
     gc.collect()
-    assert store() is None  # released once the pipeline was shut down
+    assert store() is None  # released with the pipeline (after its Pipeline.__del__ shut it down)
     m = _decoding(jpegs, **args(batch_size=2))
     it = iter(m)
     next(it)
