@@ -153,16 +153,12 @@ def _cache_key(samples, size: int, decoder: str) -> str:
 def _store(stored: torch.Tensor, indices: torch.Tensor, images: torch.Tensor) -> None:
     """``stored[indices] = images`` for a decoded batch: ``uint8`` levels as they are, or the
     ``float32`` ``(v - 127.5) / 127.5`` of integer levels ``v`` turned back into them (exactly);
-    one slice copy when ``indices`` are consecutive (the decode reads the split in order).  On
-    the CPU an epoch's shuffled batches are stored by numpy, single-threaded: torch's indexed
-    store, or a copy per image, took 0.5 CPU-seconds an epoch beside a busy DALI pipeline
-    (its threads waiting for cores the pipeline holds), numpy's almost none."""
+    one slice copy when ``indices`` are consecutive (the decode reads the split, or the images
+    a first epoch left, in order)."""
     if images.dtype != torch.uint8:
         images = images.mul(127.5).add_(127.5).round_().clamp_(0, 255).to(torch.uint8)
     if len(indices) and int(indices[-1]) - int(indices[0]) + 1 == len(indices):
         stored[int(indices[0]):int(indices[-1]) + 1].copy_(images)
-    elif stored.device.type == "cpu":
-        stored.numpy()[indices.numpy()] = images.contiguous().numpy()
     else:
         stored[indices.to(stored.device)] = images.to(stored.device)
 
