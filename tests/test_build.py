@@ -21,7 +21,7 @@ import torch
 from tdsa_fast import _backend
 
 REPO = Path(__file__).resolve().parent.parent
-from tdsa_fast._ops import OPS  # noqa: E402  (the six schemas of csrc/ops.cpp)
+from tdsa_fast._ops import DATA_OPS, OPS  # noqa: E402  (the schemas of csrc/ops.cpp)
 BUILT = _backend._load_library()
 
 
@@ -35,7 +35,7 @@ def _info() -> dict:
 def test_cpu_kernels_are_registered():
     info = _info()
     assert info["compiled"] and "CPU" in info["kernels"], info
-    for op in OPS:
+    for op in OPS + DATA_OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"tdsa_fast::{op}", "CPU"), op
     assert info["cpu_kernels"] in ("DEFAULT", "AVX2", "AVX512")
     assert info["openmp"] is True, "the CPU ops must be compiled with -fopenmp (at::parallel_for)"
