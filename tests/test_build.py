@@ -41,6 +41,16 @@ def test_cpu_kernels_are_registered():
     assert info["openmp"] is True, "the CPU ops must be compiled with -fopenmp (at::parallel_for)"
 
 
+def test_cmake_lists_every_source_setup_py_builds():
+    """setup.py globs csrc/cpu and csrc/cuda; CMakeLists.txt names its sources, so a new file
+    must be added there too (the slow CMake test then checks its ops' kernels)."""
+    text = (REPO / "CMakeLists.txt").read_text()
+    named = set(re.findall(r"csrc/[\w/]+\.(?:cpp|cu)", text))
+    sources = {f"csrc/{p.relative_to(REPO / 'csrc').as_posix()}" for sub in ("cpu", "cuda")
+               for p in (REPO / "csrc" / sub).iterdir() if p.suffix in (".cpp", ".cu")}
+    assert sources and sources <= named, sorted(sources - named)
+
+
 def _cuda_build() -> bool:
     return BUILT and bool(_info().get("cuda"))
 
@@ -121,6 +131,9 @@ def test_cmake_build(tmp_path):
         "gl, gh = torch.ops.tdsa_fast.tdsa_terms_backward(torch.ones(2, 2), torch.ones(2, 2), middle.detach(), high, m, 9, 'bilinear')\n"
         "rl, = torch.autograd.grad(b[0].sum() + b[1].sum(), middle)\n"
         "assert ((gl - rl).norm() / rl.norm()).item() < 1e-5\n"
+        f"missing = [op for op in {list(OPS + DATA_OPS)!r} if not torch._C._dispatch_has_kernel_for_dispatch_key("
+        "'tdsa_fast::' + op, 'CPU')]\n"
+        "assert not missing, missing\n"
         "cuda = torch._C._dispatch_has_kernel_for_dispatch_key('tdsa_fast::tdsa_terms', 'CUDA')\n"
         f"sys.path.insert(0, {str(build)!r})\n"
         "import _C\n"
