@@ -107,7 +107,8 @@ def _extension():
     csrc = Path("csrc")
     sources = [str(csrc / "ops.cpp"), str(csrc / "module.cpp")]
     sources += sorted(str(p) for p in (csrc / "cpu").glob("*.cpp"))
-    include_dirs = [str(ROOT / "csrc"), str(_write_build_config(with_cuda))]
+    # dali_ops: released_window.h, the window code the _C op shares with the DALI plugin
+    include_dirs = [str(ROOT / "csrc"), str(ROOT / "tdsa_fast" / "data" / "dali_ops"), str(_write_build_config(with_cuda))]
     cxx = ["-O3", "-fopenmp", "-Wno-psabi", "-Wno-unknown-pragmas", "-g0"]
     macros = []
     for isa in ("AVX2", "AVX512"):

@@ -14,70 +14,25 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <array>
 #include <cstdint>
-#include <type_traits>
+
+#include "released_window.h"  // tdsa_fast/data/dali_ops: shared with the DALI plugin
 
 namespace tdsa_fast {
 namespace {
 
-// Each level's normalised value: torch's float32 sub then div (each rounded to float32), then
-// the conversion to OutT (round to nearest even, as Tensor.to).
-template <typename OutT>
-std::array<OutT, 256> level_values() {
-  std::array<OutT, 256> value;
-  for (int v = 0; v < 256; ++v) value[v] = static_cast<OutT>((static_cast<float>(v) - 127.5f) / 127.5f);
-  return value;
-}
-
-// dst[k * pixel] = value[row[k]] for k < width (row read backwards when flip).  float32
-// NCHW rows compute the table's expression itself, which vectorises; other rows look it up.
-template <typename OutT>
-inline void levels_row(const uint8_t* row, int64_t width, bool flip, const std::array<OutT, 256>& value,
-                       int64_t pixel, OutT* dst) {
-  if constexpr (std::is_same_v<OutT, float>) {
-    if (pixel == 1) {
-      if (flip) {
-        const uint8_t* last = row + width - 1;
-        for (int64_t k = 0; k < width; ++k) dst[k] = (static_cast<float>(last[-k]) - 127.5f) / 127.5f;
-      } else {
-        for (int64_t k = 0; k < width; ++k) dst[k] = (static_cast<float>(row[k]) - 127.5f) / 127.5f;
-      }
-      return;
-    }
-  }
-  if (flip) {
-    for (int64_t k = 0; k < width; ++k) dst[k * pixel] = value[row[width - 1 - k]];
-  } else {
-    for (int64_t k = 0; k < width; ++k) dst[k * pixel] = value[row[k]];
-  }
-}
-
 // One image's window into out (its [3, s, s] values at channel stride `channel` and pixel
-// stride `pixel`): rows and columns outside the stored image take value[0].
+// stride `pixel`).
 template <typename OutT>
-void window(const uint8_t* img, int64_t s, int64_t top, int64_t left, bool flip, const std::array<OutT, 256>& value,
-            int64_t channel, int64_t pixel, OutT* out) {
-  const int64_t plane = s * s;
-  // The window's part inside the image: image columns [c0, c1) land at output columns
-  // [o0, o0 + c1 - c0) (mirrored when flip).
-  const int64_t c0 = std::max<int64_t>(left, 0), c1 = std::min<int64_t>(left + s, s);
-  const int64_t width = std::max<int64_t>(c1 - c0, 0);
-  const int64_t o0 = flip ? s - (c1 - left) : c0 - left;
-  const OutT fill = value[0];
-  for (int64_t oy = 0; oy < s; ++oy) {
-    const int64_t y = top + oy;
-    const bool inside = y >= 0 && y < s && width > 0;
+void window(const uint8_t* img, int64_t s, int64_t top, int64_t left, bool flip,
+            const tdsa_window::Levels<OutT>& levels, int64_t channel, int64_t pixel, OutT* out) {
+  const tdsa_window::Part part = tdsa_window::window_part(s, top, left, flip);
+  tdsa_window::fill_outside(part, s, top, levels, channel, pixel, out);
+  if (!part.inside()) return;
+  for (int64_t y = part.r0; y < part.r1; ++y) {
+    OutT* o = out + (y - top) * s * pixel;
     for (int64_t ch = 0; ch < 3; ++ch) {
-      OutT* o = out + ch * channel + oy * s * pixel;
-      if (!inside) {
-        for (int64_t ox = 0; ox < s; ++ox) o[ox * pixel] = fill;
-        continue;
-      }
-      for (int64_t ox = 0; ox < o0; ++ox) o[ox * pixel] = fill;
-      for (int64_t ox = o0 + width; ox < s; ++ox) o[ox * pixel] = fill;
-      levels_row(img + ch * plane + y * s + c0, width, flip, value, pixel, o + o0 * pixel);
+      tdsa_window::put_row(img + ch * s * s + y * s + part.c0, part, flip, levels, pixel, o + ch * channel);
     }
   }
 }
@@ -88,11 +43,12 @@ void windows(const at::Tensor& images, const int64_t* idx, const int64_t* tops, 
   const int64_t n = out.size(0), s = images.size(-1), per_image = 3 * s * s;
   const uint8_t* base = images.data_ptr<uint8_t>();
   OutT* dst = out.data_ptr<OutT>();
-  const auto value = level_values<OutT>();
+  const tdsa_window::Levels<OutT> levels(127.5f, 127.5f);  // torch's float32 sub then div
   const int64_t channel = channels_last ? 1 : s * s, pixel = channels_last ? 3 : 1;
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      window(base + idx[j] * per_image, s, tops[j], lefts[j], flips[j], value, channel, pixel, dst + j * per_image);
+      window(base + idx[j] * per_image, s, tops[j], lefts[j], flips[j], levels, channel, pixel,
+             dst + j * per_image);
     }
   });
 }

@@ -38,7 +38,6 @@ __all__ = ["PluginBuildError", "build", "enabled", "library_path", "load", "why_
 log = logging.getLogger(__name__)
 
 SOURCES = Path(__file__).resolve().parent / "dali_ops"
-_SOURCE_FILES = ("resample_window_op.cc", "pil_resample.h")
 _LIBRARY = "libtdsa_dali_ops.so"
 
 _loaded: Optional[bool] = None  # this process's outcome of load()
@@ -84,8 +83,9 @@ def library_path() -> Path:
     digest = hashlib.sha256()
     digest.update(nvidia.dali.__version__.encode())
     digest.update(os.environ.get("CXX", "c++").encode())
-    for name in _SOURCE_FILES:
-        digest.update((SOURCES / name).read_bytes())
+    for path in sorted(SOURCES.glob("*.[ch]*")):  # the operator and every header it includes
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return default_cache_dir() / f"dali_plugin-{nvidia.dali.__version__}-{digest.hexdigest()[:16]}" / _LIBRARY
 
 

@@ -15,8 +15,8 @@
 // The loops differ from Pillow's, not the sums: when upscaling, every output reads a fixed
 // 3 taps (zero weights past Pillow's count of 2 or 3, so the integer sums are unchanged),
 // unrolled at compile time; the horizontal pass writes one plane per channel so the vertical
-// pass runs over contiguous rows; and the normalisation is a 256-entry table of the same float
-// expression.
+// pass runs over contiguous rows.  The window, the flip and the normalisation are
+// released_window.h's, which the _C op released_windows shares.
 #pragma once
 
 #include <algorithm>
@@ -24,6 +24,8 @@
 #include <cstdint>
 #include <utility>
 #include <vector>
+
+#include "released_window.h"
 
 namespace tdsa_dali {
 
@@ -218,33 +220,13 @@ void resample_window(const uint8_t* in, int height, int width, int64_t row_strid
                      OutT* out, Scratch& scratch, uint8_t* resized = nullptr) {
   const int s = spec.size;
   const int64_t plane = static_cast<int64_t>(s) * s;
-  OutT value[256];  // the normalised value of each level, (v - mean) / std as one float expression
-  for (int v = 0; v < 256; ++v) value[v] = static_cast<OutT>((static_cast<float>(v) - spec.mean) / spec.std);
-  const OutT fill = value[0];  // zero before normalisation: the same expression
-  // The window's part inside the resized image: resized rows [r0, r1), columns [c0, c1); in the
-  // output, rows [r0 - top, r1 - top) and columns [o0, o1) (mirrored when the window is).
-  const int r0 = std::max(spec.top, 0), r1 = std::min(spec.top + s, s);
-  const int c0 = std::max(spec.left, 0), c1 = std::min(spec.left + s, s);
-  const bool inside = r0 < r1 && c0 < c1;
-  const int o0 = !inside ? 0 : spec.mirror ? s - (c1 - spec.left) : c0 - spec.left;
-  const int o1 = !inside ? 0 : o0 + (c1 - c0);
+  const tdsa_window::Levels<OutT> levels(spec.mean, spec.std);
+  const tdsa_window::Part part = tdsa_window::window_part(s, spec.top, spec.left, spec.mirror);
   const int64_t pixel = spec.channels_last ? 3 : 1, channel = spec.channels_last ? 1 : plane;
-  // Zero fill of the output outside the window's inside part: whole rows, then the columns
-  // either side of it.
-  for (int oy = 0; oy < s; ++oy) {
-    const bool row_inside = inside && oy >= r0 - spec.top && oy < r1 - spec.top;
-    for (int ch = 0; ch < 3; ++ch) {
-      OutT* o = out + ch * channel + static_cast<int64_t>(oy) * s * pixel;
-      if (!row_inside) {
-        for (int ox = 0; ox < s; ++ox) o[ox * pixel] = fill;
-        continue;
-      }
-      for (int ox = 0; ox < o0; ++ox) o[ox * pixel] = fill;
-      for (int ox = o1; ox < s; ++ox) o[ox * pixel] = fill;
-    }
-  }
+  tdsa_window::fill_outside(part, s, spec.top, levels, channel, pixel, out);
   // The resized image's rows [R0, R1) and columns [C0, C1) computed: the window's, or all.
-  const int R0 = resized ? 0 : r0, R1 = resized ? s : r1, C0 = resized ? 0 : c0, C1 = resized ? s : c1;
+  const int R0 = resized ? 0 : static_cast<int>(part.r0), R1 = resized ? s : static_cast<int>(part.r1);
+  const int C0 = resized ? 0 : static_cast<int>(part.c0), C1 = resized ? s : static_cast<int>(part.c1);
   if (R0 >= R1 || C0 >= C1) return;
   const int n_cols = C1 - C0;
 
@@ -267,16 +249,10 @@ void resample_window(const uint8_t* in, int height, int width, int64_t row_strid
         std::copy(level + ch * n_cols, level + (ch + 1) * n_cols, resized + ch * plane + static_cast<int64_t>(r) * s);
       }
     }
-    if (r < r0 || r >= r1) return;
-    const int oy = r - spec.top;
+    if (r < part.r0 || r >= part.r1 || !part.inside()) return;
+    OutT* o = out + (r - spec.top) * s * pixel;
     for (int ch = 0; ch < 3; ++ch) {
-      const uint8_t* l = level + ch * n_cols + (c0 - C0);
-      OutT* o = out + ch * channel + static_cast<int64_t>(oy) * s * pixel;
-      if (spec.mirror) {
-        for (int j = 0; j < c1 - c0; ++j) o[(o1 - 1 - j) * pixel] = value[l[j]];
-      } else {
-        for (int j = 0; j < c1 - c0; ++j) o[(o0 + j) * pixel] = value[l[j]];
-      }
+      tdsa_window::put_row(level + ch * n_cols + (part.c0 - C0), part, spec.mirror, levels, pixel, o + ch * channel);
     }
   };
   resample_rows_k(kx, ky, in, row_stride, hx, vy, R0, R1, C0, C1, y_first, n_rows, scratch, emit);
