@@ -283,3 +283,39 @@ def test_which_images_the_gpu_decoder_gets(tmp_path, kind, want):
         assert Image.open(p).mode == "RGB"
     data = {"truncated": b"\xff\xd8\xff\xe0\x00", "empty": b""}.get(kind)
     assert gpu_jpeg_decodable(p.read_bytes() if data is None else data) is want
+
+
+_UNCLOSED = """
+import sys
+{preload}
+from tdsa_fast.data.loading import build_loader
+if __name__ == "__main__":
+    samples = [(p, int(c)) for p, c in (line.rsplit(" ", 1) for line in sys.argv[1:])]
+    loader = build_loader(samples, loader="torch", img_size={s}, train=True, batch_size=4, seed=0, workers=2)
+    it = iter(loader)
+    {epoch}
+    print("left", flush=True)
+"""
+
+
+@pytest.mark.parametrize("preload", [
+    "",
+    pytest.param("import nvidia.dali", marks=[pytest.mark.slow, pytest.mark.skipif(
+        not dali_available(), reason="DALI is not installed (the forkserver workers' case)")]),
+], ids=["fork", "forkserver"])
+@pytest.mark.parametrize("epoch", ["next(it)", pytest.param("list(it)", marks=pytest.mark.slow)],
+                         ids=["mid_epoch", "whole_epoch"])
+def test_a_loader_left_open_does_not_hold_up_the_exit(jpegs, tmp_path, preload, epoch):
+    """The workers ignore SIGTERM (worker_signals), the signal multiprocessing's exit handler
+    stops its daemonic children with; a script that never closes its loader must still exit."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unclosed.py"
+    script.write_text(_UNCLOSED.format(preload=preload, s=S, epoch=epoch))
+    argv = [sys.executable, str(script)] + [f"{p} {c}" for p, c in jpegs]
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the process did not exit within 90 s of its last line; stdout: {e.stdout!r}") from e
+    assert res.returncode == 0 and "left" in res.stdout, res.stderr[-3000:]

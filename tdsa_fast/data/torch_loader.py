@@ -13,10 +13,12 @@ Two decode modes:
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import multiprocessing
 import sys
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -42,6 +44,27 @@ def _stop_workers(it) -> None:
         shutdown()
 
 
+# Every multi-process iterator not yet stopped: their workers ignore SIGTERM (worker_signals),
+# which multiprocessing's exit handler sends its daemonic children before it joins them, so a
+# loader nobody closed would keep the interpreter from exiting.
+_LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _stop_live_workers() -> None:
+    """At interpreter exit, before multiprocessing's and torch's exit handlers (registered
+    earlier, so run later): tells the workers of every live iterator to stop, as ``close``
+    does, and kills any still alive (one busy past the join's timeout)."""
+    for it in list(_LIVE_ITERATORS):
+        _stop_workers(it)
+        for w in getattr(it, "_workers", ()):
+            if w.is_alive():
+                w.kill()
+                w.join()
+
+
+atexit.register(_stop_live_workers)
+
+
 class _Loader(DataLoader):
     """A ``DataLoader`` with deterministic worker shutdown (the torch loader's, and the
     released recipe's baseline in ``bench/released_recipe.py``).
@@ -56,11 +79,15 @@ class _Loader(DataLoader):
       the workers are stopped at once and the next ``iter(loader)`` starts fresh ones;
       breaking out of an epoch early keeps the persistent workers;
     * :meth:`close` (also ``with loader:``) stops them explicitly:
-      call it when done with a loader that has ``workers > 0``.
+      call it when done with a loader that has ``workers > 0``;
+    * at interpreter exit, the workers of a loader nobody closed are stopped the same way
+      (they ignore the SIGTERM that multiprocessing's exit handler sends: worker_signals).
     """
 
     def __iter__(self):
         it = super().__iter__()
+        if hasattr(it, "_shutdown_workers"):
+            _LIVE_ITERATORS.add(it)
         try:
             yield from it
         except Exception:
