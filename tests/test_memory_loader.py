@@ -141,6 +141,20 @@ def test_first_epoch_left_early_or_resumed_decodes_the_rest(jpegs):
         assert m._seen is None and int((m.images.int() - want.int()).abs().max()) <= 1
 
 
+@pytest.mark.parametrize("first_epoch", [
+    False, pytest.param(True, marks=needs_first_epoch_decode)], ids=["decoded", "decoding"])
+def test_a_closed_loader_says_so(jpegs, first_epoch):
+    """After close the stored split is gone: a new epoch, an epoch left suspended, ``images``
+    and ``bad`` all raise a named error instead of failing on an empty store."""
+    m = _decoding(jpegs, **args()) if first_epoch else MemoryImageLoader(jpegs, decoder="torch", **args())
+    it = iter(m)
+    next(it)
+    m.close()
+    for what in (lambda: next(it), lambda: next(iter(m)), lambda: m.images, lambda: m.bad):
+        with pytest.raises(RuntimeError, match="MemoryImageLoader is closed"):
+            what()
+
+
 @needs_first_epoch_decode
 def test_first_epoch_abandoned_with_batches_in_flight_keeps_the_store_alive(jpegs):
     """The operator writes the store through its address while DALI decodes ahead: closing the

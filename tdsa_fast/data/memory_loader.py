@@ -269,6 +269,7 @@ class MemoryImageLoader(ImageLoader):
         self.labels = torch.tensor([int(label) for _, label in self.samples], dtype=torch.int64, device=self.device)
         self._seen: Optional[np.ndarray] = None  # while the first epoch decodes: the images stored so far
         self._known_bad: set[int] = set()
+        self._closed = False
         cached = self.cache_path is not None and self.cache_path.is_file()
         self.decodes_first_epoch = not cached and self._can_decode_in_first_epoch()
         if cached:
@@ -285,15 +286,22 @@ class MemoryImageLoader(ImageLoader):
             self._keep(stored, *self._bad_and_reasons(stored, seen), save=True)
         self._sizes = self._original_sizes() if self.train and self.recipe == "rrc" else None
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this MemoryImageLoader is closed: its stored split was freed; build a new loader "
+                               "(with cache_dir, the next one starts from the cached split)")
+
     @property
     def images(self) -> torch.Tensor:
         """``uint8 [N, 3, S, S]`` on the device: the stored split (decoded in full first)."""
+        self._check_open()
         self._complete()
         return self._images
 
     @property
     def bad(self) -> torch.Tensor:
         """``bool [N]`` on the CPU: the unreadable images (decoded in full first)."""
+        self._check_open()
         self._complete()
         return self._bad
 
@@ -381,6 +389,7 @@ class MemoryImageLoader(ImageLoader):
                 while True:
                     t0 = time.perf_counter()
                     batch = next(batches, None)
+                    self._check_open()  # closed while the epoch was suspended
                     self.decode_seconds += time.perf_counter() - t0
                     if batch is None:
                         break
@@ -500,6 +509,7 @@ class MemoryImageLoader(ImageLoader):
         return torch.where(flip, x.flip(-1), x)
 
     def __iter__(self):
+        self._check_open()
         if self._seen is not None and self.start_batch == 0:
             yield from self._decoding_epoch()
             self._complete()
@@ -507,6 +517,7 @@ class MemoryImageLoader(ImageLoader):
         self._complete()
         plan = self.plan
         for k in range(self.start_batch, len(plan)):
+            self._check_open()
             indices, real = plan.batch(k)
             keep = ~self._bad[torch.from_numpy(indices)].numpy()
             skipped = int((~keep[:real]).sum())
@@ -526,6 +537,7 @@ class MemoryImageLoader(ImageLoader):
             yield Batch(images, self.labels[index_t.to(self.device)], num_real, skipped, index_t)
 
     def close(self) -> None:
+        self._closed = True
         self._stop_prefault()
         self._seen = None  # nothing left to decode
         s = self.stored_size  # the stored split is freed with the loader, not at exit (a view would keep it)
