@@ -6,7 +6,9 @@ with ``torch.load(weights_only=True)``: loading never runs code from the file.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -63,10 +65,22 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is not a tdsa_fast checkpoint: the file is empty (0 bytes)")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a tdsa_fast checkpoint: not a zip archive, the format torch.save writes "
+                         "by default and tdsa_fast.train always")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # an unpicklable or foreign file: say so instead of a pickle trace
-        raise ValueError(f"{path} is not a tdsa_fast checkpoint that loads safely: {e}") from e
+    except pickle.UnpicklingError as e:  # the safe unpickler refused an object: say which, not a trace
+        # torch's message goes on to suggest weights_only=False or an allowlist, which this loader never uses
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        why = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
+        raise ValueError(f"{path} is not a tdsa_fast checkpoint that loads safely: it holds objects other than "
+                         f"tensors and plain containers ({why.split('. Please')[0]})") from e
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a tdsa_fast checkpoint: torch.load cannot read it ({first})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not a tdsa_fast checkpoint (expected a dict with 'model' and 'config')")
     return ckpt
