@@ -9,6 +9,9 @@ batches of ``--batch-size`` on ``--device``; ``--tta flip`` averages the probabi
 with those of the mirrored image. The output lists, per image, the ``--top-k`` class names
 (the dataset's own, saved in the checkpoint) and their probabilities; an unreadable image
 is a row with its error, and the other images of its batch are still classified.
+Exit status: 0 when every image was classified, 1 when some were unreadable (the others'
+predictions are printed and written all the same), 2 when the command line or the
+checkpoint is refused.
 
 Python: ``Predictor.from_checkpoint(path)`` loads once; ``predictor(images)`` takes PIL
 images, image tensors or file paths.
@@ -236,7 +239,7 @@ def main(argv=None) -> int:
     failed = sum(bool(r["error"]) for r in rows)
     print(f"{len(rows) - failed} images classified" + (f", {failed} unreadable" if failed else "")
           + (f"; written to {a.out}" if a.out else ""), file=sys.stderr)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
