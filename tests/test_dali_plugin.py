@@ -326,6 +326,23 @@ def test_cached_library_is_reused():
     assert dali_plugin.build() == path and path.stat().st_mtime_ns == before, "the cached library was rebuilt"
 
 
+def test_compiled_for_this_cpu_with_the_cpu_in_the_cache_key(monkeypatch):
+    """-march=native where the compiler takes it; what it expands to is part of the cache key
+    (a cache shared with a machine of another CPU gets a build of its own)."""
+    targets = {"a": (["-march=native"], "cc1plus -march=znver4 -mavx512f"),
+               "b": (["-march=native"], "cc1plus -march=skylake -mavx2"), "none": ([], "")}
+    paths = {}
+    for name, target in targets.items():
+        monkeypatch.setattr(dali_plugin, "_native_target", lambda cxx, t=target: t)
+        paths[name] = dali_plugin.library_path()
+        command = dali_plugin._compile_command(paths[name])
+        assert ("-march=native" in command) == (name != "none"), command
+    assert len(set(paths.values())) == 3, paths
+    monkeypatch.undo()
+    flags, expansion = dali_plugin._native_target("/nonexistent/c++")
+    assert flags == [] and expansion == ""
+
+
 def _python(code: str, env_extra: dict, tmp_path) -> subprocess.CompletedProcess:
     env = {**os.environ, **env_extra, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,

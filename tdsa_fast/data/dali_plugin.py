@@ -7,7 +7,8 @@ Pillow's fixed-point bilinear arithmetic.  It is a shared library linked against
 installed DALI, so it is compiled here, at run time, for that DALI: the first CPU DALI
 pipeline of a machine compiles it (about 10 s) into the project's cache folder
 (``$TDSA_FAST_CACHE``, default ``~/.cache/tdsa_fast``, as for the built-in data), keyed
-by the DALI version, the compiler and the sources; later
+by the DALI version, the compiler, the CPU it compiles for (``-march=native`` where the
+compiler takes it) and the sources; later
 pipelines and processes load the cached library.  A file lock makes concurrent processes
 (torchrun ranks) wait for one build.
 
@@ -20,6 +21,7 @@ uses DALI's resize and crop_mirror_normalize instead (also what the GPU pipeline
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -60,6 +62,28 @@ def _cuda_include() -> Optional[str]:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _native_target(cxx: str) -> tuple[list[str], str]:
+    """``(["-march=native"], what it expands to)`` when the compiler takes it, else ``([], "")``.
+    The plugin's loops are integer sums and one float expression, exact under any instruction
+    set; compiled for this CPU they vectorise (bench/RESULTS.md).  The expansion (the CPU's
+    model and features) goes into the cache key, so that a cache folder shared by machines
+    with other CPUs never hands one of them a library it cannot run."""
+    try:
+        done = subprocess.run([cxx, "-march=native", "-###", "-x", "c++", "-c", os.devnull, "-o", os.devnull],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return [], ""
+    if done.returncode != 0:
+        return [], ""
+    # the target flags only (gcc: -march=znver4 -mavx512f ...; clang: -target-cpu znver4,
+    # -target-feature +avx512f ...), not the run's temporary file names
+    tokens = [t.strip('"') for t in done.stderr.split()]
+    target = [t for i, t in enumerate(tokens)
+              if t.startswith("-m") or (i and tokens[i - 1] in ("-target-cpu", "-target-feature"))]
+    return ["-march=native"], " ".join(target)
+
+
 def _compile_command(output: Path) -> list[str]:
     import nvidia.dali.sysconfig as sysconfig
 
@@ -71,7 +95,8 @@ def _compile_command(output: Path) -> list[str]:
     if shutil.which(cxx) is None:
         raise PluginBuildError(f"no C++ compiler ({cxx!r} is not on PATH; set CXX)")
     dali_lib = str(Path(sysconfig.get_lib_dir()))
-    return [cxx, "-std=c++20", "-O3", "-shared", "-fPIC", "-w", *sysconfig.get_compile_flags(), f"-I{cuda}",
+    return [cxx, "-std=c++20", "-O3", *_native_target(cxx)[0], "-shared", "-fPIC", "-w",
+            *sysconfig.get_compile_flags(), f"-I{cuda}",
             str(SOURCES / "resample_window_op.cc"), "-o", str(output), *sysconfig.get_link_flags(),
             f"-Wl,-rpath,{dali_lib}"]
 
@@ -83,6 +108,7 @@ def library_path() -> Path:
     digest = hashlib.sha256()
     digest.update(nvidia.dali.__version__.encode())
     digest.update(os.environ.get("CXX", "c++").encode())
+    digest.update(_native_target(os.environ.get("CXX", "c++"))[1].encode())
     for path in sorted(SOURCES.glob("*.[ch]*")):  # the operator and every header it includes
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
