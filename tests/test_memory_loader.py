@@ -359,6 +359,28 @@ def test_cache_is_loaded_by_the_next_run_and_keyed(jpegs, tmp_path, monkeypatch)
     assert not list(cache.glob("*.tmp*")), "a temporary file was left behind"
 
 
+@pytest.mark.parametrize("damage", ["cut_short", "empty", "foreign", "wrong_shape"])
+def test_a_damaged_cache_is_decoded_again_and_rewritten(jpegs, tmp_path, damage, caplog):
+    cache = tmp_path / "cache"
+    with MemoryImageLoader(jpegs, decoder="torch", cache_dir=cache, **args()) as first:
+        stored, path = first.images.clone(), first.cache_path
+    data = path.read_bytes()
+    if damage == "cut_short":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    else:
+        torch.save(dict(images=stored[:-1], bad=torch.zeros(N - 1, dtype=torch.bool), reasons="{}"), path)
+    with caplog.at_level("WARNING", logger="tdsa_fast.data.memory_loader"):
+        with MemoryImageLoader(jpegs, decoder="torch", cache_dir=cache, **args()) as again:
+            assert again.decode_seconds > 0 and torch.equal(again.images, stored)
+    assert "cannot be used" in caplog.text and "decoding the split again" in caplog.text
+    with MemoryImageLoader(jpegs, decoder="torch", cache_dir=cache, **args()) as third:  # rewritten
+        assert third.decode_seconds == 0.0 and torch.equal(third.images, stored)
+
+
 def test_cache_keeps_bad_images_out(jpegs, tmp_path):
     samples = list(jpegs)
     samples[2] = (str(write_bad(tmp_path / "bad.jpg", "corrupt")), 0)

@@ -270,10 +270,10 @@ class MemoryImageLoader(ImageLoader):
         self._seen: Optional[np.ndarray] = None  # while the first epoch decodes: the images stored so far
         self._known_bad: set[int] = set()
         self._closed = False
-        cached = self.cache_path is not None and self.cache_path.is_file()
-        self.decodes_first_epoch = not cached and self._can_decode_in_first_epoch()
-        if cached:
-            self._keep(*self._load_cache(n, s))
+        cached = self._load_cache(n, s) if self.cache_path is not None and self.cache_path.is_file() else None
+        self.decodes_first_epoch = cached is None and self._can_decode_in_first_epoch()
+        if cached is not None:
+            self._keep(*cached)
         elif self.decodes_first_epoch:
             self._images = self._empty_store(n, s)
             self._seen = np.zeros(n, dtype=bool)
@@ -439,15 +439,23 @@ class MemoryImageLoader(ImageLoader):
             return e.reason or str(e)
         return "the decoder could not read it"
 
-    def _load_cache(self, n: int, s: int) -> tuple[torch.Tensor, np.ndarray, dict]:
-        data = torch.load(self.cache_path, map_location="cpu", weights_only=True)
-        stored = data["images"]
-        if tuple(stored.shape) != (n, 3, s, s) or stored.dtype != torch.uint8:
-            raise ValueError(f"--memory-cache: {self.cache_path} holds {tuple(stored.shape)} {stored.dtype}, "
-                             f"not uint8 {(n, 3, s, s)}: delete it")
+    def _load_cache(self, n: int, s: int) -> Optional[tuple[torch.Tensor, np.ndarray, dict]]:
+        """The cached split; None (with a warning) when the file cannot be read or does not hold
+        this split's tensors (cut short, damaged, foreign): the split is decoded again and the
+        cache rewritten."""
+        try:
+            data = torch.load(self.cache_path, map_location="cpu", weights_only=True)
+            stored, bad = data["images"], data["bad"]
+            reasons = {int(k): str(v) for k, v in json.loads(data["reasons"]).items()}
+            if tuple(stored.shape) != (n, 3, s, s) or stored.dtype != torch.uint8 or tuple(bad.shape) != (n,):
+                raise ValueError(f"it holds {tuple(stored.shape)} {stored.dtype} images and {tuple(bad.shape)} flags, "
+                                 f"not uint8 {(n, 3, s, s)} and ({n},)")
+        except Exception as e:  # a derived file: any fault means decoding again, never training on it
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            log.warning("--memory-cache: %s cannot be used (%s): decoding the split again", self.cache_path, why)
+            return None
         log.info("--loader memory: %d images loaded from the cache %s", n, self.cache_path)
-        reasons = {int(k): str(v) for k, v in json.loads(data["reasons"]).items()}
-        return stored, data["bad"].numpy().astype(bool), reasons
+        return stored, bad.numpy().astype(bool), reasons
 
     def _save_cache(self, stored: torch.Tensor, bad: np.ndarray, reasons: dict) -> None:
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
