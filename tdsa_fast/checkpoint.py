@@ -69,7 +69,7 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
         raise ValueError(f"{path} is not a tdsa_fast checkpoint: the file is empty (0 bytes)")
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path} is not a tdsa_fast checkpoint: not a zip archive, the format torch.save writes "
-                         "by default and tdsa_fast.train always")
+                         "by default and tdsa_fast.train always (a file cut short is not one either)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:  # the safe unpickler refused an object: say which, not a trace
