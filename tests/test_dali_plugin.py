@@ -138,9 +138,9 @@ def noise(h, w, seed):
 
 
 # (image height, width), output size: tiny, odd, one-pixel axes, up- and downscaling, portrait
-# and landscape, the identity
+# and landscape, the identity, and full-size FGVC photos at the recipe's 224 and at 448
 SHAPES = [((1, 1), 7), ((1, 37), 5), ((29, 1), 8), ((5, 7), 16), ((160, 239), 64), ((239, 160), 64),
-          ((300, 500), 32), ((64, 64), 64), ((33, 71), 1)]
+          ((300, 500), 32), ((64, 64), 64), ((33, 71), 1), ((500, 667), 224), ((333, 500), 448)]
 
 
 @pytest.mark.parametrize("shape,size", SHAPES, ids=[f"{h}x{w}-to-{s}" for (h, w), s in SHAPES])

@@ -25,6 +25,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "released_window.h"
 
 namespace tdsa_dali {
@@ -37,6 +41,7 @@ struct AxisTaps {
   int ksize = 0;
   std::vector<int> first, count;
   std::vector<int32_t> w;
+  bool padded = false;  // pad_taps made every output of its range read exactly ksize taps
 };
 
 inline double bilinear_filter(double x) {
@@ -104,6 +109,7 @@ inline bool pad_taps(AxisTaps& t, int lo, int hi, int i0, int i1) {
     t.first[i] = moved;
     t.count[i] = k;
   }
+  t.padded = true;
   return true;
 }
 
@@ -126,6 +132,8 @@ struct Scratch {
   std::vector<uint8_t> rows;   // horizontal pass: [3][source rows used][computed columns]
   std::vector<uint8_t> level;  // vertical pass: one resized row, [3][computed columns]
   std::vector<int32_t> acc;    // vertical pass with taps not unrolled: [computed columns]
+  std::vector<int32_t> coef;   // horizontal pass with AVX2: [computed columns][tap pairs][8]
+  std::vector<int> pairs;      // horizontal pass with AVX2: [computed columns] tap pairs read
 };
 
 // Horizontal pass of one source row (HWC) into the three channel rows d[0..2], columns
@@ -148,6 +156,66 @@ inline void horizontal_row(const uint8_t* src, const AxisTaps& t, int c0, int c1
     d2[c - c0] = clip8(a2);
   }
 }
+
+#if defined(__AVX2__)
+// The weights of the AVX2 horizontal pass, for outputs [c0, c1): output c's taps up to its last
+// nonzero weight (Pillow's ksize is about twice the taps an output reads) in pairs[c - c0]
+// pairs, each 8 lanes [w, w, w, 0] of tap 2m then of tap 2m + 1, at coef[(c - c0) * stride].
+// Returns the stride (8 x the largest number of pairs).
+inline int pair_weights(const AxisTaps& t, int c0, int c1, std::vector<int32_t>& coef, std::vector<int>& pairs) {
+  pairs.resize(c1 - c0);
+  int most = 1;
+  for (int c = c0; c < c1; ++c) {
+    const int32_t* k = t.w.data() + static_cast<size_t>(c) * t.ksize;
+    int used = t.ksize;
+    while (used > 1 && k[used - 1] == 0) --used;
+    pairs[c - c0] = (used + 1) / 2;
+    most = std::max(most, pairs[c - c0]);
+  }
+  const int stride = most * 8;
+  coef.assign(static_cast<size_t>(c1 - c0) * stride, 0);
+  for (int c = c0; c < c1; ++c) {
+    const int32_t* k = t.w.data() + static_cast<size_t>(c) * t.ksize;
+    int32_t* e = coef.data() + static_cast<size_t>(c - c0) * stride;
+    for (int x = 0; x < 2 * pairs[c - c0] && x < t.ksize; ++x) {
+      int32_t* lane = e + (x / 2) * 8 + (x % 2) * 4;
+      lane[0] = lane[1] = lane[2] = k[x];
+    }
+  }
+  return stride;
+}
+
+// The horizontal pass of one source row (HWC) for outputs [c0, c1) of padded taps, with the
+// weights of pair_weights: two taps per multiply of eight 32-bit lanes (R, G, B, - of tap 2m |
+// of tap 2m + 1), the same integer sums as horizontal_row in another order.  An output whose
+// 8-byte loads would pass the row's end (the last few) is summed by the scalar loop.
+inline void horizontal_row_avx2(const uint8_t* src, int width, const AxisTaps& t, const int32_t* coef, int stride,
+                                const int* pairs, int c0, int c1, uint8_t* d0, uint8_t* d1, uint8_t* d2) {
+  const __m128i spread = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m128i half = _mm_set1_epi32(1 << (kPrecisionBits - 1));
+  const __m128i zero = _mm_setzero_si128(), top = _mm_set1_epi32(255);
+  for (int c = c0; c < c1; ++c) {
+    const int first = t.first[c], n = pairs[c - c0];
+    if (first + 2 * n > width - 1) {  // the 8-byte loads would read past the row
+      horizontal_row<0>(src, t, c, c + 1, d0 + (c - c0), d1 + (c - c0), d2 + (c - c0));
+      continue;
+    }
+    const uint8_t* p = src + first * 3;
+    const int32_t* e = coef + static_cast<size_t>(c - c0) * stride;
+    __m256i acc = _mm256_setzero_si256();
+    for (int m = 0; m < n; ++m) {
+      const __m128i bytes = _mm_shuffle_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 6 * m)), spread);
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + 8 * m));
+      acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(bytes), w));
+    }
+    __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    sum = _mm_min_epi32(_mm_max_epi32(_mm_srai_epi32(_mm_add_epi32(sum, half), kPrecisionBits), zero), top);
+    d0[c - c0] = static_cast<uint8_t>(_mm_cvtsi128_si32(sum));
+    d1[c - c0] = static_cast<uint8_t>(_mm_extract_epi32(sum, 1));
+    d2[c - c0] = static_cast<uint8_t>(_mm_extract_epi32(sum, 2));
+  }
+}
+#endif
 
 // Vertical pass of one output row of one channel: rows[y * n_cols ..] for the taps' rows,
 // into level[0 .. n_cols).  K > 0: K taps (padded); 0: n taps through acc.
@@ -180,6 +248,18 @@ void resample_rows(const uint8_t* in, int64_t row_stride, const AxisTaps& hx, co
   const size_t plane_rows = static_cast<size_t>(n_rows) * n_cols;
   scratch.rows.resize(3 * plane_rows);
   uint8_t* rows = scratch.rows.data();
+#if defined(__AVX2__)
+  if (KX == 0 && hx.padded) {
+    const int stride = pair_weights(hx, C0, C1, scratch.coef, scratch.pairs);
+    const int row_pixels = static_cast<int>(row_stride / 3);  // the loads stay inside a row's bytes
+    for (int y = 0; y < n_rows; ++y) {
+      uint8_t* d = rows + static_cast<size_t>(y) * n_cols;
+      horizontal_row_avx2(in + (y_first + y) * row_stride, row_pixels, hx, scratch.coef.data(), stride,
+                          scratch.pairs.data(), C0, C1, d,
+                          d + plane_rows, d + 2 * plane_rows);
+    }
+  } else
+#endif
   for (int y = 0; y < n_rows; ++y) {
     uint8_t* d = rows + static_cast<size_t>(y) * n_cols;
     horizontal_row<KX>(in + (y_first + y) * row_stride, hx, C0, C1, d, d + plane_rows, d + 2 * plane_rows);
@@ -240,7 +320,7 @@ void resample_window(const uint8_t* in, int height, int width, int64_t row_strid
   }
   if (y_first >= y_last) y_first = y_last = 0;  // no row reads the image: every level is 0
   const int n_rows = y_last - y_first;
-  const int kx = hx.ksize == 3 && pad_taps(hx, 0, width, C0, C1) ? 3 : 0;
+  const int kx = pad_taps(hx, 0, width, C0, C1) && hx.ksize == 3 ? 3 : 0;
   const int ky = vy.ksize == 3 && pad_taps(vy, y_first, y_last, R0, R1) ? 3 : 0;
 
   auto emit = [&](int r, const uint8_t* level) {
