@@ -14,8 +14,10 @@
 //
 // The loops differ from Pillow's, not the sums: when upscaling, every output reads a fixed
 // 3 taps (zero weights past Pillow's count of 2 or 3, so the integer sums are unchanged),
-// unrolled at compile time; the horizontal pass writes one plane per channel so the vertical
-// pass runs over contiguous rows.  The window, the flip and the normalisation are
+// unrolled at compile time; when downscaling (every filter padded to ksize taps) and compiled
+// with AVX2, the horizontal pass multiplies two taps at once in 32-bit lanes; the horizontal
+// pass writes one plane per channel so the vertical pass runs over contiguous rows.  The
+// window, the flip and the normalisation are
 // released_window.h's, which the _C op released_windows shares.
 #pragma once
 
