@@ -17,8 +17,8 @@
 // unrolled at compile time; when downscaling (every filter padded to ksize taps) and compiled
 // with AVX2, the horizontal pass multiplies two taps at once in 32-bit lanes; the horizontal
 // pass writes one plane per channel so the vertical pass runs over contiguous rows.  The
-// window, the flip and the normalisation are
-// released_window.h's, which the _C op released_windows shares.
+// window, the flip and the normalisation are released_window.h's, which the _C op
+// released_windows shares.
 #pragma once
 
 #include <algorithm>
@@ -322,7 +322,12 @@ void resample_window(const uint8_t* in, int height, int width, int64_t row_strid
   }
   if (y_first >= y_last) y_first = y_last = 0;  // no row reads the image: every level is 0
   const int n_rows = y_last - y_first;
-  const int kx = pad_taps(hx, 0, width, C0, C1) && hx.ksize == 3 ? 3 : 0;
+#if defined(__AVX2__)
+  constexpr bool kPadEvery = true;  // the AVX2 horizontal pass reads every filter padded
+#else
+  constexpr bool kPadEvery = false;  // the scalar loop would only sum the padding's zeros
+#endif
+  const int kx = (hx.ksize == 3 || kPadEvery) && pad_taps(hx, 0, width, C0, C1) && hx.ksize == 3 ? 3 : 0;
   const int ky = vy.ksize == 3 && pad_taps(vy, y_first, y_last, R0, R1) ? 3 : 0;
 
   auto emit = [&](int r, const uint8_t* level) {
