@@ -63,7 +63,8 @@ class IdlePrefault:
         self._thread: Optional[threading.Thread] = None
         if tensor.device.type != "cpu" or not sys.platform.startswith("linux") or not hasattr(os, "SCHED_IDLE"):
             return
-        touch, madvise = _touch_pages(), _madvise()
+        touch = _touch_pages()
+        madvise = _madvise() if touch is None else None  # find_library runs ldconfig: only when needed
         if touch is None and madvise is None:
             return
         self.method = "touch" if touch is not None else "madvise"

@@ -327,7 +327,8 @@ void resample_window(const uint8_t* in, int height, int width, int64_t row_strid
 #else
   constexpr bool kPadEvery = false;  // the scalar loop would only sum the padding's zeros
 #endif
-  const int kx = (hx.ksize == 3 || kPadEvery) && pad_taps(hx, 0, width, C0, C1) && hx.ksize == 3 ? 3 : 0;
+  const bool x_padded = (hx.ksize == 3 || kPadEvery) && pad_taps(hx, 0, width, C0, C1);
+  const int kx = x_padded && hx.ksize == 3 ? 3 : 0;
   const int ky = vy.ksize == 3 && pad_taps(vy, y_first, y_last, R0, R1) ? 3 : 0;
 
   auto emit = [&](int r, const uint8_t* level) {
